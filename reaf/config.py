@@ -1,0 +1,140 @@
+"""Model architecture configs: JSON files in configs/ loaded into dataclasses (unknown keys are an error)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+FUSION_METHODS = ("weighted_mean", "mean", "max", "inverse_weighted_mean", "learned")
+
+
+@dataclass
+class VisionConfig:
+    """The 3-D ViT volume encoder with scan/slice hierarchy, layer fusion and regional saliency."""
+
+    img_size: tuple[int, int, int] = (112, 336, 336)  # (D, H, W) voxels
+    patch_size: tuple[int, int, int] = (8, 24, 24)
+    width: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    scan_blocks: tuple[int, ...] = (2, 5, 8, 11)  # every other block is slice level
+    drop_path_rate: float = 0.2
+    fusion_method: str = "weighted_mean"
+    region_size: tuple[int, int, int] = (3, 3, 3)
+    top_k: int = 3
+    suppression: float = 0.1
+    temperature: float = 1.0
+    reference_compat: bool = False
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        return tuple(s // p for s, p in zip(self.img_size, self.patch_size))  # type: ignore[return-value]
+
+    def validate(self) -> None:
+        for s, p in zip(self.img_size, self.patch_size):
+            if s % p:
+                raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
+        if self.width % 6:
+            raise ValueError(f"width {self.width} must be divisible by 6 for the 3-D sin-cos position embedding")
+        if self.fusion_method not in FUSION_METHODS:
+            raise ValueError(f"fusion_method {self.fusion_method!r} is not one of {FUSION_METHODS}")
+        bad = [i for i in self.scan_blocks if not 0 <= i < self.depth]
+        if bad:
+            raise ValueError(f"scan_blocks {bad} outside 0..{self.depth - 1}")
+        if len(set(self.scan_blocks)) in (0, self.depth):
+            raise ValueError("the hierarchy needs at least one scan-level and one slice-level block")
+
+
+@dataclass
+class TextConfig:
+    """A BERT text tower; the fields are HF BertConfig fields (used when no local BERT folder is given)."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    context_length: int = 512
+    tokenizer: str = "cxr-bert"  # "cxr-bert" needs --cxr-bert-path; "builtin" is the offline tiny vocabulary
+    lock: bool = True  # freeze BERT except its LayerNorms (the reference default)
+
+
+@dataclass
+class ModelConfig:
+    embed_dim: int = 512
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(f"{where}: unknown config keys {unknown}; known: {sorted(names)}")
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, list):
+            value = tuple(value)
+        out[key] = value
+    return cls(**out)
+
+
+def config_from_dict(values: dict[str, Any], where: str = "config") -> ModelConfig:
+    values = dict(values)
+    vision = _build(VisionConfig, values.pop("vision", {}), f"{where}: vision")
+    text = _build(TextConfig, values.pop("text", {}), f"{where}: text")
+    cfg = _build(ModelConfig, {**values, "vision": vision, "text": text}, where)
+    cfg.vision.validate()
+    return cfg
+
+
+def available_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
+def load_model_config(name_or_path: str, **overrides: Any) -> ModelConfig:
+    """Load `configs/<name>.json` or a JSON path; `overrides` set vision/text/top-level fields by name."""
+    path = Path(name_or_path)
+    if not path.suffix == ".json":
+        path = CONFIG_DIR / f"{name_or_path}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"model config {name_or_path!r} not found (known: {available_configs()})")
+    values = json.loads(path.read_text())
+    cfg = config_from_dict(values, where=str(path))
+    return apply_overrides(cfg, **overrides)
+
+
+def apply_overrides(cfg: ModelConfig, **overrides: Any) -> ModelConfig:
+    """Return a copy of `cfg` with fields replaced; a name is looked up in vision, text, then the top level."""
+    vision, text, top = {}, {}, {}
+    vision_names = {f.name for f in dataclasses.fields(VisionConfig)}
+    text_names = {f.name for f in dataclasses.fields(TextConfig)}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        value = tuple(value) if isinstance(value, list) else value
+        if key in vision_names:
+            vision[key] = value
+        elif key in text_names:
+            text[key] = value
+        elif key == "embed_dim":
+            top[key] = value
+        else:
+            raise ValueError(f"unknown model config override {key!r}")
+    new = dataclasses.replace(
+        cfg,
+        vision=dataclasses.replace(cfg.vision, **vision),
+        text=dataclasses.replace(cfg.text, **text),
+        **top,
+    )
+    new.vision.validate()
+    return new
