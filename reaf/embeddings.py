@@ -1,0 +1,225 @@
+"""Embeddings files: image + report embeddings of a split, keyed by checkpoint hash + data, reused when unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+REPORT_TEXT = "Sample.report: the text training pairs with each volume (DESIGN §5.4)"
+
+EMBEDDINGS_VERSION = 1
+FULL_HASH_LIMIT = 512 * 2**20  # files above this are hashed on their first and last MiB plus their size
+PARTIAL_BLOCK = 2**20
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+@torch.inference_mode()
+def encode_texts(
+    model: torch.nn.Module, texts: list[str], *, batch_size: int, device: str | torch.device
+) -> np.ndarray:
+    """Unit-norm text embeddings (T, E) float32 of `texts`, batched through model.tokenize + model.encode_text."""
+    model = unwrap(model)
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        input_ids, attention_mask = model.tokenize(texts[start : start + batch_size])
+        chunks.append(model.encode_text(input_ids.to(device), attention_mask.to(device)).float().cpu())
+    return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)
+
+
+@torch.inference_mode()
+def encode_volumes(model: torch.nn.Module, loader: Any, names: list[str], *, device: str | torch.device) -> np.ndarray:
+    """Unit-norm image embeddings (N, E) float32 in the order of `names`; each volume of `loader` encoded once."""
+    model = unwrap(model)
+    position = {name: i for i, name in enumerate(names)}
+    out: np.ndarray | None = None
+    seen = np.zeros(len(names), dtype=bool)
+    for batch in tqdm(loader, desc="encode volumes", unit="batch", leave=False):
+        emb = model.encode_image(batch["image"].to(device, non_blocking=True)).float().cpu().numpy()
+        rows = [position[name] for name in batch["name"]]
+        if out is None:
+            out = np.zeros((len(names), emb.shape[1]), np.float32)
+        out[rows] = emb
+        seen[rows] = True
+    if out is None or not seen.all():
+        missing = [names[i] for i in np.flatnonzero(~seen)[:5]]
+        raise RuntimeError(f"the loader did not yield {int((~seen).sum())} volume(s) of the split, e.g. {missing}")
+    return out
+
+
+def _loader(split: Any, spec: Any, tokenize: Any, *, batch_size: int, workers: int, seed: int) -> Any:
+    from reaf.data import build_dataloader
+
+    return build_dataloader(split, spec, tokenize, batch_size=batch_size, workers=workers, seed=seed, train=False)
+
+
+def encode_split(
+    model: torch.nn.Module,
+    split: Any,
+    spec: Any,
+    *,
+    batch_size: int,
+    workers: int,
+    device: str | torch.device,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Encode every volume once and every distinct report once.
+
+    Returns {"names", "scan_ids", "reports" (N lists), "image" (N, E), "text" (N, E) (row i = report of volume i;
+    identical reports share one encoding), "labels" (N, 18) float or None, "logit_scale" float}.
+    """
+    inner = unwrap(model)
+    names = [s.name for s in split.samples]
+    reports = [s.report for s in split.samples]
+    loader = _loader(split, spec, inner.tokenize, batch_size=batch_size, workers=workers, seed=seed)
+    image = encode_volumes(inner, loader, names, device=device)
+    unique = list(dict.fromkeys(reports))
+    row = {text: i for i, text in enumerate(unique)}
+    text = encode_texts(inner, unique, batch_size=batch_size, device=device)[[row[r] for r in reports]]
+    labels = np.stack([s.labels for s in split.samples]).astype(np.float32) if split.has_labels else None
+    return {
+        "names": names,
+        "scan_ids": [s.scan_id for s in split.samples],
+        "reports": reports,
+        "image": image,
+        "text": text,
+        "labels": labels,
+        "logit_scale": float(inner.logit_scale.detach().float().exp().cpu()),
+    }
+
+
+def data_description(split: Any, spec: Any) -> dict[str, Any]:
+    """What the embeddings depend on besides the model: split source, format, input spec, volume names, reports."""
+    return {
+        "source": str(split.source),
+        "root": str(split.root),
+        "format": split.fmt,
+        "input": {"size": list(spec.size), "hu_min": spec.hu_min, "hu_max": spec.hu_max, "mode": spec.mode},
+        "volumes": [s.name for s in split.samples],
+        "reports_sha256": hashlib.sha256("\x00".join(s.report for s in split.samples).encode()).hexdigest(),
+    }
+
+
+def encoded_split(
+    model: torch.nn.Module,
+    split: Any,
+    spec: Any,
+    *,
+    results_dir: Path,
+    checkpoint: dict | None,
+    data: dict,
+    **loader_args: Any,
+) -> tuple[dict, bool, str | None]:
+    """(encoded, reused, key): embeddings.pt in results_dir when checkpoint and data are unchanged, else encode_split."""
+    config = unwrap(model).cfg.to_dict()
+    key = cache_key(checkpoint, config, data)
+    path = results_dir / "embeddings.pt"
+    cached = reusable_embeddings(path, key)
+    if cached is not None:
+        return cached, True, key
+    return encode_split(model, split, spec, **loader_args), False, key
+
+
+def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
+    """{"path", "size", "sha256", "sha256_scope"} of a file; huge files hash first+last MiB and the size (said so)."""
+    path = Path(path)
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        if size <= FULL_HASH_LIMIT:
+            for block in iter(lambda: f.read(2**24), b""):
+                digest.update(block)
+            scope = "full file"
+        else:
+            digest.update(f.read(PARTIAL_BLOCK))
+            f.seek(size - PARTIAL_BLOCK)
+            digest.update(f.read(PARTIAL_BLOCK))
+            digest.update(str(size).encode())
+            scope = f"first and last {PARTIAL_BLOCK} bytes + size (file larger than {FULL_HASH_LIMIT} bytes)"
+    return {"path": str(path.resolve()), "size": size, "sha256": digest.hexdigest(), "sha256_scope": scope}
+
+
+def cache_key(checkpoint: dict[str, Any] | None, model_config: dict, data: dict[str, Any]) -> str | None:
+    """The reuse key: sha256 over checkpoint hash, model config and data description; None without a checkpoint."""
+    if checkpoint is None:
+        return None
+    blob = json.dumps({"checkpoint": checkpoint["sha256"], "model": model_config, "data": data}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text to a temp file in the same folder, then os.replace: never a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save to a temp file in the same folder, then os.replace: never a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_embeddings(path: Path, encoded: dict[str, Any], *, key: str | None, meta: dict[str, Any]) -> None:
+    """Write `encoded` ({"names", "scan_ids", "reports", "image" (N,E), "text" (N,E), "logit_scale", ...}) + meta."""
+    payload = {"version": EMBEDDINGS_VERSION, "key": key, "meta": meta}
+    for name, value in encoded.items():
+        payload[name] = torch.as_tensor(value) if name in ("image", "text", "labels") and value is not None else value
+    atomic_torch_save(payload, path)
+
+
+def load_embeddings(path: Path) -> dict[str, Any]:
+    """Read an embeddings file (weights_only); image/text come back as float32 numpy arrays (N, E)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a truncated or foreign file
+        raise ValueError(f"{path}: not a readable REAF embeddings file ({err})") from err
+    if not isinstance(payload, dict) or payload.get("version") != EMBEDDINGS_VERSION:
+        raise ValueError(f"{path}: not a REAF embeddings file of version {EMBEDDINGS_VERSION}")
+    for name in ("image", "text", "labels"):
+        if payload.get(name) is not None:
+            payload[name] = payload[name].float().numpy()
+    return payload
+
+
+def reusable_embeddings(path: Path, key: str | None) -> dict[str, Any] | None:
+    """The embeddings stored at `path` if their key equals `key` (same checkpoint and data), else None; logged."""
+    if key is None or not path.is_file():
+        return None
+    try:
+        payload = load_embeddings(path)
+    except ValueError as err:
+        log.warning("not reusing embeddings: %s", err)
+        return None
+    if payload.get("key") != key:
+        log.info("embeddings at %s were made from another checkpoint or data; encoding again", path)
+        return None
+    log.info("reusing embeddings from %s (same checkpoint sha256 and data; key %s)", path, key[:12])
+    return payload

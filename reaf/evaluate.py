@@ -1,0 +1,232 @@
+"""Evaluation protocol v1: encode each volume and prompt once, then zero-shot classification and retrieval."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from reaf import metrics, retrieval
+from reaf.embeddings import (
+    REPORT_TEXT,
+    atomic_write_text,
+    data_description,
+    encode_split,
+    encode_texts,
+    encoded_split,
+    file_fingerprint,
+    save_embeddings,
+    unwrap,
+)
+from reaf.plots import summary_table, write_plots
+from reaf.prompts import CLASSES, CLASSES_16, class_prompts, templates_for
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = "1"
+
+
+def prompt_embeddings(
+    model: torch.nn.Module, template: str, *, batch_size: int, device: str | torch.device
+) -> np.ndarray:
+    """Embeddings (18, 2, E) of the ("Not X", "X") sentences of every class, each sentence encoded once."""
+    pairs = class_prompts(template, CLASSES)
+    sentences = [sentence for pair in pairs.values() for sentence in pair]
+    emb = encode_texts(model, sentences, batch_size=batch_size, device=device)
+    return emb.reshape(len(CLASSES), 2, -1)
+
+
+def zero_shot_probabilities(image: np.ndarray, prompts: np.ndarray, scale: float) -> np.ndarray:
+    """p = softmax(scale * img . [t_neg, t_pos])[pos]: image (N, E), prompts (C, 2, E) -> (N, C) float64."""
+    logits = scale * np.einsum("ne,cke->nck", image.astype(np.float64), prompts.astype(np.float64))
+    return 1.0 / (1.0 + np.exp(logits[..., 0] - logits[..., 1]))
+
+
+def classify(probs: np.ndarray, labels: np.ndarray, *, seed: int, n_boot: int) -> dict[str, dict]:
+    """{"18": metrics over CLASSES, "16": metrics over CLASSES_16} from probs/labels (N, 18)."""
+    subset = [CLASSES.index(name) for name in CLASSES_16]
+    return {
+        "18": metrics.classification_metrics(labels, probs, CLASSES, n_boot=n_boot, seed=seed),
+        "16": metrics.classification_metrics(labels[:, subset], probs[:, subset], CLASSES_16, n_boot=n_boot, seed=seed),
+    }
+
+
+def run_evaluation(
+    model: torch.nn.Module,
+    split: Any,
+    spec: Any,
+    *,
+    results_dir: str | Path,
+    batch_size: int,
+    workers: int,
+    device: str | torch.device,
+    template: str = "volume",
+    checkpoint: str | Path | None = None,
+    seed: int = 0,
+    n_boot: int = metrics.DEFAULT_BOOTSTRAP,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Zero-shot classification (18 and 16 classes) + retrieval on `split`; writes every output to results_dir.
+
+    Called by zero_shot.py and by training every --zeroshot-frequency epochs, on one process (the loader must
+    cover the whole split). `checkpoint` (a file path) is hashed into results.json and keys the reuse of
+    results_dir/embeddings.pt; without it the embeddings are always recomputed. The model's train/eval mode is
+    restored on return. Returns the results.json dict.
+    """
+    inner = unwrap(model)
+    was_training = inner.training
+    inner.eval()
+    try:
+        results_dir = Path(results_dir)
+        fingerprint = file_fingerprint(checkpoint) if checkpoint is not None else None
+        data = data_description(split, spec)
+        start = time.perf_counter()
+        encoded, reused, key = encoded_split(
+            inner,
+            split,
+            spec,
+            results_dir=results_dir,
+            checkpoint=fingerprint,
+            data=data,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            seed=seed,
+        )
+        timing = {"encode_s": time.perf_counter() - start, "embeddings_reused": reused}
+        if not reused:
+            meta = {"checkpoint": fingerprint, "model_config": inner.cfg.to_dict(), "data": data}
+            save_embeddings(results_dir / "embeddings.pt", encoded, key=key, meta=meta)
+        start = time.perf_counter()
+        probs = {
+            t: zero_shot_probabilities(
+                encoded["image"],
+                prompt_embeddings(inner, t, batch_size=batch_size, device=device),
+                encoded["logit_scale"],
+            )
+            for t in templates_for(template)
+        }
+        results, ranks = assemble_results(encoded, probs, data=data, checkpoint=fingerprint, seed=seed, n_boot=n_boot)
+        results["timing"] = {**timing, "metrics_s": time.perf_counter() - start}
+        write_outputs(results, encoded, probs, ranks, results_dir, plots=plots)
+    finally:
+        inner.train(was_training)
+    log.info("evaluation written to %s\n%s", results_dir, summary_table(results))
+    return results
+
+
+def assemble_results(
+    encoded: dict, probs: dict[str, np.ndarray], *, data: dict, checkpoint: dict | None, seed: int, n_boot: int
+) -> tuple[dict[str, Any], dict]:
+    """The results.json dict (without timing/files) and the retrieval ranks; probs = {template: (N, 18)}."""
+    labels, templates = encoded["labels"], list(probs)
+    by_template = (
+        {t: classify(probs[t], labels, seed=seed, n_boot=n_boot) for t in templates} if labels is not None else {}
+    )
+    retrieval_results, ranks = retrieval.retrieval_metrics(
+        encoded["image"], encoded["text"], encoded["scan_ids"], encoded["names"], labels
+    )
+    described = {k: v for k, v in data.items() if k != "volumes"}
+    results = {
+        "protocol_version": PROTOCOL_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "checkpoint": checkpoint,
+        "data": {
+            **described,
+            "N": len(encoded["names"]),
+            "N_scans": len(set(encoded["scan_ids"])),
+            "has_labels": labels is not None,
+            "report_text": REPORT_TEXT,
+        },
+        "logit_scale": encoded["logit_scale"],
+        "template": templates[0],
+        "prompts": {t: class_prompts(t, CLASSES) for t in templates},
+        "classification": by_template.get(templates[0]),
+        "classification_by_template": by_template if len(templates) > 1 else None,
+        "retrieval": retrieval_results,
+        "definitions": {"classification": metrics.DEFINITIONS, "retrieval": retrieval.DEFINITIONS},
+    }
+    return results, ranks
+
+
+def evaluate_retrieval(
+    model: torch.nn.Module,
+    split: Any,
+    spec: Any,
+    *,
+    batch_size: int,
+    workers: int,
+    device: str | torch.device,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Report<->volume retrieval of §7 over the whole split (training's --val-data); writes nothing.
+
+    Returns {"retrieval": {pool: {direction: {...}}}, "N": N, "logit_scale": s}; MAP is included when the split
+    has labels. The model's train/eval mode is restored on return.
+    """
+    inner = unwrap(model)
+    was_training = inner.training
+    inner.eval()
+    try:
+        encoded = encode_split(inner, split, spec, batch_size=batch_size, workers=workers, device=device, seed=seed)
+    finally:
+        inner.train(was_training)
+    metrics_by_pool, _ = retrieval.retrieval_metrics(
+        encoded["image"], encoded["text"], encoded["scan_ids"], encoded["names"], encoded["labels"]
+    )
+    return {"retrieval": metrics_by_pool, "N": len(encoded["names"]), "logit_scale": encoded["logit_scale"]}
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types; NaN/inf become None so the file is strict JSON."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def probabilities_table(encoded: dict, probs: dict[str, np.ndarray]) -> pd.DataFrame:
+    """One row per volume: name, scan_id, "{template}:{class}" probabilities, "label:{class}" labels."""
+    table = {"VolumeName": encoded["names"], "scan_id": encoded["scan_ids"]}
+    for template, p in probs.items():
+        table.update({f"{template}:{name}": p[:, c] for c, name in enumerate(CLASSES)})
+    if encoded["labels"] is not None:
+        table.update({f"label:{name}": encoded["labels"][:, c] for c, name in enumerate(CLASSES)})
+    return pd.DataFrame(table)
+
+
+def write_outputs(
+    results: dict, encoded: dict, probs: dict[str, np.ndarray], ranks: dict, results_dir: Path, *, plots: bool
+) -> None:
+    """results.json, probabilities.csv and the PNG plots in results_dir, each written atomically."""
+    files = {"results": "results.json", "probabilities": "probabilities.csv", "embeddings": "embeddings.pt"}
+    if plots:
+        files["plots"] = write_plots(results, encoded, probs, ranks, results_dir)
+    results["files"] = files
+    atomic_write_text(results_dir / "probabilities.csv", probabilities_table(encoded, probs).to_csv(index=False))
+    atomic_write_text(results_dir / "results.json", json.dumps(_jsonable(results), indent=2, allow_nan=False))
+
+
+def summary_scalars(results: dict) -> dict[str, float]:
+    """Flat scalars for a training logger: macro AUCs and the retrieval R@K of both pools."""
+    out = {}
+    if results.get("classification") is not None:
+        for key in ("18", "16"):
+            out[f"zeroshot/auc_{key}"] = results["classification"][key]["mean"]["auc"]
+    for pool, block in results["retrieval"].items():
+        for direction in ("report_to_volume", "volume_to_report"):
+            out.update({f"retrieval/{pool}/{direction}/R@{k}": block[direction][f"R@{k}"] for k in (1, 5, 10)})
+    return {k: v for k, v in out.items() if v is not None}

@@ -1,0 +1,217 @@
+"""Evaluation presentation: ROC curves, AUC bars with CIs, recall@K curves, saliency overlays (Agg PNGs), the table."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+from reaf.prompts import CLASSES  # noqa: E402
+from reaf.retrieval import MAP_KS, RECALL_KS, recall_curve  # noqa: E402
+
+DPI = 100
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Save a figure as PNG atomically (temp file + os.replace) and close it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def plot_roc_curves(labels: np.ndarray, probs: np.ndarray, per_class: dict, path: Path, title: str) -> None:
+    """One ROC panel per class: labels/probs (N, 18) in CLASSES order, per_class = results' per-class metrics."""
+    cols = 6
+    rows = -(-len(CLASSES) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    for ax, (c, name) in zip(axes.ravel(), enumerate(CLASSES)):
+        known = np.isfinite(labels[:, c])
+        entry = per_class[name]
+        ax.plot([0, 1], [0, 1], color="0.7", linewidth=0.8, linestyle="--")
+        if entry["auc"] is not None:
+            fpr, tpr, _ = roc_curve(labels[known, c], probs[known, c])
+            ax.plot(fpr, tpr, linewidth=1.5)
+            ax.set_title(f"{name[:28]}\nAUC {entry['auc']:.3f} (n+={entry['n_pos']})", fontsize=8)
+        else:
+            ax.set_title(f"{name[:28]}\nAUC undefined (n+={entry['n_pos']})", fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.tick_params(labelsize=6)
+    for ax in axes.ravel()[len(CLASSES) :]:
+        ax.axis("off")
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def plot_auc_bars(block: dict, path: Path, title: str) -> None:
+    """Horizontal AUC bars with bootstrap 95% CIs per class and the macro mean (one results['classification'][k])."""
+    names = [n for n, e in block["per_class"].items() if e["auc"] is not None]
+    auc = np.array([block["per_class"][n]["auc"] for n in names])
+    ci = np.array([block["per_class"][n]["auc_ci95"] or [a, a] for n, a in zip(names, auc)]).reshape(-1, 2)
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(names) + 1.5))
+    y = np.arange(len(names))
+    ax.barh(y, auc, xerr=np.abs(ci.T - auc), color="tab:blue", alpha=0.8, capsize=3)
+    if block["mean"]["auc"] is not None:
+        ax.axvline(block["mean"]["auc"], color="tab:red", label=f"mean {block['mean']['auc']:.3f}")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.axvline(0.5, color="0.5", linestyle="--", linewidth=0.8)
+    ax.set_yticks(y, names, fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("AUROC (bars: bootstrap 95% CI)")
+    ax.set_title(title)
+    ax.invert_yaxis()
+    save_figure(fig, path)
+
+
+def plot_recall_curves(ranks: dict[str, dict[str, np.ndarray]], path: Path, max_k: int = 100) -> None:
+    """R@K for K = 1..max_k of every pool and direction: ranks[pool][direction] = (Q,) 1-based ranks."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for pool, by_direction in ranks.items():
+        for direction, r in by_direction.items():
+            k = min(max_k, len(r))
+            style = "-" if pool == "dedup" else "--"
+            ax.plot(np.arange(1, k + 1), recall_curve(r, k), style, label=f"{pool} {direction} (N={len(r)})")
+    ax.set_xscale("log")
+    ax.set_xlabel("K")
+    ax.set_ylabel("recall@K")
+    ax.set_ylim(0, 1)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title("report <-> volume retrieval")
+    save_figure(fig, path)
+
+
+def write_plots(results: dict, encoded: dict, probs: dict[str, np.ndarray], ranks: dict, results_dir: Path) -> list:
+    """Every evaluation PNG under results_dir/plots; returns their paths relative to results_dir."""
+    written = []
+    plots_dir = results_dir / "plots"
+    by_template = results["classification_by_template"] or {results["template"]: results["classification"]}
+    for template, blocks in by_template.items():
+        if blocks is None:
+            continue
+        name = f"plots/roc_{template}.png"
+        plot_roc_curves(
+            encoded["labels"],
+            probs[template],
+            blocks["18"]["per_class"],
+            results_dir / name,
+            f"zero-shot ROC, template {template}",
+        )
+        written.append(name)
+        for key in ("18", "16"):
+            name = f"plots/auc_bars_{template}_{key}.png"
+            plot_auc_bars(blocks[key], results_dir / name, f"AUROC, {key} classes, template {template}")
+            written.append(name)
+    plot_recall_curves(ranks, plots_dir / "retrieval_recall.png")
+    written.append("plots/retrieval_recall.png")
+    return written
+
+
+def upsample_mask(mask: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """A patch-grid mask (d, h, w) repeated to voxels `shape` (D, H, W), each a multiple of the grid."""
+    factors = [s // g for s, g in zip(shape, mask.shape)]
+    return mask.repeat(factors[0], 0).repeat(factors[1], 1).repeat(factors[2], 2)
+
+
+def plot_saliency(
+    volume: np.ndarray, masks: dict[str, np.ndarray], path: Path, *, title: str, n_slices: int = 4
+) -> None:
+    """Axial slices of `volume` (D, H, W) with the kept regions of each mask level (d, h, w) bool overlaid.
+
+    Slices are taken where the masks keep the most voxels (one per kept region where possible), columns are
+    the volume, the scan-level regions and the slice-level regions.
+    """
+    levels = list(masks)
+    voxels = {level: upsample_mask(np.asarray(m, bool), volume.shape) for level, m in masks.items()}
+    coverage = sum(v.sum(axis=(1, 2)) for v in voxels.values())
+    picks = np.sort(np.argsort(-coverage, kind="stable")[:n_slices]) if coverage.any() else None
+    if picks is None:
+        picks = np.linspace(0, volume.shape[0] - 1, n_slices).round().astype(int)
+    fig, axes = plt.subplots(
+        len(picks), 1 + len(levels), figsize=(3 * (1 + len(levels)), 3 * len(picks)), squeeze=False
+    )
+    colours = {"scan": "Reds", "slice": "Blues"}
+    for row, z in enumerate(picks):
+        axes[row, 0].imshow(volume[z], cmap="gray")
+        axes[row, 0].set_ylabel(f"slice z={z}", fontsize=8)
+        for col, level in enumerate(levels, start=1):
+            axes[row, col].imshow(volume[z], cmap="gray")
+            overlay = np.ma.masked_where(~voxels[level][z], voxels[level][z].astype(float))
+            axes[row, col].imshow(overlay, cmap=colours.get(level, "Greens"), alpha=0.45, vmin=0, vmax=1)
+            if row == 0:
+                axes[row, col].set_title(f"{level}-level kept regions", fontsize=9)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=10)
+    save_figure(fig, path)
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "  -  " if value is None else f"{value:.{digits}f}"
+
+
+def classification_table(block: dict, title: str) -> list[str]:
+    """Lines of a per-class table (AUC [95% CI], argmax balanced accuracy / weighted F1, CT-CLIP accuracy)."""
+    lines = [
+        title,
+        f"{'class':36s} {'n_pos':>5s} {'AUC':>6s} {'95% CI':>15s} {'bal.acc':>7s} {'w.F1':>6s} {'acc@ROC*':>8s}",
+    ]
+    rows = [*block["per_class"].items(), (f"mean ({len(block['classes_in_mean'])} classes)", block["mean"])]
+    for name, entry in rows:
+        ci = entry["auc_ci95"]
+        argmax, ctclip = entry["argmax"] or {}, entry["ctclip"] or {}
+        lines.append(
+            f"{name[:36]:36s} {entry.get('n_pos', ''):>5} {_fmt(entry['auc']):>6s} "
+            f"{'[' + _fmt(ci[0]) + ', ' + _fmt(ci[1]) + ']' if ci else '-':>15s} "
+            f"{_fmt(argmax.get('balanced_accuracy')):>7s} {_fmt(argmax.get('weighted_f1')):>6s} "
+            f"{_fmt(ctclip.get('accuracy')):>8s}"
+        )
+    return lines
+
+
+def summary_table(results: dict) -> str:
+    """The readable end-of-run table: classification (18 and 16 classes) and retrieval per pool and direction."""
+    lines = []
+    if results["classification"] is not None:
+        for key in ("18", "16"):
+            lines += classification_table(
+                results["classification"][key],
+                f"zero-shot, {key} classes (template {results['template']}); acc@ROC* = threshold chosen on this set",
+            )
+            lines.append("")
+    lines.append(
+        f"{'retrieval':34s} {'N':>5s} "
+        + " ".join(f"{'R@' + str(k):>6s}" for k in RECALL_KS)
+        + f" {'median':>6s} {'mean':>7s}"
+    )
+    for pool, block in results["retrieval"].items():
+        for direction in ("report_to_volume", "volume_to_report"):
+            entry = block[direction]
+            lines.append(
+                f"{pool + ' ' + direction:34s} {entry['N']:>5d} "
+                + " ".join(f"{_fmt(entry[f'R@{k}']):>6s}" for k in RECALL_KS)
+                + f" {entry['median_rank']:>6.1f} {entry['mean_rank']:>7.1f}"
+            )
+        if "volume_to_volume" in block:
+            v2v = block["volume_to_volume"]
+            lines.append(
+                f"{pool + ' volume_to_volume':34s} {v2v['N']:>5d} "
+                + " ".join(f"MAP@{k} {_fmt(v2v[f'MAP@{k}'])}" for k in MAP_KS)
+            )
+    return "\n".join(lines)
