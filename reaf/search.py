@@ -1,0 +1,101 @@
+"""Search a split's embeddings: free text -> volumes (`--query`) and volume -> reports (`--volume`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from reaf.embeddings import encode_texts, load_embeddings
+from reaf.retrieval import normalize
+
+
+def top_k(query: np.ndarray, gallery: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and cosine scores of the k best gallery rows (G, E) for one query (E,); ties keep gallery order."""
+    scores = normalize(gallery) @ normalize(query[None, :])[0]
+    order = np.argsort(-scores, kind="stable")[:k]
+    return order, scores[order]
+
+
+def search_volumes(store: dict[str, Any], query_embedding: np.ndarray, k: int) -> list[tuple[str, float]]:
+    """The k volumes whose image embedding is nearest a text embedding (E,): [(volume name, score)]."""
+    order, scores = top_k(query_embedding, store["image"], k)
+    return [(store["names"][i], float(s)) for i, s in zip(order, scores)]
+
+
+def search_reports(store: dict[str, Any], volume: str, k: int) -> list[tuple[str, float, list[str]]]:
+    """The k distinct reports nearest volume `volume`'s image embedding: [(report, score, volumes with it)]."""
+    if volume not in store["names"]:
+        raise KeyError(f"volume {volume!r} is not in the embeddings file (it holds {len(store['names'])} volumes)")
+    unique = list(dict.fromkeys(store["reports"]))
+    first = {text: store["reports"].index(text) for text in unique}
+    text = store["text"][[first[t] for t in unique]]  # identical reports share one embedding
+    order, scores = top_k(store["image"][store["names"].index(volume)], text, k)
+    owners = [[n for n, r in zip(store["names"], store["reports"]) if r == unique[i]] for i in order]
+    return [(unique[i], float(s), who) for i, s, who in zip(order, scores, owners)]
+
+
+def load_query_model(
+    store: dict[str, Any], *, resume: str | None, model: str | None, cxr_bert_path: str | None, device: str
+) -> torch.nn.Module:
+    """The model that made the embeddings: config and checkpoint as recorded in the file, or --model/--resume."""
+    from reaf import create_model, load_checkpoint
+    from reaf.config import config_from_dict
+
+    meta = store["meta"]
+    checkpoint = resume or (meta.get("checkpoint") or {}).get("path")
+    if checkpoint is None:
+        raise SystemExit("the embeddings file records no checkpoint (made during training?): pass --resume PATH")
+    if model is not None:
+        net = create_model(model, cxr_bert_path=cxr_bert_path)
+    else:
+        net = create_model(config_from_dict(meta["model_config"], where="embeddings file"), cxr_bert_path=cxr_bert_path)
+    load_checkpoint(net, checkpoint)
+    return net.to(device).eval()
+
+
+def _shorten(text: str, width: int = 110) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--embeddings", required=True, help="embeddings.pt written by zero_shot.py")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--query", help="free text, e.g. 'bilateral pleural effusion': prints the nearest volumes")
+    what.add_argument("--volume", help="a volume name, e.g. valid_3_a_1: prints the nearest reports")
+    parser.add_argument("-k", type=int, default=10, help="how many results")
+    parser.add_argument("--resume", help="checkpoint to encode the query with (default: the one recorded)")
+    parser.add_argument("--model", help="model config name/JSON (default: the config recorded)")
+    parser.add_argument("--cxr-bert-path", help="local CXR-BERT folder, when the model was built with one")
+    parser.add_argument("--device", default="cpu")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    store = load_embeddings(Path(args.embeddings))
+    if args.volume is not None:
+        print(f"reports nearest volume {args.volume} ({len(set(store['reports']))} distinct reports):")
+        for rank, (report, score, owners) in enumerate(search_reports(store, args.volume, args.k), start=1):
+            own = "  <- its own report" if args.volume in owners else ""
+            print(f"{rank:3d}  {score:+.4f}  {owners[0]}{' +' + str(len(owners) - 1) if len(owners) > 1 else ''}{own}")
+            print(f"      {_shorten(report)}")
+        return 0
+    net = load_query_model(
+        store, resume=args.resume, model=args.model, cxr_bert_path=args.cxr_bert_path, device=args.device
+    )
+    query = encode_texts(net, [args.query], batch_size=1, device=args.device)[0]
+    print(f"volumes nearest {args.query!r} ({len(store['names'])} volumes):")
+    for rank, (name, score) in enumerate(search_volumes(store, query, args.k), start=1):
+        print(f"{rank:3d}  {score:+.4f}  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
