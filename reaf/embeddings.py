@@ -62,9 +62,17 @@ def encode_volumes(model: torch.nn.Module, loader: Any, names: list[str], *, dev
 
 
 def _loader(split: Any, spec: Any, tokenize: Any, *, batch_size: int, workers: int, seed: int) -> Any:
+    """The whole split in order on this process (one replica), whatever torch.distributed says."""
     from reaf.data import build_dataloader
 
-    return build_dataloader(split, spec, tokenize, batch_size=batch_size, workers=workers, seed=seed, train=False)
+    return build_dataloader(
+        split, spec, tokenize, batch_size=batch_size, workers=workers, seed=seed, train=False, num_replicas=1, rank=0
+    )
+
+
+def split_labels(split: Any) -> np.ndarray | None:
+    """(N, 18) float32 labels of the split (NaN = unknown), or None when it has none."""
+    return np.stack([s.labels for s in split.samples]).astype(np.float32) if split.has_labels else None
 
 
 def encode_split(
@@ -90,20 +98,30 @@ def encode_split(
     unique = list(dict.fromkeys(reports))
     row = {text: i for i, text in enumerate(unique)}
     text = encode_texts(inner, unique, batch_size=batch_size, device=device)[[row[r] for r in reports]]
-    labels = np.stack([s.labels for s in split.samples]).astype(np.float32) if split.has_labels else None
     return {
         "names": names,
         "scan_ids": [s.scan_id for s in split.samples],
         "reports": reports,
         "image": image,
         "text": text,
-        "labels": labels,
+        "labels": split_labels(split),
         "logit_scale": float(inner.logit_scale.detach().float().exp().cpu()),
     }
 
 
+def _files_digest(split: Any) -> str:
+    """sha256 over (relative path, size, mtime) of every volume file: a changed file changes the digest."""
+    from reaf.volume import volume_file
+
+    digest = hashlib.sha256()
+    for sample in split.samples:
+        stat = volume_file(Path(split.root), sample.rel, split.fmt).stat()
+        digest.update(f"{sample.rel}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 def data_description(split: Any, spec: Any) -> dict[str, Any]:
-    """What the embeddings depend on besides the model: split source, format, input spec, volume names, reports."""
+    """What the embeddings depend on besides the model: source, format, input spec, names, reports, file stats."""
     return {
         "source": str(split.source),
         "root": str(split.root),
@@ -111,6 +129,7 @@ def data_description(split: Any, spec: Any) -> dict[str, Any]:
         "input": {"size": list(spec.size), "hu_min": spec.hu_min, "hu_max": spec.hu_max, "mode": spec.mode},
         "volumes": [s.name for s in split.samples],
         "reports_sha256": hashlib.sha256("\x00".join(s.report for s in split.samples).encode()).hexdigest(),
+        "volume_files_sha256": _files_digest(split),
     }
 
 
@@ -130,6 +149,7 @@ def encoded_split(
     path = results_dir / "embeddings.pt"
     cached = reusable_embeddings(path, key)
     if cached is not None:
+        cached["labels"] = split_labels(split)  # labels are not part of the key: always the current ones
         return cached, True, key
     return encode_split(model, split, spec, **loader_args), False, key
 

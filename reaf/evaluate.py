@@ -26,7 +26,7 @@ from reaf.embeddings import (
     save_embeddings,
     unwrap,
 )
-from reaf.plots import summary_table, write_plots
+from reaf.plots import write_plots
 from reaf.prompts import CLASSES, CLASSES_16, class_prompts, templates_for
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def run_evaluation(
         write_outputs(results, encoded, probs, ranks, results_dir, plots=plots)
     finally:
         inner.train(was_training)
-    log.info("evaluation written to %s\n%s", results_dir, summary_table(results))
+    log.info("evaluation written to %s: %s", results_dir, summary_scalars(results))
     return results
 
 

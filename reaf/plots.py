@@ -215,3 +215,18 @@ def summary_table(results: dict) -> str:
                 + " ".join(f"MAP@{k} {_fmt(v2v[f'MAP@{k}'])}" for k in MAP_KS)
             )
     return "\n".join(lines)
+
+
+def explain_volume(model: Any, volume: Any, path: Path, *, title: str, device: str = "cpu") -> dict[str, np.ndarray]:
+    """Saliency picture of one volume (1, D, H, W): the regions the enhancer keeps at each level, on axial slices.
+
+    Returns the patch-grid masks {"scan", "slice"} -> (d, h, w) bool that were drawn.
+    """
+    import torch
+
+    trunk = getattr(model, "module", model).visual.trunk
+    with torch.inference_mode():
+        masks = trunk.saliency_masks(volume[None].to(device))
+    grids = {level: m[0].cpu().numpy().astype(bool) for level, m in masks.items()}
+    plot_saliency(volume[0].float().cpu().numpy(), grids, path, title=title)
+    return grids
