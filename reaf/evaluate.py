@@ -33,6 +33,38 @@ log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = "1"
 
+_BINARY = ["accuracy", "balanced_accuracy", "weighted_f1", "recall", "precision", "specificity"]
+_CLASS_BLOCK = {
+    "per_class": dict,
+    "mean": {
+        "auc": None,
+        "auc_ci95": None,
+        "auc_bootstrap_skipped": None,
+        "argmax": _BINARY,
+        "ctclip": ["threshold", *_BINARY],
+    },
+    "classes_in_mean": list,
+    "bootstrap": ["resamples", "seed", "unit", "method"],
+}
+_RANKS = [*(f"R@{k}" for k in retrieval.RECALL_KS), "median_rank", "mean_rank", "N"]
+_POOL = {"report_to_volume": _RANKS, "volume_to_report": _RANKS}
+# The documented results.json keys (every value may be null where a metric is undefined, e.g. no positives).
+RESULTS_SCHEMA = {
+    "protocol_version": str,
+    "created": str,
+    "checkpoint": None,  # {"path", "size", "sha256", "sha256_scope"} or null (an in-memory model in training)
+    "data": ["source", "root", "format", "input", "N", "N_scans", "has_labels", "report_text"],
+    "logit_scale": float,
+    "template": str,
+    "prompts": dict,
+    "classification": {"18": _CLASS_BLOCK, "16": _CLASS_BLOCK},  # null when the split has no labels
+    "classification_by_template": None,  # {"volume": {...}, "organ": {...}} with --zeroshot-template both
+    "retrieval": {"dup_all": _POOL, "dedup": _POOL},  # + "volume_to_volume": {"MAP@5", ...} with labels
+    "definitions": ["classification", "retrieval"],
+    "timing": ["encode_s", "metrics_s", "embeddings_reused"],
+    "files": ["results", "probabilities", "embeddings"],
+}
+
 
 def prompt_embeddings(
     model: torch.nn.Module, template: str, *, batch_size: int, device: str | torch.device
@@ -217,6 +249,7 @@ def write_outputs(
         files["plots"] = write_plots(results, encoded, probs, ranks, results_dir)
     results["files"] = files
     atomic_write_text(results_dir / "probabilities.csv", probabilities_table(encoded, probs).to_csv(index=False))
+    validate_results(results)
     atomic_write_text(results_dir / "results.json", json.dumps(_jsonable(results), indent=2, allow_nan=False))
 
 
@@ -230,3 +263,27 @@ def summary_scalars(results: dict) -> dict[str, float]:
         for direction in ("report_to_volume", "volume_to_report"):
             out.update({f"retrieval/{pool}/{direction}/R@{k}": block[direction][f"R@{k}"] for k in (1, 5, 10)})
     return {k: v for k, v in out.items() if v is not None}
+
+
+def _check(value: Any, schema: Any, where: str) -> None:
+    if isinstance(schema, dict):
+        if not isinstance(value, dict):
+            raise ValueError(f"results{where} must be an object")
+        for key, sub in schema.items():
+            if key not in value:
+                raise ValueError(f"results{where} lacks key {key!r}")
+            if value[key] is not None:
+                _check(value[key], sub, f"{where}[{key!r}]")
+    elif isinstance(schema, list):
+        missing = [key for key in schema if not isinstance(value, dict) or key not in value]
+        if missing:
+            raise ValueError(f"results{where} lacks keys {missing}")
+    elif isinstance(schema, type) and not isinstance(value, schema):
+        raise ValueError(f"results{where} must be a {schema.__name__}, got {type(value).__name__}")
+
+
+def validate_results(results: dict) -> None:
+    """Raise ValueError naming the first documented key (RESULTS_SCHEMA) that results.json lacks."""
+    _check(results, RESULTS_SCHEMA, "")
+    if results["protocol_version"] != PROTOCOL_VERSION:
+        raise ValueError(f"results protocol_version {results['protocol_version']!r} != {PROTOCOL_VERSION!r}")

@@ -1,0 +1,154 @@
+"""run_evaluation: each volume and prompt encoded once, the §7 probability formula, reuse of embeddings, outputs."""
+
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from reaf import create_model
+from reaf.evaluate import evaluate_retrieval, run_evaluation, validate_results
+from reaf.prompts import CLASSES, class_prompts
+from reaf.readers import read_split
+from reaf.volume import InputSpec, save_stage2
+
+# scan valid_1_a has two reconstructions sharing one report; valid_2_a and valid_2_b belong to one patient
+NAMES = ["valid_1_a_1", "valid_1_a_2", "valid_2_a_1", "valid_2_b_1", "valid_3_a_1", "valid_4_a_1", "valid_5_a_1"]
+
+
+def write_split(root, seed=0):
+    """A layout-B split folder with real stage2 .pt.gz volumes, reports.json and labels.csv; returns its path."""
+    split = root / "test"
+    (split / "volumes").mkdir(parents=True)
+    (split / "reports").mkdir()
+    g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((len(NAMES), len(CLASSES))) < 0.4).astype(int)
+    labels[:2, :3] = [[1, 0, 1], [1, 0, 1]]
+    labels[2, :3] = [0, 1, 0]
+    labels[1] = labels[0]  # sibling reconstructions share labels and report
+    reports = {}
+    for i, name in enumerate(NAMES):
+        save_stage2(split / "volumes" / f"{name}.pt.gz", torch.randn((1, 32, 96, 96), generator=g))
+        found = [c.lower() for c, y in zip(CLASSES, labels[i]) if y]
+        reports[name] = f"Findings: {', '.join(found) or 'no abnormality'}. Impressions: case {name[:-2]}."
+    (split / "reports" / "reports.json").write_text(json.dumps(reports))
+    table = pd.DataFrame(labels, columns=CLASSES)
+    table.insert(0, "VolumeName", [f"{n}.nii.gz" for n in NAMES])
+    table.to_csv(split / "labels.csv", index=False)
+    return split
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    torch.manual_seed(0)
+    model = create_model("tiny").eval()
+    ckpt = root / "ckpt.pt"
+    torch.save({"state_dict": model.state_dict(), "config": {"model": model.cfg.to_dict()}}, ckpt)
+    split = read_split(write_split(root), fmt="stage2", require_labels=True)
+    return model, split, InputSpec(size=(32, 96, 96)), ckpt
+
+
+class Counter:
+    """Wraps a model's encode functions and counts the rows (volumes / texts) that go through them."""
+
+    def __init__(self, model, monkeypatch):
+        self.image_rows, self.text_rows = 0, 0
+        image, text = model.encode_image, model.encode_text
+
+        def encode_image(volume):
+            self.image_rows += volume.shape[0]
+            return image(volume)
+
+        def encode_text(ids, mask):
+            self.text_rows += ids.shape[0]
+            return text(ids, mask)
+
+        monkeypatch.setattr(model, "encode_image", encode_image)
+        monkeypatch.setattr(model, "encode_text", encode_text)
+
+
+def _run(model, split, spec, out, ckpt, **kw):
+    args = {"batch_size": 3, "workers": 0, "device": "cpu", "checkpoint": ckpt, "n_boot": 50, "plots": False}
+    return run_evaluation(model, split, spec, results_dir=out, **{**args, **kw})
+
+
+def test_each_volume_and_prompt_encoded_once_and_reused(setup, tmp_path, monkeypatch, caplog):
+    model, split, spec, ckpt = setup
+    counter = Counter(model, monkeypatch)
+    results = _run(model, split, spec, tmp_path, ckpt, template="both")
+    distinct_reports = len({s.report for s in split.samples})
+    assert distinct_reports == len(NAMES) - 1  # the siblings share theirs
+    assert counter.image_rows == len(NAMES)
+    assert counter.text_rows == 2 * 2 * len(CLASSES) + distinct_reports  # 2 templates x 18 pairs, reports once
+    assert results["timing"]["embeddings_reused"] is False
+    validate_results(results)
+    counter.image_rows = counter.text_rows = 0
+    with caplog.at_level(logging.INFO, logger="reaf.embeddings"):
+        again = _run(model, split, spec, tmp_path, ckpt, template="both")
+    assert counter.image_rows == 0 and counter.text_rows == 2 * 2 * len(CLASSES)
+    assert again["timing"]["embeddings_reused"] is True and "reusing embeddings" in caplog.text
+    assert again["classification"] == results["classification"] and again["retrieval"] == results["retrieval"]
+
+
+def test_changed_checkpoint_is_not_reused(setup, tmp_path, monkeypatch):
+    model, split, spec, ckpt = setup
+    _run(model, split, spec, tmp_path, ckpt)
+    other = tmp_path / "other.pt"
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["logit_scale"] += 0.5
+    torch.save({"state_dict": state, "config": {"model": model.cfg.to_dict()}}, other)
+    counter = Counter(model, monkeypatch)
+    results = _run(model, split, spec, tmp_path, other)
+    assert counter.image_rows == len(NAMES) and results["timing"]["embeddings_reused"] is False
+
+
+def test_probabilities_follow_the_protocol_formula(setup, tmp_path):
+    model, split, spec, ckpt = setup
+    results = _run(model, split, spec, tmp_path, ckpt, template="organ")
+    table = pd.read_csv(tmp_path / "probabilities.csv")
+    assert table["VolumeName"].tolist() == NAMES and results["template"] == "organ"
+    from reaf.data import VolumeDataset
+
+    volume = VolumeDataset(split, spec)[3]["image"][None]
+    with torch.inference_mode():
+        img = model.encode_image(volume)
+        scale = model.logit_scale.exp()
+        for name, (neg, pos) in list(class_prompts("organ").items())[:4]:
+            txt = torch.cat([model.encode_text(*model.tokenize([t])) for t in (neg, pos)])  # one sentence at a time
+            expected = (scale * img @ txt.T).softmax(-1)[0, 1].item()
+            assert table.loc[3, f"organ:{name}"] == pytest.approx(expected, abs=1e-5)
+            assert table.loc[3, f"label:{name}"] == split.samples[3].labels[CLASSES.index(name)]
+
+
+def test_results_schema_and_retrieval_pools(setup, tmp_path):
+    model, split, spec, ckpt = setup
+    results = json.loads(json.dumps(_run(model, split, spec, tmp_path, ckpt)))
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    validate_results(on_disk)
+    assert on_disk["protocol_version"] == "1" and on_disk["data"]["N"] == len(NAMES)
+    assert on_disk["checkpoint"]["sha256_scope"] == "full file" and len(on_disk["checkpoint"]["sha256"]) == 64
+    assert on_disk["retrieval"]["dup_all"]["report_to_volume"]["N"] == len(NAMES)
+    assert on_disk["retrieval"]["dedup"]["volume_to_report"]["N"] == len(NAMES) - 1
+    assert set(on_disk["classification"]["16"]["per_class"]) == set(CLASSES) - {"Medical material", "Lymphadenopathy"}
+    assert on_disk["classification"] == results["classification"]
+    bad = json.loads(json.dumps(on_disk))
+    del bad["retrieval"]["dedup"]["report_to_volume"]["R@5"]
+    with pytest.raises(ValueError, match="R@5"):
+        validate_results(bad)
+
+
+def test_evaluate_retrieval_restores_training_mode(setup):
+    model, split, spec, _ = setup
+    model.train()
+    try:
+        out = evaluate_retrieval(model, split, spec, batch_size=4, workers=0, device="cpu")
+        assert model.training
+    finally:
+        model.eval()
+    assert out["N"] == len(NAMES) and set(out["retrieval"]) == {"dup_all", "dedup"}
+    assert 0.0 <= out["retrieval"]["dedup"]["report_to_volume"]["R@1"] <= 1.0
+    assert "volume_to_volume" in out["retrieval"]["dup_all"]
