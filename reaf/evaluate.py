@@ -55,6 +55,7 @@ RESULTS_SCHEMA = {
     "checkpoint": None,  # {"path", "size", "sha256", "sha256_scope"} or null (an in-memory model in training)
     "data": ["source", "root", "format", "input", "N", "N_scans", "has_labels", "report_text"],
     "logit_scale": float,
+    "model_config": dict,
     "template": str,
     "prompts": dict,
     "classification": {"18": _CLASS_BLOCK, "16": _CLASS_BLOCK},  # null when the split has no labels
@@ -148,6 +149,7 @@ def run_evaluation(
         }
         results, ranks = assemble_results(encoded, probs, data=data, checkpoint=fingerprint, seed=seed, n_boot=n_boot)
         results["timing"] = {**timing, "metrics_s": time.perf_counter() - start}
+        results["model_config"] = inner.cfg.to_dict()
         write_outputs(results, encoded, probs, ranks, results_dir, plots=plots)
     finally:
         inner.train(was_training)
