@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -181,30 +183,33 @@ def cache_key(checkpoint: dict[str, Any] | None, model_config: dict, data: dict[
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to a temp file in the same folder, then os.replace: never a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save to a temp file in the same folder, then os.replace: never a partial file."""
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """Yield a temp path beside `path`; on success it replaces `path` (mode from the umask), else it is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        yield Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text through a temp file + os.replace: never a partial file."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save through a temp file + os.replace: never a partial file."""
+    with atomic_output(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def save_embeddings(path: Path, encoded: dict[str, Any], *, key: str | None, meta: dict[str, Any]) -> None:

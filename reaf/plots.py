@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
+from reaf.embeddings import atomic_output  # noqa: E402
 from reaf.prompts import CLASSES  # noqa: E402
 from reaf.retrieval import MAP_KS, RECALL_KS, recall_curve  # noqa: E402
 
@@ -22,36 +22,36 @@ DPI = 100
 
 def save_figure(fig: Any, path: Path) -> None:
     """Save a figure as PNG atomically (temp file + os.replace) and close it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def plot_roc_curves(labels: np.ndarray, probs: np.ndarray, per_class: dict, path: Path, title: str) -> None:
     """One ROC panel per class: labels/probs (N, 18) in CLASSES order, per_class = results' per-class metrics."""
     cols = 6
     rows = -(-len(CLASSES) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.4 * rows), squeeze=False, constrained_layout=True)
     for ax, (c, name) in zip(axes.ravel(), enumerate(CLASSES)):
         known = np.isfinite(labels[:, c])
         entry = per_class[name]
         ax.plot([0, 1], [0, 1], color="0.7", linewidth=0.8, linestyle="--")
+        auc = "undefined"
         if entry["auc"] is not None:
             fpr, tpr, _ = roc_curve(labels[known, c], probs[known, c])
-            ax.plot(fpr, tpr, linewidth=1.5)
-            ax.set_title(f"{name[:28]}\nAUC {entry['auc']:.3f} (n+={entry['n_pos']})", fontsize=8)
-        else:
-            ax.set_title(f"{name[:28]}\nAUC undefined (n+={entry['n_pos']})", fontsize=8)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
+            ax.plot(fpr, tpr, linewidth=1.8, clip_on=False)
+            auc = f"{entry['auc']:.3f}"
+        ax.set_title(f"{textwrap.shorten(name, 34)}\nAUC {auc} (n+={entry['n_pos']}, n-={entry['n_neg']})", fontsize=8)
+        ax.set_xlim(-0.01, 1.01)
+        ax.set_ylim(-0.01, 1.01)
+        ax.set_aspect("equal")
         ax.tick_params(labelsize=6)
+    for ax in axes[-1]:
+        ax.set_xlabel("false positive rate", fontsize=7)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("true positive rate", fontsize=7)
     for ax in axes.ravel()[len(CLASSES) :]:
         ax.axis("off")
     fig.suptitle(title)
@@ -81,18 +81,30 @@ def plot_auc_bars(block: dict, path: Path, title: str) -> None:
 def plot_recall_curves(ranks: dict[str, dict[str, np.ndarray]], path: Path, max_k: int = 100) -> None:
     """R@K for K = 1..max_k of every pool and direction: ranks[pool][direction] = (Q,) 1-based ranks."""
     fig, ax = plt.subplots(figsize=(6, 4.5))
+    colours = {"report_to_volume": "tab:blue", "volume_to_report": "tab:orange"}
+    longest = 1
     for pool, by_direction in ranks.items():
         for direction, r in by_direction.items():
             k = min(max_k, len(r))
+            longest = max(longest, k)
             style = "-" if pool == "dedup" else "--"
-            ax.plot(np.arange(1, k + 1), recall_curve(r, k), style, label=f"{pool} {direction} (N={len(r)})")
+            ax.plot(
+                np.arange(1, k + 1),
+                recall_curve(r, k),
+                style,
+                color=colours.get(direction),
+                label=f"{pool} {direction} (N={len(r)})",
+            )
     ax.set_xscale("log")
+    ticks = [k for k in (1, 2, 5, 10, 20, 50, 100) if k <= longest]
+    ax.set_xticks(ticks, [str(k) for k in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("K")
     ax.set_ylabel("recall@K")
-    ax.set_ylim(0, 1)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title("report <-> volume retrieval")
+    ax.set_ylim(0, 1.02)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("report <-> volume retrieval (solid: dedup, dashed: dup_all)")
     save_figure(fig, path)
 
 
@@ -133,15 +145,14 @@ def plot_saliency(
 ) -> None:
     """Axial slices of `volume` (D, H, W) with the kept regions of each mask level (d, h, w) bool overlaid.
 
-    Slices are taken where the masks keep the most voxels (one per kept region where possible), columns are
-    the volume, the scan-level regions and the slice-level regions.
+    Slices are spread evenly over the depth range that holds kept regions; columns are the volume, the
+    scan-level regions and the slice-level regions.
     """
     levels = list(masks)
     voxels = {level: upsample_mask(np.asarray(m, bool), volume.shape) for level, m in masks.items()}
     coverage = sum(v.sum(axis=(1, 2)) for v in voxels.values())
-    picks = np.sort(np.argsort(-coverage, kind="stable")[:n_slices]) if coverage.any() else None
-    if picks is None:
-        picks = np.linspace(0, volume.shape[0] - 1, n_slices).round().astype(int)
+    candidates = np.flatnonzero(coverage) if coverage.any() else np.arange(volume.shape[0])
+    picks = np.unique(candidates[np.linspace(0, len(candidates) - 1, n_slices).round().astype(int)])
     fig, axes = plt.subplots(
         len(picks), 1 + len(levels), figsize=(3 * (1 + len(levels)), 3 * len(picks)), squeeze=False
     )
