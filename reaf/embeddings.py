@@ -144,16 +144,20 @@ def encoded_split(
     checkpoint: dict | None,
     data: dict,
     **loader_args: Any,
-) -> tuple[dict, bool, str | None]:
-    """(encoded, reused, key): embeddings.pt in results_dir when checkpoint and data are unchanged, else encode_split."""
+) -> tuple[dict, bool]:
+    """(encoded, reused): results_dir/embeddings.pt when checkpoint and data are unchanged (logged), else the split
+    encoded by encode_split and written there with its key and meta (checkpoint, model config, `data` =
+    data_description(split, spec))."""
     config = unwrap(model).cfg.to_dict()
     key = cache_key(checkpoint, config, data)
     path = results_dir / "embeddings.pt"
     cached = reusable_embeddings(path, key)
     if cached is not None:
         cached["labels"] = split_labels(split)  # labels are not part of the key: always the current ones
-        return cached, True, key
-    return encode_split(model, split, spec, **loader_args), False, key
+        return cached, True
+    encoded = encode_split(model, split, spec, **loader_args)
+    save_embeddings(path, encoded, key=key, meta={"checkpoint": checkpoint, "model_config": config, "data": data})
+    return encoded, False
 
 
 def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:

@@ -23,7 +23,6 @@ from reaf.embeddings import (
     encode_texts,
     encoded_split,
     file_fingerprint,
-    save_embeddings,
     unwrap,
 )
 from reaf.plots import write_plots
@@ -114,42 +113,25 @@ def run_evaluation(
     results_dir/embeddings.pt; without it the embeddings are always recomputed. The model's train/eval mode is
     restored on return. Returns the results.json dict.
     """
-    inner = unwrap(model)
+    inner, results_dir = unwrap(model), Path(results_dir)
     was_training = inner.training
     inner.eval()
     try:
-        results_dir = Path(results_dir)
         fingerprint = file_fingerprint(checkpoint) if checkpoint is not None else None
         data = data_description(split, spec)
         start = time.perf_counter()
-        encoded, reused, key = encoded_split(
-            inner,
-            split,
-            spec,
-            results_dir=results_dir,
-            checkpoint=fingerprint,
-            data=data,
-            batch_size=batch_size,
-            workers=workers,
-            device=device,
-            seed=seed,
+        loader_args = {"batch_size": batch_size, "workers": workers, "device": device, "seed": seed}
+        encoded, reused = encoded_split(
+            inner, split, spec, results_dir=results_dir, checkpoint=fingerprint, data=data, **loader_args
         )
         timing = {"encode_s": time.perf_counter() - start, "embeddings_reused": reused}
-        if not reused:
-            meta = {"checkpoint": fingerprint, "model_config": inner.cfg.to_dict(), "data": data}
-            save_embeddings(results_dir / "embeddings.pt", encoded, key=key, meta=meta)
         start = time.perf_counter()
-        probs = {
-            t: zero_shot_probabilities(
-                encoded["image"],
-                prompt_embeddings(inner, t, batch_size=batch_size, device=device),
-                encoded["logit_scale"],
-            )
-            for t in templates_for(template)
+        prompts = {
+            t: prompt_embeddings(inner, t, batch_size=batch_size, device=device) for t in templates_for(template)
         }
+        probs = {t: zero_shot_probabilities(encoded["image"], p, encoded["logit_scale"]) for t, p in prompts.items()}
         results, ranks = assemble_results(encoded, probs, data=data, checkpoint=fingerprint, seed=seed, n_boot=n_boot)
-        results["timing"] = {**timing, "metrics_s": time.perf_counter() - start}
-        results["model_config"] = inner.cfg.to_dict()
+        results.update(timing={**timing, "metrics_s": time.perf_counter() - start}, model_config=inner.cfg.to_dict())
         write_outputs(results, encoded, probs, ranks, results_dir, plots=plots)
     finally:
         inner.train(was_training)
