@@ -83,12 +83,9 @@ def zero_shot_probabilities(image: np.ndarray, prompts: np.ndarray, scale: float
 
 
 def classify(probs: np.ndarray, labels: np.ndarray, *, seed: int, n_boot: int) -> dict[str, dict]:
-    """{"18": metrics over CLASSES, "16": metrics over CLASSES_16} from probs/labels (N, 18)."""
-    subset = [CLASSES.index(name) for name in CLASSES_16]
-    return {
-        "18": metrics.classification_metrics(labels, probs, CLASSES, n_boot=n_boot, seed=seed),
-        "16": metrics.classification_metrics(labels[:, subset], probs[:, subset], CLASSES_16, n_boot=n_boot, seed=seed),
-    }
+    """{"18": metrics over CLASSES, "16": metrics over CLASSES_16} from probs/labels (N, 18), same resamples."""
+    subsets = {"18": CLASSES, "16": CLASSES_16}
+    return metrics.classification_subsets(labels, probs, CLASSES, subsets, n_boot=n_boot, seed=seed)
 
 
 def run_evaluation(

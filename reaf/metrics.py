@@ -134,24 +134,11 @@ def _mean_of(entries: list[dict], section: str) -> dict[str, float]:
     return {key: float(np.mean([entry[section][key] for entry in entries])) for key in keys}
 
 
-def classification_metrics(
-    labels: np.ndarray, probs: np.ndarray, classes: list[str], *, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0
-) -> dict:
-    """Per-class and macro metrics for `labels`/`probs` (N, C) over `classes` (C names).
-
-    Returns {"per_class": {name: {...}}, "mean": {"auc", "auc_ci95", "auc_bootstrap_skipped", "argmax": {...},
-    "ctclip": {...}}, "classes_in_mean", "classes_without_both_labels", "bootstrap": {...}}. The macro CI is taken
-    over the same volume resamples as the per-class CIs; a resample is skipped when any class in the mean is
-    degenerate in it.
-    """
-    labels, probs = np.asarray(labels, dtype=np.float64), np.asarray(probs, dtype=np.float64)
-    if labels.shape != probs.shape or labels.shape[1] != len(classes):
-        raise ValueError(f"labels {labels.shape} and probs {probs.shape} must both be (N, {len(classes)})")
-    counts = bootstrap_counts(len(labels), n_boot, seed)
-    per_class = {name: class_metrics(labels[:, c], probs[:, c], counts) for c, name in enumerate(classes)}
-    valid = [name for name in classes if per_class[name]["auc"] is not None]
-    resampled = np.stack([per_class[name].pop("_resampled_auc") for name in valid]) if valid else np.empty((0, n_boot))
-    macro = resampled.mean(axis=0) if valid else np.full(n_boot, np.nan)
+def macro_block(per_class: dict[str, dict], resampled: dict[str, np.ndarray], *, n_boot: int, seed: int) -> dict:
+    """The results block of a class set: its per-class entries, the macro mean with its bootstrap CI, and what
+    was left out. `resampled` holds each class's AUC per resample (same resamples for every class)."""
+    valid = [name for name, entry in per_class.items() if entry["auc"] is not None]
+    macro = np.stack([resampled[name] for name in valid]).mean(axis=0) if valid else np.full(n_boot, np.nan)
     mean: dict = {"auc": None, "auc_ci95": None, "auc_bootstrap_skipped": n_boot, "argmax": None, "ctclip": None}
     if valid:
         entries = [per_class[name] for name in valid]
@@ -166,6 +153,45 @@ def classification_metrics(
         "per_class": per_class,
         "mean": mean,
         "classes_in_mean": valid,
-        "classes_without_both_labels": [name for name in classes if name not in valid],
+        "classes_without_both_labels": [name for name in per_class if name not in valid],
         "bootstrap": {"resamples": n_boot, "seed": seed, "unit": "volume", "method": "percentile"},
     }
+
+
+def classification_subsets(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str],
+    subsets: dict[str, list[str]],
+    *,
+    n_boot: int = DEFAULT_BOOTSTRAP,
+    seed: int = 0,
+) -> dict[str, dict]:
+    """{key: macro_block} for each named class subset of `classes`, every class computed once.
+
+    labels/probs (N, C) in `classes` order; a resample is skipped for a subset's macro CI when any class in that
+    subset's mean is degenerate in it.
+    """
+    labels, probs = np.asarray(labels, dtype=np.float64), np.asarray(probs, dtype=np.float64)
+    if labels.shape != probs.shape or labels.shape[1] != len(classes):
+        raise ValueError(f"labels {labels.shape} and probs {probs.shape} must both be (N, {len(classes)})")
+    counts = bootstrap_counts(len(labels), n_boot, seed)
+    per_class = {name: class_metrics(labels[:, c], probs[:, c], counts) for c, name in enumerate(classes)}
+    resampled = {name: entry.pop("_resampled_auc", None) for name, entry in per_class.items()}
+    return {
+        key: macro_block({name: per_class[name] for name in names}, resampled, n_boot=n_boot, seed=seed)
+        for key, names in subsets.items()
+    }
+
+
+def classification_metrics(
+    labels: np.ndarray, probs: np.ndarray, classes: list[str], *, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0
+) -> dict:
+    """Per-class and macro metrics for `labels`/`probs` (N, C) over `classes` (C names).
+
+    Returns {"per_class": {name: {...}}, "mean": {"auc", "auc_ci95", "auc_bootstrap_skipped", "argmax": {...},
+    "ctclip": {...}}, "classes_in_mean", "classes_without_both_labels", "bootstrap": {...}}. The macro CI is taken
+    over the same volume resamples as the per-class CIs; a resample is skipped when any class in the mean is
+    degenerate in it.
+    """
+    return classification_subsets(labels, probs, classes, {"all": classes}, n_boot=n_boot, seed=seed)["all"]

@@ -16,6 +16,7 @@ from reaf.metrics import (
     bootstrap_counts,
     bootstrap_indices,
     classification_metrics,
+    classification_subsets,
     ctclip_threshold,
     weighted_auroc,
 )
@@ -135,3 +136,14 @@ def test_bootstrap_counts_degenerate_resamples():
     counts = bootstrap_counts(30, 300, 0)
     assert skipped == int((counts[:, 0] == 0).sum()) and 0 < skipped < 300
     assert out["mean"]["auc_bootstrap_skipped"] == skipped
+
+
+def test_subsets_equal_separate_runs():
+    rng = np.random.default_rng(5)
+    labels = (rng.random((50, 4)) < 0.4).astype(float)
+    probs = rng.random((50, 4))
+    names = ["a", "b", "c", "d"]
+    both = classification_subsets(labels, probs, names, {"all": names, "bd": ["b", "d"]}, n_boot=100, seed=2)
+    alone = classification_metrics(labels[:, [1, 3]], probs[:, [1, 3]], ["b", "d"], n_boot=100, seed=2)
+    assert both["bd"] == alone
+    assert both["all"]["per_class"]["b"] == alone["per_class"]["b"] and both["all"]["mean"] != alone["mean"]
