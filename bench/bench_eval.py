@@ -44,7 +44,7 @@ def encode_once(model, volumes, reports, labels, *, batch_size: int) -> dict[str
     image = torch.cat([model.encode_image(volumes[i : i + batch_size]) for i in range(0, len(volumes), batch_size)])
     image = image.numpy()
     t1 = time.perf_counter()
-    prompts = prompt_embeddings(model, "volume", batch_size=36, device="cpu")
+    prompts = prompt_embeddings(model, ["volume"], batch_size=36, device="cpu")["volume"]
     text = encode_texts(model, reports, batch_size=batch_size, device="cpu")
     t2 = time.perf_counter()
     probs = zero_shot_probabilities(image, prompts, float(model.logit_scale.exp()))

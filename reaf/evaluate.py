@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from scipy.special import expit
 
 from reaf import metrics, retrieval
 from reaf.embeddings import (
@@ -67,19 +68,23 @@ RESULTS_SCHEMA = {
 
 
 def prompt_embeddings(
-    model: torch.nn.Module, template: str, *, batch_size: int, device: str | torch.device
-) -> np.ndarray:
-    """Embeddings (18, 2, E) of the ("Not X", "X") sentences of every class, each sentence encoded once."""
-    pairs = class_prompts(template, CLASSES)
-    sentences = [sentence for pair in pairs.values() for sentence in pair]
-    emb = encode_texts(model, sentences, batch_size=batch_size, device=device)
-    return emb.reshape(len(CLASSES), 2, -1)
+    model: torch.nn.Module, templates: list[str], *, batch_size: int, device: str | torch.device
+) -> dict[str, np.ndarray]:
+    """{template: (18, 2, E)} embeddings of the ("Not X", "X") sentences; each distinct sentence encoded once."""
+    pairs = {t: class_prompts(t, CLASSES) for t in templates}
+    sentences = [sentence for t in templates for pair in pairs[t].values() for sentence in pair]
+    unique = list(dict.fromkeys(sentences))
+    emb = encode_texts(model, unique, batch_size=batch_size, device=device)
+    row = {sentence: i for i, sentence in enumerate(unique)}
+    return {
+        t: emb[[row[s] for pair in pairs[t].values() for s in pair]].reshape(len(CLASSES), 2, -1) for t in templates
+    }
 
 
 def zero_shot_probabilities(image: np.ndarray, prompts: np.ndarray, scale: float) -> np.ndarray:
     """p = softmax(scale * img . [t_neg, t_pos])[pos]: image (N, E), prompts (C, 2, E) -> (N, C) float64."""
     logits = scale * np.einsum("ne,cke->nck", image.astype(np.float64), prompts.astype(np.float64))
-    return 1.0 / (1.0 + np.exp(logits[..., 0] - logits[..., 1]))
+    return expit(logits[..., 1] - logits[..., 0])  # the two-way softmax, without overflow
 
 
 def classify(probs: np.ndarray, labels: np.ndarray, *, seed: int, n_boot: int) -> dict[str, dict]:
@@ -123,9 +128,7 @@ def run_evaluation(
         )
         timing = {"encode_s": time.perf_counter() - start, "embeddings_reused": reused}
         start = time.perf_counter()
-        prompts = {
-            t: prompt_embeddings(inner, t, batch_size=batch_size, device=device) for t in templates_for(template)
-        }
+        prompts = prompt_embeddings(inner, templates_for(template), batch_size=batch_size, device=device)
         probs = {t: zero_shot_probabilities(encoded["image"], p, encoded["logit_scale"]) for t, p in prompts.items()}
         results, ranks = assemble_results(encoded, probs, data=data, checkpoint=fingerprint, seed=seed, n_boot=n_boot)
         results.update(timing={**timing, "metrics_s": time.perf_counter() - start}, model_config=inner.cfg.to_dict())
