@@ -198,3 +198,19 @@ def test_gradients_reach_both_towers_and_lock_text():
         assert named[name].grad is not None and named[name].grad.abs().sum() > 0, name
     assert named["visual.trunk.spatial_posemb"].grad is None
     assert named["text.transformer.embeddings.word_embeddings.weight"].grad is None
+
+
+def test_plain_hierarchy_and_full_attention_variants():
+    vol = volume(1)
+    plain = tiny(fusion_saliency=False).eval()
+    assert not hasattr(plain.visual.trunk, "fusion_layer")
+    full = tiny(fusion_saliency=False, scan_blocks=[0, 1, 2]).eval()
+    assert full.visual.trunk.levels == ["scan"] * 3
+    reaf = tiny().eval()
+    n_params = {m: sum(p.numel() for p in m.visual.parameters()) for m in (plain, full, reaf)}
+    assert n_params[plain] == n_params[full] == n_params[reaf] - (2 * 48 * 48 + 48)
+    with torch.no_grad():
+        outs = [m.encode_image(vol) for m in (plain, full, reaf)]
+    assert all(o.shape == (1, 64) for o in outs)
+    with pytest.raises(ValueError, match="need at least one scan-level and one slice-level"):
+        tiny(scan_blocks=[0, 1, 2])
