@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-AIR, FAT, MEDIASTINAL_FAT, SOFT, LUNG, FLUID = -1000.0, -100.0, -90.0, 40.0, -850.0, 10.0
+AIR, FAT, MEDIASTINAL_FAT, SOFT, LUNG, FLUID = -1000.0, -100.0, -110.0, 40.0, -820.0, 10.0
 BONE, MARROW, ORGAN, TABLE = 800.0, 300.0, 55.0, 150.0
 HU_MIN, HU_MAX = -1024, 3071
 Vec = tuple[float, float, float]

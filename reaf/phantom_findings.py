@@ -36,8 +36,8 @@ def _medical_material(rng, a):
     bx, by = a.body
     if kind == "sternotomy wires":
         zs = np.linspace(-20, 30, rng.integers(3, 5))
-        y = a.front + a.muscle / 2
-        shapes = [Capsule(METAL, p0=(-12.0, y, z), p1=(12.0, y, z), radius=2.5) for z in zs]
+        ys = (a.front - 2.5, a.front + a.muscle + 2.0)  # in front of and behind the sternum, not on the bone
+        shapes = [Capsule(METAL, p0=(-13.0, y, z), p1=(13.0, y, z), radius=2.5) for z in zs for y in ys]
         return Finding(detail={"kind": kind}, shapes=tuple(shapes))
     sign = -1.0 if kind == "pacemaker" else 1.0
     x = sign * rng.uniform(32, 46)
@@ -80,7 +80,7 @@ def _coronary_calcification(rng, a):
         d = np.array([rng.uniform(-1, 1), rng.uniform(0.2, 1), rng.uniform(-0.3, 0.8)])
         d /= np.linalg.norm(d)
         p = tuple(c + r * q for c, r, q in zip(a.heart_centre, a.heart_size, d))
-        shapes.append(Ellipsoid(900.0, centre=p, radii=(3.5, 3.5, 4.5)))
+        shapes.append(Ellipsoid(900.0, centre=p, radii=(4.0, 4.0, 5.0)))
     artery = names[int(rng.integers(3))]
     return Finding(size="a few" if count < 4 else "extensive", detail={"artery": artery}, shapes=tuple(shapes))
 
@@ -98,17 +98,18 @@ def _hiatal_hernia(rng, a):
 
 
 def _lymphadenopathy(rng, a):
-    tx, ty = a.trachea
-    c = a.carina_z
+    # Nodes sit at the mediastinal border so that they widen its contour against the lung (fat vs node is only
+    # ~170 HU, faint in a 1500 HU window); hilar nodes lie in the lung root.
+    ty, c, m = a.trachea[1], a.carina_z, a.mediastinum
     stations = {
-        "right paratracheal": (11.0, ty + 2.0, c + 12.0), "prevascular": (-4.0, a.aorta[1][1] + 15.0, c + 18.0),
-        "aortopulmonary window": (-12.0, ty + 8.0, c + 6.0), "subcarinal": (0.0, ty - 1.0, c - 13.0),
-        "right hilar": (26.0, ty - 1.0, c - 8.0), "left hilar": (-26.0, ty - 1.0, c - 8.0),
+        "right paratracheal": (m, ty + 2.0, c + 14.0), "prevascular": (-m, a.aorta[1][1] + 12.0, c + 20.0),
+        "aortopulmonary window": (-m, ty + 8.0, c + 6.0), "subcarinal": (0.0, ty - 1.0, c - 13.0),
+        "right hilar": (m + 10.0, ty - 1.0, c - 8.0), "left hilar": (-m - 10.0, ty - 1.0, c - 8.0),
     }  # fmt: skip
-    chosen = sorted(rng.choice(list(stations), size=int(rng.integers(2, 4)), replace=False))
-    sizes = rng.uniform(7.5, 10.5, len(chosen))
-    shapes = tuple(Ellipsoid(45.0, centre=stations[n], radii=(s, s, s * 0.9), stage="early")
-                   for n, s in zip(chosen, sizes))  # fmt: skip
+    chosen = [str(n) for n in sorted(rng.choice(list(stations), size=int(rng.integers(2, 4)), replace=False))]
+    sizes = rng.uniform(8.0, 11.0, len(chosen))
+    shapes = tuple(Ellipsoid(60.0, centre=stations[n], radii=(m + 4.0 if n == "subcarinal" else s, s, s * 0.9),
+                             stage="early") for n, s in zip(chosen, sizes))  # fmt: skip
     return Finding(detail={"stations": chosen, "mm": round(2 * float(sizes.max()))}, shapes=shapes)
 
 

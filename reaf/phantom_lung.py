@@ -26,7 +26,7 @@ def emphysema(rng: np.random.Generator, a: Anatomy) -> Finding:
         for _ in range(count):
             r = rng.uniform(8, 14)
             p = lung_point(rng, a, s, "upper" if rng.random() < 0.7 else "middle", r * 0.6)
-            shapes.append(Ellipsoid(-990.0, centre=p, radii=(r, r, r), within=f"lung_{s}"))
+            shapes.append(Ellipsoid(-1000.0, centre=p, radii=(r, r, r), within=f"lung_{s}"))
     size = ["mild", "moderate", "marked"][min(count - 3, 2)]
     kind = ["centrilobular", "paraseptal"][int(rng.integers(2))]
     return Finding(side=side, size=size, lobe="upper", detail={"type": kind}, shapes=tuple(shapes))
@@ -102,7 +102,7 @@ def mosaic_attenuation(rng: np.random.Generator, a: Anatomy) -> Finding:
     for s in sides:
         c = np.array(lung_point(rng, a, s, zone, 10.0))
         half = np.array([20.0, 24.0, 18.0])
-        shapes.append(Checker(-690.0, lo=tuple(c - half), hi=tuple(c + half), cell=cell, hu2=-920.0,
+        shapes.append(Checker(-650.0, lo=tuple(c - half), hi=tuple(c + half), cell=cell, hu2=-950.0,
                               within=f"lung_{s}"))  # fmt: skip
     return Finding(side=side, size="", lobe=zone, shapes=tuple(shapes))
 

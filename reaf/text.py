@@ -119,7 +119,5 @@ class TextTower(nn.Module):
 
 def tokenize(tokenizer, texts: list[str], context_length: int) -> tuple[Tensor, Tensor]:
     """list of N strings -> (input_ids, attention_mask), each (N, L) long, L <= context_length (padded to longest)."""
-    out = tokenizer(
-        list(texts), padding="longest", truncation=True, max_length=context_length, return_tensors="pt"
-    )
+    out = tokenizer(list(texts), padding="longest", truncation=True, max_length=context_length, return_tensors="pt")
     return out["input_ids"].to(torch.long), out["attention_mask"].to(torch.long)
