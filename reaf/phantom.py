@@ -61,12 +61,15 @@ class Shape:
     clip: tuple[Vec, Vec] | None = field(default=None, kw_only=True)  # extra (lo, hi) bounds in mm
 
     def bounds(self) -> tuple[Vec, Vec]:
+        """(lo, hi) corners in mm of a box holding the shape."""
         raise NotImplementedError
 
     def inside(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """Boolean membership for broadcastable coordinate arrays (mm) of shapes (n,1,1), (1,m,1), (1,1,k)."""
         raise NotImplementedError
 
     def values(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray | float:
+        """HU to paint: a scalar, or an array broadcastable like ``inside``."""
         return self.hu
 
 

@@ -123,6 +123,7 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
 
 
 def with_heart_scale(anatomy: Anatomy, scale: float) -> Anatomy:
+    """The same anatomy with the heart's radii multiplied by ``scale`` (cardiomegaly)."""
     return dataclasses.replace(anatomy, heart_scale=scale)
 
 
@@ -134,6 +135,7 @@ def _dome_z(a: Anatomy, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def draw_sides(rng: np.random.Generator, bilateral: float = 0.25) -> tuple[str, list[str]]:
+    """Laterality: ("bilateral", ["r", "l"]) with probability ``bilateral``, else right or left equally."""
     u = rng.random()
     if u < bilateral:
         return "bilateral", ["r", "l"]
@@ -219,7 +221,9 @@ def _paint_bone(vol: np.ndarray, grid: Grid, a: Anatomy) -> None:
     vol[in_wall & on_rib] = BONE
 
 
-def render(anatomy: Anatomy, shapes: list[Shape], geometry: Geometry, noise_sd: float, rng: np.random.Generator):
+def render(
+    anatomy: Anatomy, shapes: list[Shape], geometry: Geometry, noise_sd: float, rng: np.random.Generator
+) -> np.ndarray:
     """Render anatomy plus finding shapes to an int16 HU array of ``geometry.shape`` (nx, ny, nz).
 
     Gaussian noise of ``noise_sd`` HU is added inside the body and table; values are clipped to [-1024, 3071].

@@ -18,8 +18,9 @@ CLASSES = [
     "Lung nodule", "Lung opacity", "Pulmonary fibrotic sequela", "Pleural effusion", "Mosaic attenuation pattern",
     "Peribronchial thickening", "Consolidation", "Bronchiectasis", "Interlobular septal thickening",
 ]  # fmt: skip
-PREVALENCE = dict(zip(CLASSES, (0.22, 0.34, 0.25, 0.2, 0.3, 0.2, 0.28, 0.3, 0.27, 0.35, 0.33, 0.3, 0.22,
-                                0.2, 0.22, 0.24, 0.2, 0.2)))  # fmt: skip
+# Per-scan probability of each class (independent draws), kept within 0.24-0.33 so every class has positives.
+PREVALENCE = dict(zip(CLASSES, (0.25, 0.33, 0.27, 0.24, 0.3, 0.24, 0.28, 0.3, 0.28, 0.33, 0.32, 0.3, 0.27,
+                                0.25, 0.26, 0.28, 0.25, 0.25)))  # fmt: skip
 # Painting order: large regional patterns first, focal findings last so that every planted class stays visible.
 PAINT_ORDER = [15, 13, 7, 10, 17, 11, 14, 16, 8, 12, 9, 0, 1, 3, 4, 5, 6, 2]
 METAL = 3071.0

@@ -19,6 +19,7 @@ def _zone(rng: np.random.Generator, weights: tuple[float, float, float]) -> str:
 
 
 def emphysema(rng: np.random.Generator, a: Anatomy) -> Finding:
+    """Clusters of air-density (-1000 HU) spheres, 8-14 mm radius, mostly in the upper zones."""
     side, sides = draw_sides(rng, 0.5)
     count = int(rng.integers(3, 7))
     shapes = []
@@ -33,6 +34,7 @@ def emphysema(rng: np.random.Generator, a: Anatomy) -> Finding:
 
 
 def atelectasis(rng: np.random.Generator, a: Anatomy) -> Finding:
+    """A dense (30 HU) flattened wedge at the lung base above the diaphragm."""
     side, sides = draw_sides(rng, 0.3)
     shapes = []
     for s in sides:
@@ -44,6 +46,7 @@ def atelectasis(rng: np.random.Generator, a: Anatomy) -> Finding:
 
 
 def lung_nodule(rng: np.random.Generator, a: Anatomy) -> Finding:
+    """One or two round soft-tissue (30 HU) balls of 10-20 mm diameter."""
     count = 1 + int(rng.random() < 0.35)
     sides = [["r", "l"][int(rng.integers(2))] for _ in range(count)]
     zone = _zone(rng, (0.45, 0.3, 0.25))
@@ -58,6 +61,7 @@ def lung_nodule(rng: np.random.Generator, a: Anatomy) -> Finding:
 
 
 def lung_opacity(rng: np.random.Generator, a: Anatomy) -> Finding:
+    """Ground-glass (-480 HU) ellipsoidal patches of 9-18 mm radius."""
     side, sides = draw_sides(rng, 0.35)
     zone = _zone(rng, (0.4, 0.4, 0.2))
     shapes = []
@@ -70,6 +74,7 @@ def lung_opacity(rng: np.random.Generator, a: Anatomy) -> Finding:
 
 
 def fibrotic_sequela(rng: np.random.Generator, a: Anatomy) -> Finding:
+    """Reticular dense streaks: 3-5 soft-tissue (20 HU) rods of 4-5 mm diameter, 24-40 mm long."""
     side, sides = draw_sides(rng, 0.3)
     zone = _zone(rng, (0.6, 0.3, 0.1))
     shapes = []
@@ -85,6 +90,7 @@ def fibrotic_sequela(rng: np.random.Generator, a: Anatomy) -> Finding:
 
 
 def pleural_effusion(rng: np.random.Generator, a: Anatomy) -> Finding:
+    """A dependent fluid (10 HU) layer 12-28 mm deep along the posterior wall, tapering upwards."""
     side, sides = draw_sides(rng, 0.35)
     depth = rng.uniform(12, 28)
     cx, cy = a.cavity
@@ -95,6 +101,7 @@ def pleural_effusion(rng: np.random.Generator, a: Anatomy) -> Finding:
 
 
 def mosaic_attenuation(rng: np.random.Generator, a: Anatomy) -> Finding:
+    """A 3-D checkerboard of 10-13 mm lobules alternating -650 / -950 HU in one lung region."""
     side, sides = draw_sides(rng, 0.5)
     zone = _zone(rng, (0.3, 0.4, 0.3))
     cell = rng.uniform(10, 13)
@@ -121,6 +128,7 @@ def _tubes(rng, a, s, start, count, length, outer, inner, zone) -> list:
 
 
 def peribronchial_thickening(rng: np.random.Generator, a: Anatomy) -> Finding:
+    """Airways with thick walls (outer radius 4.8 mm, lumen 1.8 mm) radiating from the hilum."""
     side, sides = draw_sides(rng, 0.5)
     shapes = []
     for s in sides:
@@ -130,6 +138,7 @@ def peribronchial_thickening(rng: np.random.Generator, a: Anatomy) -> Finding:
 
 
 def consolidation(rng: np.random.Generator, a: Anatomy) -> Finding:
+    """A large dense (35 HU) lobar area, 14-26 mm radii, with air bronchograms."""
     side, sides = draw_sides(rng, 0.2)
     zone = _zone(rng, (0.4, 0.35, 0.25))
     shapes = []
@@ -145,6 +154,7 @@ def consolidation(rng: np.random.Generator, a: Anatomy) -> Finding:
 
 
 def bronchiectasis(rng: np.random.Generator, a: Anatomy) -> Finding:
+    """Dilated air tubes (lumen radius 5 mm) with soft-tissue walls in the lower zones."""
     side, sides = draw_sides(rng, 0.4)
     shapes = []
     for s in sides:
@@ -155,6 +165,7 @@ def bronchiectasis(rng: np.random.Generator, a: Anatomy) -> Finding:
 
 
 def septal_thickening(rng: np.random.Generator, a: Anatomy) -> Finding:
+    """A fine grid of 2.6-3.2 mm lines every 8-10 mm (-60 HU) over a peripheral lung region."""
     side, sides = draw_sides(rng, 0.5)
     zone = _zone(rng, (0.2, 0.4, 0.4))
     period, thick = rng.uniform(8, 10), rng.uniform(2.6, 3.2)

@@ -7,7 +7,12 @@ plus CT-RATE's metadata, report and label CSVs. v1 volumes (train/, valid/) stor
 affine (the CSV's RescaleIntercept -1024 is needed to get HU); v2 volumes (train_fixed/, valid_fixed/) store HU
 with the true spacing in the affine. As in CT-RATE, every metadata row says RescaleIntercept -1024, RescaleSlope 1.
 Everything is deterministic from the seed; each volume's randomness comes from (seed, VolumeName) streams, so the
-worker count never changes a byte. Helpers for tests: ``synth_volume`` and ``write_volume_nifti``.
+worker count never changes a byte. Re-running into the same folder replaces files at the same paths only.
+
+Helpers other tests may reuse: ``write_volume_nifti(path, hu, spacing, version="v1"|"v2")`` writes one NIfTI
+exactly as the dataset does; ``synth_volume(seed, name, classes=None)`` renders one phantom (optionally with a
+forced finding set) without writing anything. The phantom lives in reaf/phantom*.py, reports in
+reaf/synthetic_reports.py, metadata rows in reaf/synthetic_metadata.py.
 """
 
 from __future__ import annotations
@@ -227,6 +232,7 @@ def generate(out_dir: str | Path, seed: int = 0, num_train: int = 240, num_valid
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """CLI entry point: parse ``argv``, generate, print one summary line, return the summary dict."""
     parser = argparse.ArgumentParser(description="Write a small synthetic CT-RATE (layout A) under OUT/dataset.")
     parser.add_argument("--out", required=True, help="output folder; the dataset goes to OUT/dataset")
     parser.add_argument("--seed", type=int, default=0)

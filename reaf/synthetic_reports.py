@@ -49,10 +49,10 @@ POSITIVE: dict[str, list[str]] = {
         "{Size} calcified plaques are observed in the {artery} coronary artery.",
         "Coronary artery calcification is seen ({size} plaques), most evident in the {artery} artery.",
     ],
-    "Hiatal hernia": ["A {size} hiatal hernia is observed at the oesophageal hiatus.", "{Size} hiatal hernia."],
+    "Hiatal hernia": ["A {size} hiatal hernia is observed at the esophageal hiatus.", "{Size} hiatal hernia."],
     "Lymphadenopathy": [
-        "Lymphadenopathy is observed in the {stations} region, the largest lymph node measuring {mm} mm.",
-        "Enlarged lymph nodes of pathological size are seen in the {stations} region, up to {mm} mm.",
+        "Lymphadenopathy is observed in the {stations}, the largest lymph node measuring {mm} mm.",
+        "Enlarged lymph nodes of pathological size are seen in the {stations}, up to {mm} mm.",
     ],
     "Emphysema": [
         "{Type} emphysema is observed in {where}.",
@@ -60,7 +60,7 @@ POSITIVE: dict[str, list[str]] = {
     ],
     "Atelectasis": ["{Type} atelectasis is observed in {where}.", "Atelectasis ({type}) is seen in {where}."],
     "Lung nodule": [
-        "{Nodules} measuring up to {mm} mm {are} observed in {where}.",
+        "{Nodules} measuring {up_to}{mm} mm {are} observed in {where}.",
         "{Nodules} of {mm} mm in largest diameter {are} seen in {where}.",
     ],
     "Lung opacity": [
@@ -98,7 +98,7 @@ NEGATIVE: dict[str, list[str]] = {
     "Cardiomegaly": ["Heart contour and size are normal.", "No cardiomegaly was observed."],
     "Pericardial effusion": ["Pericardial effusion-thickening was not observed.", "No pericardial effusion was seen."],
     "Coronary artery wall calcification": ["No calcification was detected in the coronary arteries."],
-    "Hiatal hernia": ["Oesophagus calibration is normal.", "No hiatal hernia was detected."],
+    "Hiatal hernia": ["Esophagus calibration is normal.", "No hiatal hernia was detected."],
     "Lymphadenopathy": [
         "No enlarged lymph nodes in pathological size and appearance were detected in the mediastinum or hila.",
         "No lymphadenopathy was detected.",
@@ -146,11 +146,14 @@ def _where(f: Finding) -> str:
 def _fields(f: Finding) -> dict[str, str]:
     d = {k: str(v) for k, v in f.detail.items()}
     if "stations" in f.detail:
-        d["stations"] = " and ".join(f.detail["stations"])
+        names = list(f.detail["stations"])
+        d["stations"] = (
+            (", ".join(names[:-1]) + " and " + names[-1] + " regions") if len(names) > 1 else names[0] + " region"
+        )
     side = {"right": "Right", "left": "Left", "bilateral": "Bilateral"}.get(f.side or "", "")
     d.update(where=_where(f), size=f.size or "small", side=side, side_lower=side.lower())
     many = int(f.detail.get("count", 1)) > 1
-    d.update(nodules="nodules" if many else "a nodule", are="are" if many else "is")
+    d.update(nodules="nodules" if many else "a nodule", are="are" if many else "is", up_to="up to " if many else "")
     d["wall"] = {"pacemaker": "left anterior chest wall", "port catheter": "right anterior chest wall"}.get(
         d.get("kind", ""), "sternum")  # fmt: skip
     d.update({k[0].upper() + k[1:]: v[:1].upper() + v[1:] for k, v in list(d.items()) if v})
