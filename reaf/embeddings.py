@@ -18,7 +18,10 @@ from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
-REPORT_TEXT = "Sample.report: the text training pairs with each volume (DESIGN §5.4)"
+REPORT_TEXT = (
+    "Sample.report as reaf.readers reads it for training (DESIGN §5.4): 'Findings: ... Impressions: ...' from the "
+    "reports CSV, or the reference's report JSON when --report-root is given"
+)
 
 EMBEDDINGS_VERSION = 1
 FULL_HASH_LIMIT = 512 * 2**20  # files above this are hashed on their first and last MiB plus their size

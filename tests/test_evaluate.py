@@ -154,3 +154,34 @@ def test_evaluate_retrieval_restores_training_mode(setup):
     assert out["N"] == len(NAMES) and set(out["retrieval"]) == {"dup_all", "dedup"}
     assert 0.0 <= out["retrieval"]["dedup"]["report_to_volume"]["R@1"] <= 1.0
     assert "volume_to_volume" in out["retrieval"]["dup_all"]
+
+
+def test_fingerprint_of_a_huge_file_is_partial_and_says_so(tmp_path, monkeypatch):
+    import hashlib
+
+    import reaf.embeddings as embeddings
+
+    path = tmp_path / "big.pt"
+    path.write_bytes(bytes(range(256)) * 4)
+    assert embeddings.file_fingerprint(path)["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    monkeypatch.setattr(embeddings, "FULL_HASH_LIMIT", 100)
+    monkeypatch.setattr(embeddings, "PARTIAL_BLOCK", 16)
+    data = path.read_bytes()
+    got = embeddings.file_fingerprint(path)
+    assert got["sha256"] == hashlib.sha256(data[:16] + data[-16:] + b"1024").hexdigest()
+    assert "first and last 16 bytes + size" in got["sha256_scope"] and got["size"] == 1024
+
+
+def test_data_key_follows_volume_files_and_input(setup):
+    import os
+
+    from reaf.embeddings import data_description
+    from reaf.volume import volume_file
+
+    _, split, spec, _ = setup
+    before = data_description(split, spec)
+    assert data_description(split, InputSpec(size=(32, 96, 96), mode="resize")) != before
+    path = volume_file(split.root, split.samples[2].rel, split.fmt)
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the file was rewritten
+    assert data_description(split, spec)["volume_files_sha256"] != before["volume_files_sha256"]
