@@ -10,7 +10,8 @@ import torch.nn.functional as F
 TARGET_SPACING = (3.0, 1.0, 1.0)  # (z, y, x) mm, the reference's stage-1 grid
 MEAN, STD = 0.449, 0.226
 AIR_HU = (-1250.0, -750.0)  # where the air level (see `air_level`) of a chest CT in HU must fall
-PADDING_SPIKE = 0.005  # a minimum value held by >= 0.5% of voxels is scanner padding, not anatomy
+PADDING_SPIKE = (0.005, 0.3)  # a minimum value held by 0.5%..30% of voxels is field-of-view padding (a circle in a
+# square image pads 21.5%); held by more, it is the air itself (e.g. air clipped at -1024 or a noise-free phantom)
 MIN_CROP_FILL = 0.5  # crop mode: each resampled axis must cover at least half of the model input
 
 
@@ -41,7 +42,7 @@ def air_level(stored: torch.Tensor) -> float:
     sample = stored[::step, ::step, ::step].reshape(-1).float()
     low = sample.min()
     is_pad = sample == low
-    if PADDING_SPIKE <= is_pad.float().mean() < 1:
+    if PADDING_SPIKE[0] <= is_pad.float().mean() <= PADDING_SPIKE[1]:
         sample = sample[~is_pad]
     k = max(1, int(0.01 * sample.numel()))
     return float(sample.kthvalue(k).values)
