@@ -101,18 +101,27 @@ def atomic_write(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def describe_error(e: BaseException) -> str:
+    """The cause of a failure as shown to users: the message, prefixed by the type unless it is a ValueError."""
+    return str(e) if type(e) in (ValueError, VolumeError) else f"{type(e).__name__}: {e}"
+
+
 def read_nifti(path: Path) -> tuple[torch.Tensor, tuple[float, float], tuple[float, float, float]]:
     """NIfTI -> (stored values (z, y, x) as stored, header (scl_slope, scl_inter), header spacing (z, y, x) mm).
 
     nibabel's array is data[i, j, k] = (x, y, z); values are unscaled so the HU decision sees the header apart.
     """
-    img = nib.load(path)
+    try:
+        img = nib.load(path)
+        stored = np.asanyarray(img.dataobj.get_unscaled())
+    except Exception as e:  # nibabel/gzip/zlib raise many types for a damaged or foreign file
+        raise ValueError(f"not a readable NIfTI file ({describe_error(e)})") from e
     shape = img.shape
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if len(shape) != 3:
         raise ValueError(f"expected a 3-D volume, got shape {tuple(img.shape)}")
-    stored = np.asanyarray(img.dataobj.get_unscaled()).reshape(shape)
+    stored = stored.reshape(shape)
     slope, inter = float(img.dataobj.slope), float(img.dataobj.inter)
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     return torch.from_numpy(np.ascontiguousarray(stored.transpose(2, 1, 0))), (slope, inter), zooms[::-1]
@@ -250,4 +259,4 @@ def load_volume(path: Path, fmt: str, spec: InputSpec, meta: VolumeMeta | None =
     except VolumeError:
         raise
     except Exception as e:  # any failure to read or interpret a file is that file's fault: name it and the cause
-        raise VolumeError(f"{path}: {type(e).__name__}: {e}") from e
+        raise VolumeError(f"{path}: {describe_error(e)}") from e
