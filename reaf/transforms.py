@@ -95,14 +95,13 @@ def check_finite(values: torch.Tensor) -> None:
             raise ValueError(f"{bad} NaN/inf voxels")
 
 
-def to_hu(stored: torch.Tensor, decision: HUDecision) -> torch.Tensor:
-    """(z, y, x) stored values -> (z, y, x) float32 HU = slope * stored + intercept (computed in place)."""
-    hu = stored.to(torch.float32, copy=True)
+def to_hu(values: torch.Tensor, decision: HUDecision) -> torch.Tensor:
+    """float32 stored values (any shape) -> HU = slope * values + intercept, in place."""
     if decision.slope != 1.0:
-        hu.mul_(decision.slope)
+        values.mul_(decision.slope)
     if decision.intercept != 0.0:
-        hu.add_(decision.intercept)
-    return hu
+        values.add_(decision.intercept)
+    return values
 
 
 def resampled_shape(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> tuple[int, int, int]:

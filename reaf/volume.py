@@ -19,6 +19,11 @@ import zstandard
 
 from reaf import transforms as T
 
+try:
+    from isal.igzip import decompress as gunzip
+except ImportError:  # ISA-L is optional: the standard library is ~2.5x slower at inflating NIfTIs and stage2 files
+    from gzip import decompress as gunzip
+
 log = logging.getLogger(__name__)
 
 FORMATS = {"ori": ".nii.gz", "stage1": ".pt", "stage2": ".pt.gz", "cache": ".vol.zst"}
@@ -106,25 +111,42 @@ def describe_error(e: BaseException) -> str:
     return str(e) if type(e) in (ValueError, VolumeError) else f"{type(e).__name__}: {e}"
 
 
-def read_nifti(path: Path) -> tuple[torch.Tensor, tuple[float, float], tuple[float, float, float]]:
-    """NIfTI -> (stored values (z, y, x) as stored, header (scl_slope, scl_inter), header spacing (z, y, x) mm).
+def _nifti_header(raw: bytes) -> nib.Nifti1Header:
+    size = {struct.unpack(e + "i", raw[:4])[0] for e in "<>"} if len(raw) >= 4 else set()
+    for klass in (nib.Nifti1Header, nib.Nifti2Header):
+        if klass.sizeof_hdr in size:
+            return klass.from_fileobj(io.BytesIO(raw))
+    raise ValueError("not a NIfTI file (no NIfTI-1/2 header size at its start)")
 
-    nibabel's array is data[i, j, k] = (x, y, z); values are unscaled so the HU decision sees the header apart.
+
+def read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, float], tuple[float, float, float]]:
+    """NIfTI -> (stored values (z, y, x) read-only view, header (scl_slope, scl_inter), header spacing (z, y, x) mm).
+
+    Decompressed in one call (ISA-L when installed: ~2.5x zlib), header parsed by nibabel, voxels viewed in place:
+    nibabel's data[i, j, k] = (x, y, z) in Fortran order, so the (z, y, x) transpose is C-contiguous. Values are
+    unscaled so the HU decision sees the header scaling apart.
     """
     try:
-        img = nib.load(path)
-        stored = np.asanyarray(img.dataobj.get_unscaled())
-    except Exception as e:  # nibabel/gzip/zlib raise many types for a damaged or foreign file
-        raise ValueError(f"not a readable NIfTI file ({describe_error(e)})") from e
-    shape = img.shape
+        raw = path.read_bytes()
+        raw = gunzip(raw) if raw[:2] == b"\x1f\x8b" else raw
+    except Exception as e:  # gzip/zlib/ISA-L raise many types for a damaged file
+        raise ValueError(f"not a readable gzip file ({describe_error(e)})") from e
+    hdr = _nifti_header(raw)
+    shape, dtype, offset = hdr.get_data_shape(), hdr.get_data_dtype(), int(hdr.get_data_offset())
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if len(shape) != 3:
-        raise ValueError(f"expected a 3-D volume, got shape {tuple(img.shape)}")
-    stored = stored.reshape(shape)
-    slope, inter = float(img.dataobj.slope), float(img.dataobj.inter)
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    return torch.from_numpy(np.ascontiguousarray(stored.transpose(2, 1, 0))), (slope, inter), zooms[::-1]
+        raise ValueError(f"expected a 3-D volume, got shape {tuple(hdr.get_data_shape())}")
+    if dtype.kind not in "iuf":
+        raise ValueError(f"unsupported voxel type {dtype}")
+    need = offset + int(np.prod(shape)) * dtype.itemsize
+    if len(raw) < need:
+        raise ValueError(f"truncated NIfTI: {len(raw)} bytes, the header needs {need}")
+    stored = np.ndarray(shape, dtype, buffer=raw, offset=offset, order="F")
+    slope, inter = hdr.get_slope_inter()
+    scale = (1.0 if slope is None else float(slope), 0.0 if inter is None else float(inter))
+    zooms = tuple(float(z) for z in hdr.get_zooms()[:3])
+    return stored.transpose(2, 1, 0), scale, zooms[::-1]
 
 
 def _spacing(meta: VolumeMeta | None, header_zyx: tuple[float, float, float], path: Path) -> tuple[float, ...]:
@@ -137,18 +159,24 @@ def _spacing(meta: VolumeMeta | None, header_zyx: tuple[float, float, float], pa
 
 
 def nifti_to_hu(path: Path, meta: VolumeMeta | None = None) -> tuple[torch.Tensor, T.HUDecision]:
-    """NIfTI -> ((z', y', x') float32 HU at 3x1x1 mm, the HU decision); ValueError on unusable content."""
+    """NIfTI -> ((z', y', x') float32 HU at 3x1x1 mm, the HU decision); ValueError on unusable content.
+
+    The affine HU = slope * stored + intercept is applied after resampling: trilinear weights sum to one, so the
+    result is the same and the full-resolution volume is touched once (int -> float32) instead of three times.
+    """
     stored, header_scale, header_spacing = read_nifti(path)
-    T.check_finite(stored)
     csv = None
     if meta is not None and meta.slope is not None and meta.intercept is not None:
         csv = (float(meta.slope), float(meta.intercept))
-    decision = T.decide_hu(T.air_level(stored), header_scale, csv)
+    values = torch.from_numpy(stored.astype(np.float32))
+    if stored.dtype.kind == "f":
+        T.check_finite(values)
+    decision = T.decide_hu(T.air_level(values), header_scale, csv)
     DECISIONS[f"HU from {decision.source}"] += 1
     log.debug("%s: %s", path, decision.describe())
-    hu = T.to_hu(stored, decision)
-    del stored
-    return T.resample(hu, _spacing(meta, header_spacing, path)), decision
+    resampled = T.resample(values, _spacing(meta, header_spacing, path))
+    del values, stored
+    return T.to_hu(resampled, decision), decision
 
 
 def _load_ori(path: Path, spec: InputSpec, meta: VolumeMeta | None) -> torch.Tensor:
@@ -177,7 +205,7 @@ def _check_shape(path: Path, shape: tuple[int, ...], spec: InputSpec) -> None:
 
 
 def _load_stage2(path: Path, spec: InputSpec, meta: VolumeMeta | None) -> torch.Tensor:
-    x = torch.load(io.BytesIO(gzip.decompress(path.read_bytes())), map_location="cpu", weights_only=True)
+    x = torch.load(io.BytesIO(gunzip(path.read_bytes())), map_location="cpu", weights_only=True)
     if not isinstance(x, torch.Tensor) or x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"stage2 file must hold a float32/float16 tensor, got {getattr(x, 'dtype', type(x))}")
     _check_shape(path, tuple(x.shape), spec)
@@ -235,8 +263,9 @@ def _load_cache(path: Path, spec: InputSpec, meta: VolumeMeta | None) -> torch.T
     q = np.empty(n, dtype="<i2")
     pairs = q.view(np.uint8).reshape(n, 2)
     pairs[:, 0], pairs[:, 1] = planes[:n], planes[n:]
-    x = torch.from_numpy(q).to(torch.float32).mul_(1.0 / (header["levels"] * T.STD)).sub_(T.MEAN / T.STD)
-    return x.reshape(1, *spec.size)
+    x = np.multiply(q, np.float32(1.0 / (header["levels"] * T.STD)), dtype=np.float32)  # numpy: 2x torch here
+    np.subtract(x, np.float32(T.MEAN / T.STD), out=x)
+    return torch.from_numpy(x).reshape(1, *spec.size)
 
 
 _LOADERS = {"ori": _load_ori, "stage1": _load_stage1, "stage2": _load_stage2, "cache": _load_cache}
