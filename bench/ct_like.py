@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+SOURCE_SPACING = (1.5, 0.7, 0.7)  # (z, y, x) mm, typical of CT-RATE
 
 
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, int, int], coarse: int, amp: float) -> np.ndarray:
@@ -51,3 +55,48 @@ def write_v1_nifti(path: Path, hu_zyx: np.ndarray, spacing_zyx: tuple[float, flo
     img = nib.Nifti1Image(raw, affine)
     img.header.set_zooms(spacing_zyx[::-1])
     img.to_filename(str(path))
+
+
+def make_sources(workdir: Path, count: int, seed: int = 0) -> list[Path]:
+    """`count` CT-RATE-sized v1 NIfTIs (512 x 512 x 300 int16, 0.7 x 0.7 x 1.5 mm) in `workdir`, made once."""
+    paths = []
+    for i in range(count):
+        path = Path(workdir) / f"ct_{seed + i}.nii.gz"
+        if not path.exists():
+            write_v1_nifti(path, make_ct_like(seed=seed + i), SOURCE_SPACING)
+        paths.append(path)
+    return paths
+
+
+def machine_info() -> dict:
+    """CPU model, cores, load, library versions, and the sharing caveat, for every benchmark JSON."""
+    import platform
+
+    import zstandard
+
+    model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    try:
+        import isal
+
+        gunzip = f"isal {isal.__version__}"
+    except ImportError:
+        gunzip = "stdlib gzip"
+    return {
+        "cpu_model": model, "cores": os.cpu_count(), "torch": torch.__version__, "numpy": np.__version__,
+        "nibabel": nib.__version__, "zstandard": zstandard.__version__, "gunzip": gunzip,
+        "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
+        "load_average_at_start": os.getloadavg(),
+        "note": "CPUs shared with other engineers' jobs while measuring; timings are single-threaded, interleaved "
+        "across variants, medians of repeats; files are in the OS page cache (decode cost, not disk reads)",
+    }  # fmt: skip
+
+
+def write_result(name: str, result: dict) -> Path:
+    """bench/results/<name>.json, atomically."""
+    out = Path(__file__).resolve().parent / "results" / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result["machine"]["load_average_at_end"] = os.getloadavg()
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, out)
+    return out
