@@ -76,6 +76,8 @@ def test_layout_b_with_header_spacing(tmp_path):
         cache = load_volume(out / "val" / "volumes" / f"{name}.vol.zst", "cache", spec)
         assert (cache - load_volume(src, "ori", spec)).abs().max() <= 0.5 / (4095 * 0.226) + 1e-5
     assert (out / "val" / "reports" / "reports.json").is_file()
+    assert main([*argv[:-2], "--workers", "1", "--limit", "1", "--format", "stage1"]) == 0
+    assert _manifest(out, "stage1", "val")["written"] == ["val/volumes/a"]
     assert _manifest(out, "cache", "val")["decisions"] == {"HU from stored values as HU": 2,
                                                           "spacing from NIfTI header pixdim (no CSV spacing)": 2}  # fmt: skip
 
@@ -176,3 +178,24 @@ def test_metadata_csv_parsing(tmp_path):
     metas = read_metadata(path)
     assert metas["v_1_a_1"] == VolumeMeta((SPACING[2], SPACING[1]), SPACING[0], 1.0, -1024.0)
     assert metas["v_1_a_2"].slope is None
+
+
+def test_synthetic_ct_rate_through_every_format(tmp_path):
+    from reaf.synthetic import generate
+
+    generate(tmp_path / "syn", seed=1, num_train=0, num_valid=4)
+    root, out = tmp_path / "syn", tmp_path / "out"
+    metas = read_metadata(root / "dataset" / "metadata" / "validation_metadata.csv")
+    spec = InputSpec((32, 96, 96), -1150, 350, "resize")
+    for fmt in ("stage1", "stage2", "cache"):
+        assert main(_args(root, out, fmt, "--input-info", "-1150", "350", "resize")) == 0
+    manifest = _manifest(out, "cache")
+    assert manifest["counts"]["written"] == len(metas) and manifest["counts"]["skipped_bad"] == 0
+    sources = sorted((root / "dataset").glob("valid*/*/*/*.nii.gz"))
+    assert {p.parent.parent.parent.name for p in sources} == {"valid", "valid_fixed"}  # v1 and v2 files both
+    for rel in manifest["written"]:
+        name = rel.rsplit("/", 1)[1]
+        ori = load_volume(volume_file(root, rel, "ori"), "ori", spec, metas[name])
+        assert torch.equal(load_volume(volume_file(out, rel, "stage1"), "stage1", spec), ori)
+        assert torch.equal(load_volume(volume_file(out, rel, "stage2"), "stage2", spec), ori)
+        assert (load_volume(volume_file(out, rel, "cache"), "cache", spec) - ori).abs().max() <= 6e-4
