@@ -64,6 +64,7 @@ class TextConfig:
     intermediate_size: int = 3072
     max_position_embeddings: int = 512
     context_length: int = 512
+    dropout: float = 0.1  # BERT's hidden and attention dropout (a local BERT folder keeps its own)
     tokenizer: str = "cxr-bert"  # "cxr-bert" needs --cxr-bert-path; "builtin" is the offline tiny vocabulary
     lock: bool = True  # freeze BERT except its LayerNorms (the reference default)
 

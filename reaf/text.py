@@ -87,6 +87,8 @@ def bert_config(cfg: TextConfig) -> BertConfig:
         type_vocab_size=2,
         pad_token_id=0,
         layer_norm_eps=1e-12,
+        hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.dropout,
     )
 
 
