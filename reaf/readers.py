@@ -168,23 +168,28 @@ def _first(dirs: list[Path], *parts: str) -> Path | None:
     return next((d.joinpath(*parts) for d in dirs if d.joinpath(*parts).is_file()), None)
 
 
+def _split_and_home(src: Path) -> tuple[str, Path | None, object]:
+    """(split, the CT-RATE dataset folder holding the CSVs or None, labels frame when src is a labels CSV)."""
+    if src.suffix != ".csv":
+        return _CT_RATE_SPLIT.fullmatch(src.name).group(1), src.parent, None
+    labels_df = read_table(src, tuple(CLASSES))
+    prefixes = {strip_suffix(n).split("_")[0] for n in labels_df["VolumeName"]}
+    if len(prefixes) != 1 or not prefixes <= set(_CSV_NAMES):
+        raise ReaderError(
+            f"{src}: cannot tell the split: VolumeNames start with {sorted(prefixes)}, expected all train_ or all valid_"
+        )
+    home = src.parent.parent if src.parent.name == "multi_abnormality_labels" else None
+    return prefixes.pop(), home, labels_df
+
+
 def _layout_a(src: Path, data_root, suffix: str, report_root, problems: Problems) -> _Tables:
     """CT-RATE as published: CSVs under <dataset>/{metadata,radiology_text_reports,multi_abnormality_labels}."""
-    labels_df = read_table(src, tuple(CLASSES)) if src.suffix == ".csv" else None
-    if labels_df is not None:
-        prefixes = {strip_suffix(n).split("_")[0] for n in labels_df["VolumeName"]}
-        if len(prefixes) != 1 or not prefixes <= set(_CSV_NAMES):
-            raise ReaderError(
-                f"{src}: cannot tell the split: VolumeNames start with {sorted(prefixes)}, "
-                "expected all train_ or all valid_"
-            )
-        split, home = prefixes.pop(), (src.parent.parent if src.parent.name == "multi_abnormality_labels" else None)
-    else:
-        split, home = _CT_RATE_SPLIT.fullmatch(src.name).group(1), src.parent
+    split, home, labels_df = _split_and_home(src)
     if home is None and data_root is None:
         raise ReaderError(f"{src}: not inside <root>/dataset/multi_abnormality_labels/; pass data_root")
     root = Path(data_root) if data_root else (home.parent if home.name == "dataset" else home)
-    base, homes = _dataset_dir(root), [d for d in (home, _dataset_dir(root)) if d is not None]
+    base = _dataset_dir(root)
+    homes = list(dict.fromkeys(d for d in (home, base) if d is not None))
     meta_name, reports_name, labels_name = _CSV_NAMES[split]
     labels_path = src if labels_df is not None else _first(homes, "multi_abnormality_labels", labels_name)
     if labels_df is None and labels_path is not None:
