@@ -19,7 +19,7 @@ CSV_NAMES = {
 }
 
 
-def truth_for(names: list[str], seed: int = 0) -> dict[str, dict]:
+def truth_for(names: list[str], seed: int = 0, shape: tuple[int, int, int] = (10, 9, 4)) -> dict[str, dict]:
     """Per-volume ground truth: labels, report parts, metadata, voxels."""
     rng = np.random.default_rng(seed)
     truth = {}
@@ -34,7 +34,7 @@ def truth_for(names: list[str], seed: int = 0) -> dict[str, dict]:
             "z": 1.5 + 0.5 * (i % 2),
             "slope": 1.0,
             "intercept": -1024.0 if i % 2 else 0.0,
-            "voxels": rng.integers(-1024, 1500, (10, 9, 4)).astype(np.int16),
+            "voxels": rng.integers(-1024, 1500, shape).astype(np.int16),
         }
     return truth
 
