@@ -156,11 +156,14 @@ def _dataset_dir(root: Path) -> Path:
 
 
 def _find_files(dirs: list[Path], pattern: str, suffix: str, root: Path) -> dict[str, str]:
-    """{name: rel without suffix} of the files matching pattern + suffix; earlier dirs win (the _fixed folder)."""
+    """{name: rel without suffix} of the files matching pattern + suffix (NIfTI: also uncompressed .nii, as
+    reaf.volume.volume_file finds them); earlier dirs win (the _fixed folder)."""
+    suffixes = (suffix, ".nii") if suffix == ".nii.gz" else (suffix,)
     files: dict[str, str] = {}
     for directory in dirs:
-        for path in sorted(directory.glob(pattern + suffix)):
-            files.setdefault(path.name[: -len(suffix)], path.relative_to(root).as_posix()[: -len(suffix)])
+        for ending in suffixes:
+            for path in sorted(directory.glob(pattern + ending)):
+                files.setdefault(path.name[: -len(ending)], path.relative_to(root).as_posix()[: -len(ending)])
     return files
 
 

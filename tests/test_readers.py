@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from reaf.readers import CLASSES, CLASSES_16, ReaderError, find_splits, read_split
+from reaf.volume import volume_file
 
 TRAIN = ["train_1_a_1", "train_1_a_2", "train_2_a_1", "train_2_b_1", "train_2_b_2", "train_10_a_1"]
 VALID = ["valid_1_a_1", "valid_1_a_2", "valid_3_a_1", "valid_4_a_1"]
@@ -237,3 +238,16 @@ def test_report_text_parts(tmp_path, findings, impressions, expected):
     df["Findings_EN"], df["Impressions_EN"] = findings, impressions
     df.to_csv(path, index=False)
     assert read_split(labels_csv, fmt="ori").samples[0].report == expected
+
+
+def test_uncompressed_nifti_is_found(tmp_path):
+    """ori also finds plain .nii files, at the rel that reaf.volume.volume_file resolves."""
+    truth = truth_for(VALID)
+    folder = write_layout_b(tmp_path, "valid", truth)
+    gz = folder / "volumes/valid_3_a_1.nii.gz"
+    nib.save(nib.load(str(gz)), str(gz.with_name("valid_3_a_1.nii")))
+    gz.unlink()
+    sample = read_split(folder, fmt="ori").samples[2]
+    path = volume_file(tmp_path, sample.rel, "ori")
+    assert sample.rel == "valid/volumes/valid_3_a_1" and path.name == "valid_3_a_1.nii"
+    np.testing.assert_array_equal(np.asarray(nib.load(str(path)).dataobj), truth["valid_3_a_1"]["voxels"])
