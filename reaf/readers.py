@@ -120,7 +120,10 @@ def read_split(
     samples = _build_samples(tables, problems)
     if not samples:
         raise ReaderError(f"{src}: no usable samples ({len(problems.skipped)} skipped)")
-    log.info("%s: %d samples, %d skipped, root %s", src, len(samples), len(problems.skipped), tables.root)
+    level = logging.WARNING if problems.skipped else logging.INFO
+    log.log(
+        level, "%s: %d samples, %d skipped, volumes under %s", src, len(samples), len(problems.skipped), tables.root
+    )
     return SplitData(samples, tables.root, fmt, tables.labels is not None, str(src), problems.skipped)
 
 
