@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,15 +159,21 @@ def _dataset_dir(root: Path) -> Path:
     return root / "dataset" if (root / "dataset").is_dir() else root
 
 
-def _find_files(dirs: list[Path], pattern: str, suffix: str, root: Path) -> dict[str, str]:
-    """{name: rel without suffix} of the files matching pattern + suffix (NIfTI: also uncompressed .nii, as
-    reaf.volume.volume_file finds them); earlier dirs win (the _fixed folder)."""
+def _find_files(dirs: list[Path], depth: int, suffix: str, root: Path) -> dict[str, str]:
+    """{name: rel without suffix} of the files `depth` folders below each dir ending in suffix (NIfTI: also plain
+    .nii, as reaf.volume.volume_file finds them); earlier dirs win (the _fixed folder)."""
     suffixes = (suffix, ".nii") if suffix == ".nii.gz" else (suffix,)
     files: dict[str, str] = {}
     for directory in dirs:
-        for ending in suffixes:
-            for path in sorted(directory.glob(pattern + ending)):
-                files.setdefault(path.name[: -len(ending)], path.relative_to(root).as_posix()[: -len(ending)])
+        level = [directory]
+        for _ in range(depth):
+            level = [Path(e.path) for d in level for e in os.scandir(d) if e.is_dir()]
+        for folder in sorted(level):
+            for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+                ending = next((x for x in suffixes if entry.name.endswith(x)), None)
+                if ending is not None:
+                    rel = Path(entry.path).relative_to(root).as_posix()
+                    files.setdefault(entry.name[: -len(ending)], rel[: -len(ending)])
     return files
 
 
@@ -210,7 +217,7 @@ def _layout_a(src: Path, data_root, suffix: str, report_root, problems: Problems
     if not volume_dirs:
         raise ReaderError(f"{base}: no {split}_fixed/ or {split}/ volume folder")
     names, names_path = (list(labels), labels_path) if labels is not None else (list(metas), meta_path)
-    files = _find_files(volume_dirs, "*/*/*", suffix, root)
+    files = _find_files(volume_dirs, 2, suffix, root)
     return _Tables(
         names,
         names_path,
@@ -243,7 +250,7 @@ def _layout_b(src: Path, data_root, suffix: str, report_root, problems: Problems
     volume_dir = root / src.name / "volumes"
     if not volume_dir.is_dir():
         raise ReaderError(f"{volume_dir}: volume folder does not exist")
-    files = _find_files([volume_dir], "*", suffix, root)
+    files = _find_files([volume_dir], 0, suffix, root)
     reports_path = Path(report_root) if report_root else src / "reports" / "reports.json"
     if not reports_path.exists():
         raise ReaderError(f"{reports_path}: report JSON does not exist")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -100,10 +101,12 @@ def read_table(path: Path, required: tuple[str, ...] = ()) -> pd.DataFrame:
 
 def rows_by_name(df: pd.DataFrame, path: Path, problems: Problems) -> dict[str, dict]:
     """{VolumeName: row}; a duplicated or empty VolumeName is a problem (duplicates are never resolved silently)."""
-    names = [strip_suffix(n) for n in df["VolumeName"]]
-    counts = pd.Series(names).value_counts()
+    names = [strip_suffix(n) for n in df["VolumeName"].tolist()]
+    counts = Counter(names)
+    columns = list(df.columns)
+    records = (dict(zip(columns, values)) for values in zip(*(df[c].tolist() for c in columns)))
     rows = {}
-    for i, (name, row) in enumerate(zip(names, df.to_dict("records"))):
+    for i, (name, row) in enumerate(zip(names, records)):
         if not name:
             problems.bad(f"{path.name}:row{i + 2}", f"{path}: row {i + 2} has an empty VolumeName")
         elif counts[name] > 1:
