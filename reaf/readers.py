@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +14,10 @@ from reaf.tables import (
     CLASSES_16,
     Problems,
     ReaderError,
+    find_files,
     labels_from_row,
     meta_from_row,
+    natural_key,
     read_report_json,
     read_table,
     report_text,
@@ -159,24 +160,6 @@ def _dataset_dir(root: Path) -> Path:
     return root / "dataset" if (root / "dataset").is_dir() else root
 
 
-def _find_files(dirs: list[Path], depth: int, suffix: str, root: Path) -> dict[str, str]:
-    """{name: rel without suffix} of the files `depth` folders below each dir ending in suffix (NIfTI: also plain
-    .nii, as reaf.volume.volume_file finds them); earlier dirs win (the _fixed folder)."""
-    suffixes = (suffix, ".nii") if suffix == ".nii.gz" else (suffix,)
-    files: dict[str, str] = {}
-    for directory in dirs:
-        level = [directory]
-        for _ in range(depth):
-            level = [Path(e.path) for d in level for e in os.scandir(d) if e.is_dir()]
-        for folder in sorted(level):
-            for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-                ending = next((x for x in suffixes if entry.name.endswith(x)), None)
-                if ending is not None:
-                    rel = Path(entry.path).relative_to(root).as_posix()
-                    files.setdefault(entry.name[: -len(ending)], rel[: -len(ending)])
-    return files
-
-
 def _first(dirs: list[Path], *parts: str) -> Path | None:
     return next((d.joinpath(*parts) for d in dirs if d.joinpath(*parts).is_file()), None)
 
@@ -217,7 +200,7 @@ def _layout_a(src: Path, data_root, suffix: str, report_root, problems: Problems
     if not volume_dirs:
         raise ReaderError(f"{base}: no {split}_fixed/ or {split}/ volume folder")
     names, names_path = (list(labels), labels_path) if labels is not None else (list(metas), meta_path)
-    files = _find_files(volume_dirs, 2, suffix, root)
+    files = find_files(volume_dirs, 2, suffix, root)
     return _Tables(
         names,
         names_path,
@@ -250,7 +233,7 @@ def _layout_b(src: Path, data_root, suffix: str, report_root, problems: Problems
     volume_dir = root / src.name / "volumes"
     if not volume_dir.is_dir():
         raise ReaderError(f"{volume_dir}: volume folder does not exist")
-    files = _find_files([volume_dir], 0, suffix, root)
+    files = find_files([volume_dir], 0, suffix, root)
     reports_path = Path(report_root) if report_root else src / "reports" / "reports.json"
     if not reports_path.exists():
         raise ReaderError(f"{reports_path}: report JSON does not exist")
@@ -298,7 +281,7 @@ def _build_samples(t: _Tables, problems: Problems) -> list[Sample]:
     for name, rel in t.files.items():
         if name not in listed and name not in problems.names:
             problems.bad(name, f"{t.root / (rel + t.suffix)}: volume file has no row in {t.names_path}")
-    return sorted(samples, key=lambda s: _natural_key(s.name))
+    return sorted(samples, key=lambda s: natural_key(s.name))
 
 
 def _sample(name: str, t: _Tables) -> Sample:
@@ -319,7 +302,3 @@ def _sample(name: str, t: _Tables) -> Sample:
     meta = meta_from_row(t.metas[name] if t.metas is not None else None, t.meta_path, name)
     scan_id, patient_id = split_name(name)
     return Sample(name, scan_id, patient_id, t.files[name], t.reports[name], labels, meta)
-
-
-def _natural_key(name: str) -> list:
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]

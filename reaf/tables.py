@@ -1,9 +1,10 @@
-"""Parse the readers' tables: CT-RATE CSVs (metadata, reports, labels) and report JSON, with file-naming errors."""
+"""The readers' parsing: CT-RATE CSVs (metadata, reports, labels), report JSON and volume listings; errors name files."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -204,3 +205,26 @@ def _report_items(data, file: Path) -> list[tuple[str, object]]:
         ]
         items.append((strip_suffix(item["image"]), " ".join(t for t in texts if t) or None))
     return items
+
+
+def find_files(dirs: list[Path], depth: int, suffix: str, root: Path) -> dict[str, str]:
+    """{name: rel without suffix} of the files `depth` folders below each dir ending in suffix (NIfTI: also plain
+    .nii, as reaf.volume.volume_file finds them); earlier dirs win (the _fixed folder)."""
+    suffixes = (suffix, ".nii") if suffix == ".nii.gz" else (suffix,)
+    files: dict[str, str] = {}
+    for directory in dirs:
+        level = [directory]
+        for _ in range(depth):
+            level = [Path(e.path) for d in level for e in os.scandir(d) if e.is_dir()]
+        for folder in sorted(level):
+            for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+                ending = next((x for x in suffixes if entry.name.endswith(x)), None)
+                if ending is not None:
+                    rel = Path(entry.path).relative_to(root).as_posix()
+                    files.setdefault(entry.name[: -len(ending)], rel[: -len(ending)])
+    return files
+
+
+def natural_key(name: str) -> list:
+    """"train_10_a_1" sorts after "train_2_a_1"."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
