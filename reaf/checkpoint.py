@@ -52,8 +52,11 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, Tensor], source: s
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in own.keys() & state.keys()
-              if own[k].shape != state[k].shape]
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own.keys() & state.keys()
+        if own[k].shape != state[k].shape
+    ]
     if missing or unexpected or shapes:
         raise ValueError(
             f"checkpoint {source} does not match the model: {len(missing)} missing {missing[:5]}, "

@@ -63,9 +63,7 @@ class ReafCLIP(nn.Module):
         self.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
 
 
-def create_model(
-    name_or_path: str | ModelConfig, cxr_bert_path: str | None = None, **overrides: Any
-) -> ReafCLIP:
+def create_model(name_or_path: str | ModelConfig, cxr_bert_path: str | None = None, **overrides: Any) -> ReafCLIP:
     """Build a model from a configs/ name, a JSON path or a ModelConfig; `overrides` replace config fields.
 
     `cxr_bert_path` is a local folder holding a BERT (weights, config, tokenizer); without it the text tower is the

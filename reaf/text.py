@@ -32,6 +32,13 @@ calcification calcifications calcified plaque plaques cardiomegaly effusion flui
 emphysema emphysematous atelectasis atelectatic nodule nodules opacity opacities ground glass fibrotic fibrosis
 sequela sequelae mosaic attenuation pattern peribronchial consolidation consolidative bronchiectasis interlobular
 septal septum density densities area areas region regions mm cm size measuring diameter
+abdomen abdominal air amount aortopulmonary appearance atherosclerotic bands breath bronchograms calibration
+calibre centrilobular circumflex consistent contour contrast cough cylindrical cystic degree descending dyspnoea
+either evaluation examined extensive fever few follow for from given gland hiatus hila included inlet intravenous
+largest like linear lingula lumens main mass most multislice natural one open organs pain paraseptal paratracheal
+parenchymal patchy patent pathological performed plate pneumothorax port position preoperative prevascular reaching
+scanning sections shortness sizes smooth sternotomy sternum structures study subcarinal subsegmental supine surrounds
+their thickness thyroid unremarkable up varicose week window windows wires
 """.split()
 
 
@@ -107,10 +114,14 @@ class TextTower(nn.Module):
         self.locked = True
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
-        if enabled and not self.locked:
-            self.transformer.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        elif self.transformer.is_gradient_checkpointing:
-            self.transformer.gradient_checkpointing_disable()
+        """Checkpoint BERT's layers, only while BERT is trainable (a frozen tower stores no activations to save)."""
+        bert = self.transformer
+        kwargs = {"use_reentrant": False}
+        on = enabled and not self.locked
+        if hasattr(bert, "activation_checkpointing_enable"):  # transformers 5 renamed gradient_checkpointing_*
+            bert.activation_checkpointing_enable(kwargs) if on else bert.activation_checkpointing_disable()
+        else:
+            bert.gradient_checkpointing_enable(kwargs) if on else bert.gradient_checkpointing_disable()
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         hidden = self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -119,7 +130,5 @@ class TextTower(nn.Module):
 
 def tokenize(tokenizer, texts: list[str], context_length: int) -> tuple[Tensor, Tensor]:
     """list of N strings -> (input_ids, attention_mask), each (N, L) long, L <= context_length (padded to longest)."""
-    out = tokenizer(
-        list(texts), padding="longest", truncation=True, max_length=context_length, return_tensors="pt"
-    )
+    out = tokenizer(list(texts), padding="longest", truncation=True, max_length=context_length, return_tensors="pt")
     return out["input_ids"].to(torch.long), out["attention_mask"].to(torch.long)

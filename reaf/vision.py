@@ -47,15 +47,16 @@ class VolumeEncoder(nn.Module):
             for i in range(cfg.depth)
         )
         self.norm = _layer_norm(c)
-        self.fusion = nn.ModuleDict(
-            {lvl: LayerFusion(self.levels.count(lvl), cfg.fusion_method) for lvl in ("scan", "slice")}
-        )
-        self.saliency = RegionalSaliency(
-            self.grid, cfg.region_size, cfg.top_k, cfg.suppression, cfg.temperature, cfg.reference_compat
-        )
         self._init_weights()
-        # created after the timm-style init, as in the reference: PyTorch's default Linear init
-        self.fusion_layer = nn.Linear(2 * c, c)
+        if cfg.fusion_saliency:
+            self.fusion = nn.ModuleDict(
+                {lvl: LayerFusion(self.levels.count(lvl), cfg.fusion_method) for lvl in ("scan", "slice")}
+            )
+            self.saliency = RegionalSaliency(
+                self.grid, cfg.region_size, cfg.top_k, cfg.suppression, cfg.temperature, cfg.reference_compat
+            )
+            # created after the timm-style init, as in the reference: PyTorch's default Linear init
+            self.fusion_layer = nn.Linear(2 * c, c)
 
     def _init_weights(self) -> None:
         nn.init.normal_(self.cls_token, std=1e-6)
@@ -66,12 +67,13 @@ class VolumeEncoder(nn.Module):
 
     @property
     def reference_compat(self) -> bool:
-        return self.saliency.reference_compat
+        return self.cfg.reference_compat
 
     def set_reference_compat(self, enabled: bool) -> None:
         """Switch the reference's quirks (12^3 region coverage, CLS saliency slot, slab-0 CLS) on or off."""
         self.cfg.reference_compat = enabled
-        self.saliency.reference_compat = enabled
+        if self.cfg.fusion_saliency:
+            self.saliency.reference_compat = enabled
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self.grad_checkpointing = enabled
@@ -100,7 +102,8 @@ class VolumeEncoder(nn.Module):
                 x = to_slices(x, self.grid) if block_level == "slice" else to_scan(x, self.grid)
                 level = block_level
             x = self._run_block(i, x)
-            outputs[level].append(self._as_scan(x, level))
+            if self.cfg.fusion_saliency:  # the plain hierarchy keeps no per-layer outputs
+                outputs[level].append(self._as_scan(x, level))
         last = x if level == "scan" else to_scan(x, self.grid)
         return last, outputs
 
@@ -111,6 +114,8 @@ class VolumeEncoder(nn.Module):
     def forward(self, volume: Tensor) -> Tensor:
         """(B, 1, D, H, W) -> CLS feature (B, C) after fusion and the final norm."""
         last, outputs = self.run_blocks(self.embed(volume))
+        if not self.cfg.fusion_saliency:
+            return self.norm(last)[:, 0]
         pooled = self.pooled_levels(outputs)
         fused = self.fusion_layer(torch.cat([pooled["scan"], pooled["slice"]], dim=-1))
         return self.norm(last + fused[:, None, :])[:, 0]
@@ -118,6 +123,8 @@ class VolumeEncoder(nn.Module):
     @torch.no_grad()
     def saliency_masks(self, volume: Tensor) -> dict[str, Tensor]:
         """Regions the enhancer keeps, per level: {"scan", "slice"} -> (B, d, h, w) bool."""
+        if not self.cfg.fusion_saliency:
+            raise ValueError("this model has no saliency enhancer (fusion_saliency is false)")
         _, outputs = self.run_blocks(self.embed(volume))
         return {lvl: self.saliency.token_weights(self.fusion[lvl](outs))[1] for lvl, outs in outputs.items()}
 
