@@ -251,3 +251,16 @@ def test_uncompressed_nifti_is_found(tmp_path):
     path = volume_file(tmp_path, sample.rel, "ori")
     assert sample.rel == "valid/volumes/valid_3_a_1" and path.name == "valid_3_a_1.nii"
     np.testing.assert_array_equal(np.asarray(nib.load(str(path)).dataobj), truth["valid_3_a_1"]["voxels"])
+
+
+def test_format_selects_the_files(tmp_path):
+    """With fmt=stage1 only .pt files count: NIfTIs beside them are neither samples nor orphans."""
+    truth = truth_for(VALID)
+    folder = write_layout_b(tmp_path, "valid", truth)
+    for name in VALID[:3]:
+        (folder / "volumes" / f"{name}.pt").write_bytes(b"")
+    with pytest.raises(ReaderError, match=f"{VALID[3]} is listed but no .pt file exists"):
+        read_split(folder, fmt="stage1")
+    split = read_split(folder, fmt="stage1", skip_bad=True)
+    assert [s.name for s in split.samples] == VALID[:3] and [n for n, _ in split.skipped] == [VALID[3]]
+    assert all(volume_file(tmp_path, s.rel, "stage1").is_file() for s in split.samples)
