@@ -226,5 +226,5 @@ def find_files(dirs: list[Path], depth: int, suffix: str, root: Path) -> dict[st
 
 
 def natural_key(name: str) -> list:
-    """"train_10_a_1" sorts after "train_2_a_1"."""
+    """Natural order: train_10_a_1 sorts after train_2_a_1."""
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]

@@ -72,3 +72,28 @@ def test_loader_on_synthetic_at_the_tiny_model_input(ct_rate):
         assert batch["image"].shape == (3, 1, *model.cfg.vision.img_size) and torch.isfinite(batch["image"]).all()
         assert batch["input_ids"].shape[0] == 3 and batch["attention_mask"].sum(1).min() > 2
         assert not torch.isnan(batch["labels"]).any()
+
+
+def test_preprocessed_cache_root_reads_the_same_samples(ct_rate, tmp_path):
+    """A cache written by reaf.preprocess is a layout-A root: found by find_splits, or serving an original labels
+    CSV via data_root; the loader's images match on-the-fly NIfTI loading within the cache's precision."""
+    from reaf.preprocess import main as preprocess
+
+    out = tmp_path / "cache"
+    args = ["--ct-rate-root", str(ct_rate), "--split", "valid", "--out", str(out), "--format", "cache"]
+    assert preprocess([*args, "--model", "tiny", "--input-info", "-1150", "350", "resize", "--workers", "1"]) == 0
+    ori = read_split(find_splits(ct_rate)["val"], fmt="ori")
+    labels_csv = ct_rate / "dataset/multi_abnormality_labels/valid_predicted_labels.csv"
+    for cache in (read_split(find_splits(out)["val"], fmt="cache"), read_split(labels_csv, data_root=out, fmt="cache")):
+        assert cache.root == out and cache.fmt == "cache"
+        assert [(s.name, s.rel, s.report, s.meta) for s in cache.samples] == [
+            (s.name, s.rel, s.report, s.meta) for s in ori.samples
+        ]
+    model = create_model("tiny")
+    spec = InputSpec.from_args(["-1150", "350", "resize"], model.cfg.vision.img_size)
+    batches = [
+        next(iter(build_dataloader(split, spec, model.tokenize, batch_size=4, workers=0, seed=0, train=False)))
+        for split in (ori, cache)
+    ]
+    assert batches[0]["name"] == batches[1]["name"] and torch.equal(batches[0]["input_ids"], batches[1]["input_ids"])
+    torch.testing.assert_close(batches[1]["image"], batches[0]["image"], atol=1e-3, rtol=0)
