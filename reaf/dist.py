@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -98,7 +97,7 @@ def wrap_model(model: nn.Module, env: DistEnv) -> nn.Module:
     if env.world_size == 1:
         return model
     ids = [env.device.index] if env.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -113,11 +112,27 @@ def no_sync(model: nn.Module, skip: bool) -> Any:
     return contextlib.nullcontext()
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every rank's gradient for this rank's slice (all-reduce, then slice)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad.chunk(dist.get_world_size(), dim=0)[dist.get_rank()]
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """(n, E) per rank -> (world*n, E) in rank order; gradients flow back to every rank's slice."""
+    """(n, E) per rank -> (world*n, E) in rank order; the gradient of every rank's loss flows back to x."""
     if not is_distributed():
         return x
-    return torch.cat(dist_fn.all_gather(x), dim=0)
+    return _GatherWithGrad.apply(x)
 
 
 def all_gather_object(obj: Any) -> list[Any]:
@@ -138,10 +153,10 @@ def broadcast_object(obj: Any) -> Any:
     return box[0]
 
 
-def all_true(flag: bool, device: torch.device) -> bool:
-    """True only when `flag` holds on every rank (one tiny all-reduce)."""
+def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """The mean of a (detached) tensor over all ranks; NaN anywhere makes it NaN everywhere."""
     if not is_distributed():
-        return flag
-    t = torch.tensor([1 if flag else 0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t.item())
+        return t
+    t = t.detach().clone()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t / world_size()

@@ -226,7 +226,8 @@ class Fit:
 
 
 def restore(args: argparse.Namespace, env: dist.DistEnv, resume: Path, resumed: dict[str, Any],
-            model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> tuple[Position, dict | None]:
+            model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            scaler: torch.amp.GradScaler) -> tuple[Position, dict | None]:
     """Restore a --resume checkpoint: our format fully (RNG when the world size matches), the reference's via
     `restore_reference`. Returns the position (batches to skip in the current geometry) and this rank's RNG."""
     if not train_state.is_reaf_training_checkpoint(resumed):
@@ -260,7 +261,9 @@ def _build(args: argparse.Namespace, env: dist.DistEnv) -> tuple[Fit, Position, 
     optimizer = build_optimizer(model, lr=args.lr, weight_decay=args.wd, betas=(args.beta1, args.beta2),
                                 eps=args.eps)
     scaler = torch.amp.GradScaler(env.device.type, enabled=settings.precision == "fp16")
-    pos, rng = restore(args, env, resume, resumed, model, optimizer, scaler) if resumed is not None else (Position(), None)
+    pos, rng = Position(), None
+    if resumed is not None:
+        pos, rng = restore(args, env, resume, resumed, model, optimizer, scaler)
     steps_per_epoch = len(data.loader(0)) // args.accum_freq
     if steps_per_epoch == 0:
         raise ValueError(f"the training split gives fewer than {args.accum_freq} batch(es) of "

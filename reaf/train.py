@@ -73,16 +73,18 @@ def _cache_features(ctx: StepContext, micro: list[Batch]) -> tuple[list, list, l
     return imgs, txts, states
 
 
-def _check_finite(loss: torch.Tensor, step: int, micro: list[Batch], device: torch.device) -> None:
-    if dist.all_true(bool(torch.isfinite(loss).item()), device):
-        return
+def _global_loss(loss: torch.Tensor, step: int, micro: list[Batch]) -> torch.Tensor:
+    """The loss of the whole global batch (mean over ranks); raises when it is not finite on any rank."""
+    total = dist.mean_over_ranks(loss.detach())
+    if bool(torch.isfinite(total).item()):
+        return total
     names = [n for rank_names in dist.all_gather_object([n for b in micro for n in b["name"]]) for n in rank_names]
-    raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at optimiser step {step}; the batch held the "
+    raise NonFiniteLossError(f"non-finite loss ({total.item()}) at optimiser step {step + 1}; the batch held the "
                              f"volumes {names}")
 
 
 def train_step(ctx: StepContext, micro: list[Batch], step: int) -> tuple[torch.Tensor, float]:
-    """One optimiser step over `accum_freq` micro-batches; returns (detached loss, lr).
+    """One optimiser step over `accum_freq` micro-batches; returns (the global batch's loss, lr).
 
     Accumulation follows open_clip's feature caching: the loss of every micro-step is the contrastive loss of the
     whole accumulated batch (negatives span all micro-batches and ranks), only that micro-batch's features carry
@@ -104,7 +106,7 @@ def train_step(ctx: StepContext, micro: list[Batch], step: int) -> tuple[torch.T
             with ctx.autocast():
                 loss = contrastive_loss(img, txt, scale if last else scale.detach())
             if last:
-                _check_finite(loss, step, micro, ctx.device)
+                total = _global_loss(loss, step, micro)
             ctx.scaler.scale(loss).backward()
     if ctx.grad_clip_norm is not None:
         ctx.scaler.unscale_(ctx.optimizer)
@@ -114,7 +116,7 @@ def train_step(ctx: StepContext, micro: list[Batch], step: int) -> tuple[torch.T
     ctx.scaler.update()
     with torch.no_grad():
         dist.unwrap(ctx.model).logit_scale.clamp_(0, LOGIT_SCALE_MAX)
-    return loss.detach(), lr
+    return total, lr
 
 
 def train_one_epoch(ctx: StepContext, batches: Iterable[Batch], pos: Position, *, steps_per_epoch: int,
