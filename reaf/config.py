@@ -30,6 +30,9 @@ class VisionConfig:
     suppression: float = 0.1
     temperature: float = 1.0
     reference_compat: bool = False
+    fusion_saliency: bool = (
+        True  # False: the plain scan/slice hierarchy (or a plain ViT when every block is scan level)
+    )
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -46,8 +49,8 @@ class VisionConfig:
         bad = [i for i in self.scan_blocks if not 0 <= i < self.depth]
         if bad:
             raise ValueError(f"scan_blocks {bad} outside 0..{self.depth - 1}")
-        if len(set(self.scan_blocks)) in (0, self.depth):
-            raise ValueError("the hierarchy needs at least one scan-level and one slice-level block")
+        if self.fusion_saliency and len(set(self.scan_blocks)) in (0, self.depth):
+            raise ValueError("layer fusion and saliency need at least one scan-level and one slice-level block")
 
 
 @dataclass

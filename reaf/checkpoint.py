@@ -1,0 +1,82 @@
+"""Loading weights: our checkpoints and the reference's (open_clip) format, mapped by key and checked strictly."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+DROPPED_KEYS = ("text.transformer.embeddings.position_ids", "text.transformer.embeddings.token_type_ids")
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """torch.load with weights_only=True on the CPU; memory-mapped when the file allows (skips optimizer pages)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict):
+        raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict")
+    return obj
+
+
+def is_reference_format(obj: dict[str, Any]) -> bool:
+    """Ours carry {"config": {"model": ...}}; the reference's (and bare state dicts) do not."""
+    config = obj.get("config")
+    return not (isinstance(config, dict) and isinstance(config.get("model"), dict))
+
+
+def clean_state_dict(obj: dict[str, Any]) -> dict[str, Tensor]:
+    """Take ["state_dict"] if present, strip a leading `module.`, drop BERT's position_ids and pooler keys."""
+    state = obj.get("state_dict", obj)
+    out = {}
+    for key, value in state.items():
+        if not isinstance(value, Tensor):
+            raise ValueError(f"state dict entry {key!r} is a {type(value).__name__}, not a tensor")
+        key = key.removeprefix("module.")
+        if key in DROPPED_KEYS or ".pooler." in key:
+            continue
+        out[key] = value
+    return out
+
+
+def load_state_dict_strict(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
+    """Load every key; any missing, unexpected or mis-shaped tensor is an error naming `source`."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own.keys() & state.keys()
+        if own[k].shape != state[k].shape
+    ]
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"checkpoint {source} does not match the model: {len(missing)} missing {missing[:5]}, "
+            f"{len(unexpected)} unexpected {unexpected[:5]}, {len(shapes)} shape mismatches {shapes[:5]}"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
+    """Load weights from our checkpoint or the reference's `reaf.pt` (with or without `module.`) into `model`.
+
+    A reference-format file switches the model to `reference_compat`, so the official weights give the official
+    embeddings. Raises on any mismatch. Returns the whole loaded checkpoint (optimizer state etc. for resuming).
+    """
+    obj = read_checkpoint(path)
+    reference = is_reference_format(obj)
+    compat = True if reference else bool(obj["config"]["model"]["vision"].get("reference_compat", False))
+    load_state_dict_strict(model, clean_state_dict(obj), str(path))
+    trunk = model.visual.trunk  # type: ignore[union-attr]
+    if trunk.reference_compat != compat:
+        log.info("%s: reference_compat set to %s (as the checkpoint was trained)", path, compat)
+    trunk.set_reference_compat(compat)
+    return obj

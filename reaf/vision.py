@@ -1,0 +1,152 @@
+"""The REAF volume encoder: a 3-D ViT with slice/scan hierarchical attention, layer fusion and regional saliency."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from timm.layers import trunc_normal_
+from timm.models.vision_transformer import Block
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from reaf.config import VisionConfig
+from reaf.layers import LayerFusion, RegionalSaliency, sincos_3d, to_scan, to_slices
+
+_layer_norm = partial(nn.LayerNorm, eps=1e-6)  # timm ViT's norm
+
+
+class PatchEmbed3d(nn.Module):
+    """Conv3d patch embedding: (B, 1, D, H, W) -> (B, d*h*w, C), tokens in (d, h, w) row-major order."""
+
+    def __init__(self, patch_size: tuple[int, int, int], width: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv3d(1, width, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, volume: Tensor) -> Tensor:
+        return self.proj(volume).flatten(2).transpose(1, 2)
+
+
+class VolumeEncoder(nn.Module):
+    """Trunk of the vision tower. State-dict names follow timm's ViT and the reference (`spatial_posemb`)."""
+
+    def __init__(self, cfg: VisionConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.grid = cfg.grid
+        self.levels = ["scan" if i in cfg.scan_blocks else "slice" for i in range(cfg.depth)]
+        self.grad_checkpointing = False
+        c = cfg.width
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c))
+        self.spatial_posemb = nn.Parameter(sincos_3d(self.grid, c), requires_grad=False)
+        self.patch_embed = PatchEmbed3d(cfg.patch_size, c)
+        dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
+        self.blocks = nn.ModuleList(
+            Block(c, cfg.num_heads, cfg.mlp_ratio, qkv_bias=True, drop_path=dpr[i], norm_layer=_layer_norm)
+            for i in range(cfg.depth)
+        )
+        self.norm = _layer_norm(c)
+        self._init_weights()
+        if cfg.fusion_saliency:
+            self.fusion = nn.ModuleDict(
+                {lvl: LayerFusion(self.levels.count(lvl), cfg.fusion_method) for lvl in ("scan", "slice")}
+            )
+            self.saliency = RegionalSaliency(
+                self.grid, cfg.region_size, cfg.top_k, cfg.suppression, cfg.temperature, cfg.reference_compat
+            )
+            # created after the timm-style init, as in the reference: PyTorch's default Linear init
+            self.fusion_layer = nn.Linear(2 * c, c)
+
+    def _init_weights(self) -> None:
+        nn.init.normal_(self.cls_token, std=1e-6)
+        for module in self.blocks.modules():
+            if isinstance(module, nn.Linear):
+                trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+
+    @property
+    def reference_compat(self) -> bool:
+        return self.cfg.reference_compat
+
+    def set_reference_compat(self, enabled: bool) -> None:
+        """Switch the reference's quirks (12^3 region coverage, CLS saliency slot, slab-0 CLS) on or off."""
+        self.cfg.reference_compat = enabled
+        if self.cfg.fusion_saliency:
+            self.saliency.reference_compat = enabled
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        self.grad_checkpointing = enabled
+
+    def embed(self, volume: Tensor) -> Tensor:
+        """(B, 1, D, H, W) -> (B, 1+N, C): patch tokens plus the frozen position table, CLS prepended."""
+        if tuple(volume.shape[2:]) != tuple(self.cfg.img_size):
+            raise ValueError(f"volume shape {tuple(volume.shape)} does not match img_size {self.cfg.img_size}")
+        x = self.patch_embed(volume) + self.spatial_posemb.reshape(1, -1, self.cfg.width).to(volume.dtype)
+        return torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+
+    def _run_block(self, i: int, x: Tensor) -> Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(self.blocks[i], x, use_reentrant=False)
+        return self.blocks[i](x)
+
+    def _as_scan(self, x: Tensor, level: str) -> Tensor:
+        return to_scan(x, self.grid, cls_from_first_slab=self.reference_compat) if level == "slice" else x
+
+    def run_blocks(self, x: Tensor) -> tuple[Tensor, dict[str, list[Tensor]]]:
+        """(B, 1+N, C) -> last block output (B, 1+N, C) and each level's block outputs in scan layout."""
+        outputs: dict[str, list[Tensor]] = {"scan": [], "slice": []}
+        level = "scan"
+        for i, block_level in enumerate(self.levels):
+            if block_level != level:
+                x = to_slices(x, self.grid) if block_level == "slice" else to_scan(x, self.grid)
+                level = block_level
+            x = self._run_block(i, x)
+            if self.cfg.fusion_saliency:  # the plain hierarchy keeps no per-layer outputs
+                outputs[level].append(self._as_scan(x, level))
+        last = x if level == "scan" else to_scan(x, self.grid)
+        return last, outputs
+
+    def pooled_levels(self, outputs: dict[str, list[Tensor]]) -> dict[str, Tensor]:
+        """Per level: fuse its block outputs, score regions, pool its last block -> (B, C)."""
+        return {lvl: self.saliency(self.fusion[lvl](outs), outs[-1]) for lvl, outs in outputs.items()}
+
+    def forward(self, volume: Tensor) -> Tensor:
+        """(B, 1, D, H, W) -> CLS feature (B, C) after fusion and the final norm."""
+        last, outputs = self.run_blocks(self.embed(volume))
+        if not self.cfg.fusion_saliency:
+            return self.norm(last)[:, 0]
+        pooled = self.pooled_levels(outputs)
+        fused = self.fusion_layer(torch.cat([pooled["scan"], pooled["slice"]], dim=-1))
+        return self.norm(last + fused[:, None, :])[:, 0]
+
+    @torch.no_grad()
+    def saliency_masks(self, volume: Tensor) -> dict[str, Tensor]:
+        """Regions the enhancer keeps, per level: {"scan", "slice"} -> (B, d, h, w) bool."""
+        if not self.cfg.fusion_saliency:
+            raise ValueError("this model has no saliency enhancer (fusion_saliency is false)")
+        _, outputs = self.run_blocks(self.embed(volume))
+        return {lvl: self.saliency.token_weights(self.fusion[lvl](outs))[1] for lvl, outs in outputs.items()}
+
+
+class ProjectionHead(nn.Module):
+    """Linear(C -> E, no bias); named `proj` so the reference's `visual.head.proj.weight` maps by key."""
+
+    def __init__(self, width: int, embed_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(width, embed_dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x)
+
+
+class VisionTower(nn.Module):
+    """Volume -> unit-norm embedding: (B, 1, D, H, W) -> (B, E)."""
+
+    def __init__(self, cfg: VisionConfig, embed_dim: int) -> None:
+        super().__init__()
+        self.trunk = VolumeEncoder(cfg)
+        self.head = ProjectionHead(cfg.width, embed_dim)
+
+    def forward(self, volume: Tensor) -> Tensor:
+        return F.normalize(self.head(self.trunk(volume)), dim=-1)
