@@ -179,7 +179,7 @@ def find_data(args: argparse.Namespace) -> tuple[str, str | None, str | None]:
     found = find_splits(args.data_root)
     if not found.get("train"):
         raise FileNotFoundError(f"--data-root {args.data_root}: no training split found (DESIGN §5.1 layouts)")
-    return found["train"], args.val_data or found.get("val"), args.zeroshot_ct_rate or found.get("zeroshot")
+    return found["train"], args.val_data or found.get("val"), args.zeroshot_ct_rate or found.get("test")
 
 
 def auto_name(args: argparse.Namespace, world: int) -> str:

@@ -3,43 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
-import random
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from reaf import dist, train_state
 from reaf.args import RunSettings, resolve
 from reaf.logger import LOG_FILE, RunLogger, setup_logging
 from reaf.optim import CosineSchedule, build_optimizer
-from reaf.train import StepContext, train_one_epoch, validate
+from reaf.train import StepContext, autocast_factory, train_one_epoch, validate
 from reaf.train_state import Position
 
 log = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
-
-
-def autocast_factory(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    """A zero-argument factory of autocast contexts for `precision` (a null context for fp32)."""
-    if precision == "fp32":
-        return contextlib.nullcontext
-    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-    return lambda: torch.autocast(device.type, dtype=dtype)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def write_json(obj: Any, path: Path) -> None:
@@ -89,16 +72,22 @@ class DataPlan:
     val: Any
     zeroshot: Any
 
-    def loader(self, epoch: int, train: bool = True) -> Any:
+    def loader(self, epoch: int) -> Any:
+        """The training loader of `epoch`, sharded over the ranks (the sampler's set_epoch applied)."""
         from reaf.data import build_dataloader
 
-        split = self.train if train else self.val
-        loader = build_dataloader(split, self.spec, self.tokenize, batch_size=self.args.batch_size,
-                                  workers=self.args.workers, seed=self.args.seed, train=train,
-                                  sample_unit=self.args.sample_unit if train else "volume", epoch=epoch)
-        if hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
+        loader = build_dataloader(self.train, self.spec, self.tokenize, batch_size=self.args.batch_size,
+                                  workers=self.args.workers, seed=self.args.seed, train=True,
+                                  sample_unit=self.args.sample_unit, epoch=epoch)
+        loader.sampler.set_epoch(epoch)
         return loader
+
+    def val_loader(self) -> Any:
+        """The whole validation split on this one process (evaluation runs on rank 0 only)."""
+        from reaf.data import build_dataloader
+
+        return build_dataloader(self.val, self.spec, self.tokenize, batch_size=self.args.batch_size,
+                                workers=self.args.workers, seed=self.args.seed, train=False, num_replicas=1, rank=0)
 
 
 def build_data(args: argparse.Namespace, settings: RunSettings, model: torch.nn.Module) -> DataPlan:
@@ -181,7 +170,8 @@ class Fit:
             state = train_state.capture_rng(self.env.device)
             metrics: dict[str, float] = {}
             if do_val:
-                metrics.update(validate(self.model, data.loader(0, train=False), self.ctx))
+                scan_ids = {sample.name: sample.scan_id for sample in data.val.samples}
+                metrics.update(validate(self.model, data.val_loader(), self.ctx, scan_ids))
             if do_zs:
                 metrics.update(self.zero_shot(epoch))
             self.logger.log({**metrics, "epoch": epoch}, step)
@@ -189,14 +179,14 @@ class Fit:
         dist.barrier()
 
     def zero_shot(self, epoch: int) -> dict[str, float]:
-        from reaf.evaluate import run_evaluation
-        from reaf.train import flatten
+        """reaf.evaluate.run_evaluation on --zeroshot-ct-rate; its outputs go to <run>/zeroshot/epoch_<K>/."""
+        from reaf.evaluate import run_evaluation, summary_scalars
 
         results = run_evaluation(self.model, self.data.zeroshot, self.data.spec,
                                  results_dir=Path(self.settings.run_dir) / "zeroshot" / f"epoch_{epoch}",
                                  batch_size=self.args.batch_size, workers=self.args.workers, device=self.env.device,
-                                 template=self.args.zeroshot_template)
-        return {f"zeroshot/{k}": v for k, v in flatten(results).items()}
+                                 template=self.args.zeroshot_template, seed=self.args.seed)
+        return summary_scalars(results)
 
     def run(self, pos: Position, rng: dict[str, Any] | None, steps_per_epoch: int) -> Position:
         """Epochs pos.epoch..epochs-1, resuming mid-epoch at pos.batches_done with this rank's saved RNG."""
@@ -243,7 +233,7 @@ def restore(args: argparse.Namespace, env: dist.DistEnv, resume: Path, resumed: 
 
 
 def _build(args: argparse.Namespace, env: dist.DistEnv) -> tuple[Fit, Position, dict | None, int]:
-    seed_everything(args.seed + env.rank)
+    train_state.seed_everything(args.seed + env.rank)
     resume = locate_resume(args)
     resumed = train_state.load_file(resume) if resume else None
     ours = resumed is not None and train_state.is_reaf_training_checkpoint(resumed)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -18,7 +17,6 @@ from reaf.loss import contrastive_loss, local_contrastive_loss
 from reaf.optim import CosineSchedule
 from reaf.train_state import Position
 
-LOGIT_SCALE_MAX = math.log(100.0)
 Batch = dict[str, Any]
 
 
@@ -38,6 +36,14 @@ class StepContext:
     device: torch.device
     accum_freq: int = 1
     grad_clip_norm: float | None = None
+
+
+def autocast_factory(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """A zero-argument factory of autocast contexts for `precision` (a null context for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return lambda: torch.autocast(device.type, dtype=dtype)
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
@@ -114,8 +120,7 @@ def train_step(ctx: StepContext, micro: list[Batch], step: int) -> tuple[torch.T
         torch.nn.utils.clip_grad_norm_(params, ctx.grad_clip_norm)
     ctx.scaler.step(ctx.optimizer)
     ctx.scaler.update()
-    with torch.no_grad():
-        dist.unwrap(ctx.model).logit_scale.clamp_(0, LOGIT_SCALE_MAX)
+    dist.unwrap(ctx.model).clamp_logit_scale()  # to [0, ln 100]
     return total, lr
 
 
@@ -157,38 +162,35 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[Batch], pos: Position, *
 
 
 @torch.no_grad()
-def validate(model: nn.Module, loader: Iterable[Batch], ctx: StepContext) -> dict[str, float]:
-    """Contrastive loss (mean over batches, weighted by batch size) and retrieval over a whole split, on this
-    process alone (rank 0 during DDP training); model is the bare model."""
+def validate(model: nn.Module, loader: Iterable[Batch], ctx: StepContext, scan_ids: dict[str, str]) -> dict[str, float]:
+    """Contrastive loss (batch-size weighted mean of per-batch losses) and report<->volume retrieval over a whole
+    split (DESIGN §7 pools), on this process alone (rank 0 during DDP training); `model` is the bare model and
+    `scan_ids` maps volume name -> scan id."""
+    from reaf.retrieval import retrieval_metrics
+
+    was_training = model.training
     model.eval()
-    imgs, txts, names, total, count = [], [], [], 0.0, 0
+    imgs, txts, names, labels, total = [], [], [], [], 0.0
     for batch in loader:
         batch = to_device(batch, ctx.device)
         with ctx.autocast():
             img, txt, scale = model(batch["image"], batch["input_ids"], batch["attention_mask"])
         img, txt = img.float(), txt.float()
         total += local_contrastive_loss(img, txt, scale.float()).item() * img.shape[0]
-        count += img.shape[0]
         imgs.append(img.cpu())
         txts.append(txt.cpu())
+        labels.append(batch["labels"].float().cpu())
         names += list(batch["name"])
-    if count == 0:
+    model.train(was_training)
+    if not names:
         raise ValueError("the validation split produced no batches")
-    metrics = {"val/loss": total / count, "val/num_volumes": float(count)}
-    metrics.update(retrieval_metrics(torch.cat(imgs), torch.cat(txts), names))
-    return metrics
-
-
-def retrieval_metrics(img: torch.Tensor, txt: torch.Tensor, names: list[str]) -> dict[str, float]:
-    """report<->volume recall of (N, E) embeddings through the evaluation module (DESIGN §7)."""
-    from reaf.retrieval import retrieval_scores
-
-    scores = retrieval_scores(img, txt, names)
-    return {f"val/{k}": float(v) for k, v in flatten(scores).items()}
+    scores, _ = retrieval_metrics(torch.cat(imgs).numpy(), torch.cat(txts).numpy(), [scan_ids[n] for n in names],
+                                  names, torch.cat(labels).numpy())
+    return {"val/loss": total / len(names), **flatten(scores, "val/")}
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of a nested dict as {'a/b/c': value}; other leaves (strings, lists) are left out."""
+    """Numeric leaves of a nested dict as {'<prefix>a/b/c': value}; None, strings and lists are left out."""
     out: dict[str, float] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"

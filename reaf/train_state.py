@@ -30,6 +30,13 @@ class Position:
     step: int = 0
 
 
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and every GPU)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def capture_rng(device: torch.device) -> dict[str, Any]:
     """This process's RNG states as tensors/lists/ints only (loadable with weights_only=True)."""
     version, mt, gauss = random.getstate()
