@@ -186,7 +186,7 @@ class Fit:
                                  results_dir=Path(self.settings.run_dir) / "zeroshot" / f"epoch_{epoch}",
                                  batch_size=self.args.batch_size, workers=self.args.workers, device=self.env.device,
                                  template=self.args.zeroshot_template, seed=self.args.seed)
-        return summary_scalars(results)
+        return {k if k.startswith("zeroshot/") else f"zeroshot/{k}": v for k, v in summary_scalars(results).items()}
 
     def run(self, pos: Position, rng: dict[str, Any] | None, steps_per_epoch: int) -> Position:
         """Epochs pos.epoch..epochs-1, resuming mid-epoch at pos.batches_done with this rank's saved RNG."""
@@ -282,8 +282,8 @@ def train_main(args: argparse.Namespace) -> Path:
             log.info("training from epoch %d, step %d (%d steps per epoch)", pos.epoch, pos.step, steps_per_epoch)
             fit.run(pos, rng, steps_per_epoch)
         return Path(fit.settings.run_dir)
-    except Exception:
-        log.exception("training stopped")
+    except Exception as err:
+        log.error("training stopped: %s: %s", type(err).__name__, err)
         raise
     finally:
         if fit is not None:

@@ -18,6 +18,7 @@ from reaf.optim import CosineSchedule
 from reaf.train_state import Position
 
 Batch = dict[str, Any]
+VAL_KEYS = ("R@1", "R@5", "R@10", "median_rank", "MAP@10", "N")  # the retrieval numbers logged per epoch
 
 
 class NonFiniteLossError(RuntimeError):
@@ -186,7 +187,8 @@ def validate(model: nn.Module, loader: Iterable[Batch], ctx: StepContext, scan_i
         raise ValueError("the validation split produced no batches")
     scores, _ = retrieval_metrics(torch.cat(imgs).numpy(), torch.cat(txts).numpy(), [scan_ids[n] for n in names],
                                   names, torch.cat(labels).numpy())
-    return {"val/loss": total / len(names), **flatten(scores, "val/")}
+    kept = {k: v for k, v in flatten(scores, "val/").items() if k.rsplit("/", 1)[-1] in VAL_KEYS}
+    return {"val/loss": total / len(names), **kept}
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
