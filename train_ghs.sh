@@ -35,6 +35,7 @@ else
     LAUNCH=(--standalone --nnodes=1)
 fi
 
+# --val-frequency 0: under --data-root the val split is the zero-shot split, whose evaluation includes retrieval.
 # `--` ends torchrun's own flags: without it torchrun rejects main.py's --logs as an abbreviation of --logs-specs.
 exec torchrun "${LAUNCH[@]}" --nproc-per-node="$NPROC" --max-restarts="${MAX_RESTARTS:-0}" -- main.py \
     --model vit_base_singlescan_h2_token2744 \
@@ -52,7 +53,7 @@ exec torchrun "${LAUNCH[@]}" --nproc-per-node="$NPROC" --max-restarts="${MAX_RES
     --use-cxr-bert \
     --cxr-bert-path "$CXR_BERT_PATH" \
     --lock-text \
-    --val-frequency 0 `# the found val split is the zero-shot split, whose evaluation includes retrieval` \
+    --val-frequency 0 \
     --zeroshot-frequency "${ZEROSHOT_FREQUENCY:-1}" \
     --report-to "${REPORT_TO:-tensorboard}" \
     --wandb-project-name "${WANDB_PROJECT:-REAF}" \
