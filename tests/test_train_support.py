@@ -13,15 +13,15 @@ NUM_TRAIN, NUM_VALID = 8, 4
 def make_dataset(root: Path) -> Path:
     """Synthetic CT-RATE (real NIfTI + CSVs) preprocessed to the cache format at the tiny input size; returns the
     cache root, itself a complete layout-A data root."""
-    from reaf import preprocess
-    from reaf.synthetic import generate
+    import reaf.preprocess
+    import reaf.synthetic
 
     raw, cache = root / "raw", root / "cache"
-    generate(raw, seed=0, num_train=NUM_TRAIN, num_valid=NUM_VALID)
+    reaf.synthetic.generate(raw, seed=0, num_train=NUM_TRAIN, num_valid=NUM_VALID)
     for split in ("train", "valid"):
         argv = ["--ct-rate-root", str(raw), "--split", split, "--out", str(cache), "--format", "cache",
                 "--model", "tiny", "--input-info", "-1150", "350", "resize", "--workers", "1"]
-        assert preprocess.main(argv) == 0
+        assert reaf.preprocess.main(argv) == 0
     return cache
 
 
