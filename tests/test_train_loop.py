@@ -14,7 +14,9 @@ from reaf.optim import CosineSchedule, build_optimizer, param_groups
 from reaf.train import NonFiniteLossError, StepContext, train_step
 from reaf.train_state import capture_rng, reference_optimizer_names, restore_rng, skip_batches
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference"
+# the team's shared reference facts, next to the checkout (absent on a plain clone: those tests skip)
+SHARED = next((p / "shared" / "reference" for p in Path(__file__).resolve().parents
+               if (p / "shared" / "reference").is_dir()), Path("shared/reference"))
 
 
 @pytest.fixture(scope="module")
