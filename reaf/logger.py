@@ -23,11 +23,10 @@ class _TqdmHandler(logging.StreamHandler):
 
 
 def setup_logging(log_file: Path | None, is_main: bool) -> None:
-    """Root logging: INFO to the console and `log_file` on rank 0, warnings only on other ranks."""
+    """Root logging: INFO to the console and `log_file` on rank 0, warnings only on other ranks. Replaces the
+    handlers of an earlier call only (an in-process caller keeps its own)."""
+    teardown_logging()
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-        handler.close()
     root.setLevel(logging.INFO if is_main else logging.WARNING)
     handlers: list[logging.Handler] = [_TqdmHandler()]
     if log_file is not None and is_main:
@@ -35,7 +34,16 @@ def setup_logging(log_file: Path | None, is_main: bool) -> None:
         handlers.append(logging.FileHandler(log_file, mode="a"))
     for handler in handlers:
         handler.setFormatter(logging.Formatter(_FORMAT))
+        handler.reaf_run = True  # type: ignore[attr-defined]
         root.addHandler(handler)
+
+
+def teardown_logging() -> None:
+    """Remove and close the handlers `setup_logging` added."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "reaf_run", False)]:
+        root.removeHandler(handler)
+        handler.close()
 
 
 def format_metrics(metrics: dict[str, float], step: int) -> str:

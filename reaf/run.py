@@ -16,7 +16,7 @@ import torch
 
 from reaf import dist, train_state
 from reaf.args import RunSettings, resolve
-from reaf.logger import LOG_FILE, RunLogger, setup_logging
+from reaf.logger import LOG_FILE, RunLogger, setup_logging, teardown_logging
 from reaf.optim import CosineSchedule, build_optimizer
 from reaf.train import StepContext, autocast_factory, train_one_epoch, validate
 from reaf.train_state import Position
@@ -288,4 +288,5 @@ def train_main(args: argparse.Namespace) -> Path:
     finally:
         if fit is not None:
             fit.logger.close()
+        teardown_logging()
         dist.shutdown()

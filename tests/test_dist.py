@@ -1,0 +1,54 @@
+"""torchrun with 2 gloo processes equals one process on the same global batch: losses and parameters (DDP, the
+all-gather with gradient, gradient accumulation under no_sync, rank sharding of the sampler)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from test_train_support import REPO, make_bert, make_dataset, step_losses, train_argv
+
+import main as cli
+
+# 2 ranks x 2 volumes x accum 2 = 8 = the whole synthetic train split: one optimiser step per epoch
+EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    data = make_dataset(tmp_path_factory.mktemp("data"))
+    bert = make_bert(tmp_path_factory.mktemp("bert"))  # dropout off: the batch split draws no different masks
+    logs = tmp_path_factory.mktemp("logs")
+    common = ("--epochs", str(EPOCHS), "--lr", "1e-4", "--use-cxr-bert", "--cxr-bert-path", str(bert))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "--", "main.py",
+           *train_argv(data, logs, "ddp", *common, "--batch-size", "2", "--accum-freq", "2")]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert cli.main(train_argv(data, logs, "single", *common, "--batch-size", "8")) == 0
+    return logs / "ddp", logs / "single"
+
+
+def test_per_step_losses_equal_a_single_process_on_the_global_batch(runs):
+    ddp, single = (step_losses(run) for run in runs)
+    assert sorted(ddp) == sorted(single) == list(range(1, EPOCHS + 1))
+    for step in single:
+        assert ddp[step][0] == pytest.approx(single[step][0], abs=1e-5), step
+
+
+@pytest.mark.parametrize("epoch", [1, EPOCHS])
+def test_parameters_equal_a_single_process(runs, epoch):
+    """epoch_1.pt holds the parameters after exactly one optimiser step."""
+    ddp, single = (torch.load(run / "checkpoints" / f"epoch_{epoch}.pt", weights_only=True) for run in runs)
+    assert ddp["step"] == single["step"] == epoch
+    assert ddp["state_dict"].keys() == single["state_dict"].keys()  # no `module.` prefix
+    for name, value in single["state_dict"].items():
+        torch.testing.assert_close(ddp["state_dict"][name], value, atol=1e-5, rtol=0)
+
+
+def test_the_ddp_checkpoint_records_both_ranks(runs):
+    ckpt = torch.load(runs[0] / "checkpoints" / "latest.pt", weights_only=True)
+    assert ckpt["config"]["run"]["world_size"] == 2 and ckpt["config"]["run"]["global_batch"] == 8
+    assert len(ckpt["rng"]) == 2 and not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
+    assert ckpt["sampler"] == {"batch_size": 2, "world_size": 2, "accum_freq": 2}
