@@ -32,6 +32,13 @@ calcification calcifications calcified plaque plaques cardiomegaly effusion flui
 emphysema emphysematous atelectasis atelectatic nodule nodules opacity opacities ground glass fibrotic fibrosis
 sequela sequelae mosaic attenuation pattern peribronchial consolidation consolidative bronchiectasis interlobular
 septal septum density densities area areas region regions mm cm size measuring diameter
+abdomen abdominal air amount aortopulmonary appearance atherosclerotic bands breath bronchograms calibration
+calibre centrilobular circumflex consistent contour contrast cough cylindrical cystic degree descending dyspnoea
+either evaluation examined extensive fever few follow for from given gland hiatus hila included inlet intravenous
+largest like linear lingula lumens main mass most multislice natural one open organs pain paraseptal paratracheal
+parenchymal patchy patent pathological performed plate pneumothorax port position preoperative prevascular reaching
+scanning sections shortness sizes smooth sternotomy sternum structures study subcarinal subsegmental supine surrounds
+their thickness thyroid unremarkable up varicose week window windows wires
 """.split()
 
 

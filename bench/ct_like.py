@@ -1,0 +1,102 @@
+"""CT-RATE-sized synthetic chest CT NIfTIs for benchmarks: smooth anatomy + noise, stored as CT-RATE v1 int16."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+SOURCE_SPACING = (1.5, 0.7, 0.7)  # (z, y, x) mm, typical of CT-RATE
+
+
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, int, int], coarse: int, amp: float) -> np.ndarray:
+    """Low-frequency random field (trilinear upsampling of coarse noise), float32 of `shape`."""
+    small = torch.from_numpy(rng.standard_normal((1, 1, coarse, coarse, coarse)).astype(np.float32))
+    return F.interpolate(small, size=shape, mode="trilinear", align_corners=False)[0, 0].numpy() * amp
+
+
+def make_ct_like(shape_zyx: tuple[int, int, int] = (300, 512, 512), seed: int = 0) -> np.ndarray:
+    """(z, y, x) float32 HU of a chest-like phantom: air, circular FOV padding, body, lungs, heart, spine, noise."""
+    rng = np.random.default_rng(seed)
+    nz, ny, nx = shape_zyx
+    z = np.linspace(-1, 1, nz, dtype=np.float32)[:, None, None]
+    y = np.linspace(-1, 1, ny, dtype=np.float32)[None, :, None]
+    x = np.linspace(-1, 1, nx, dtype=np.float32)[None, None, :]
+    hu = np.full(shape_zyx, -1000.0, dtype=np.float32)
+    body = (x / 0.8) ** 2 + (y / 0.6) ** 2 < 1.0
+    hu[np.broadcast_to(body, shape_zyx)] = -100.0  # fat shell
+    inner = (x / 0.74) ** 2 + (y / 0.54) ** 2 < 1.0
+    hu = np.where(inner, 40.0, hu)
+    taper = 1.0 - 0.5 * z**2
+    for cx in (-0.35, 0.35):
+        lung = ((x - cx) / (0.28 * taper)) ** 2 + ((y + 0.05) / (0.4 * taper)) ** 2 < 1.0
+        hu = np.where(lung, -850.0, hu)
+    heart = ((x + 0.08) / 0.22) ** 2 + ((y - 0.1) / 0.2) ** 2 + (z / 0.5) ** 2 < 1.0
+    hu = np.where(heart, 45.0, hu)
+    aorta = ((x - 0.05) / 0.05) ** 2 + ((y + 0.15) / 0.05) ** 2 < 1.0
+    hu = np.where(aorta, 180.0, hu)
+    spine = (x / 0.07) ** 2 + ((y - 0.45) / 0.07) ** 2 < 1.0
+    hu = np.where(spine, 700.0, hu)
+    hu += _smooth_field(rng, shape_zyx, 12, 30.0)
+    hu += rng.standard_normal(shape_zyx, dtype=np.float32) * 20.0
+    hu[np.broadcast_to(x**2 + y**2 > 1.0, shape_zyx)] = -3024.0  # outside the circular field of view
+    return hu
+
+
+def write_v1_nifti(path: Path, hu_zyx: np.ndarray, spacing_zyx: tuple[float, float, float]) -> None:
+    """Write HU as CT-RATE v1 stores it: int16 raw = HU + 1024, no header scaling (slope 1, intercept -1024 in CSV)."""
+    raw = np.clip(np.round(hu_zyx + 1024.0), -32768, 32767).astype(np.int16).transpose(2, 1, 0)
+    affine = np.diag([spacing_zyx[2], spacing_zyx[1], spacing_zyx[0], 1.0])
+    img = nib.Nifti1Image(raw, affine)
+    img.header.set_zooms(spacing_zyx[::-1])
+    img.to_filename(str(path))
+
+
+def make_sources(workdir: Path, count: int, seed: int = 0) -> list[Path]:
+    """`count` CT-RATE-sized v1 NIfTIs (512 x 512 x 300 int16, 0.7 x 0.7 x 1.5 mm) in `workdir`, made once."""
+    paths = []
+    for i in range(count):
+        path = Path(workdir) / f"ct_{seed + i}.nii.gz"
+        if not path.exists():
+            write_v1_nifti(path, make_ct_like(seed=seed + i), SOURCE_SPACING)
+        paths.append(path)
+    return paths
+
+
+def machine_info() -> dict:
+    """CPU model, cores, load, library versions, and the sharing caveat, for every benchmark JSON."""
+    import platform
+
+    import zstandard
+
+    model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    try:
+        import isal
+
+        gunzip = f"isal {isal.__version__}"
+    except ImportError:
+        gunzip = "stdlib gzip"
+    return {
+        "cpu_model": model, "cores": os.cpu_count(), "torch": torch.__version__, "numpy": np.__version__,
+        "nibabel": nib.__version__, "zstandard": zstandard.__version__, "gunzip": gunzip,
+        "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
+        "load_average_at_start": os.getloadavg(),
+        "note": "CPUs shared with other engineers' jobs while measuring; timings are single-threaded, interleaved "
+        "across variants, medians of repeats; files are in the OS page cache (decode cost, not disk reads)",
+    }  # fmt: skip
+
+
+def write_result(name: str, result: dict) -> Path:
+    """bench/results/<name>.json, atomically."""
+    out = Path(__file__).resolve().parent / "results" / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result["machine"]["load_average_at_end"] = os.getloadavg()
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, out)
+    return out
