@@ -28,11 +28,14 @@ def make_dataset(root: Path) -> Path:
 def make_bert(folder: Path) -> Path:
     """A tiny BERT with its tokenizer in a local folder (the --cxr-bert-path layout), dropout off so that runs with
     different batch splits draw no different random masks."""
+    from reaf.config import load_model_config
     from reaf.text import _builtin_vocab_file, builtin_vocab
 
-    config = BertConfig(vocab_size=len(builtin_vocab()), hidden_size=48, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=96, max_position_embeddings=128, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0)
+    text = load_model_config("tiny").text  # the tiny tower's sizes, with dropout off
+    config = BertConfig(vocab_size=len(builtin_vocab()), hidden_size=text.hidden_size,
+                        num_hidden_layers=text.num_hidden_layers, num_attention_heads=text.num_attention_heads,
+                        intermediate_size=text.intermediate_size, max_position_embeddings=text.max_position_embeddings,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     torch.manual_seed(0)
     BertModel(config, add_pooling_layer=False).save_pretrained(folder)
     BertTokenizer(str(_builtin_vocab_file()), do_lower_case=True).save_pretrained(folder)
@@ -58,12 +61,12 @@ def step_losses(run_dir: Path) -> dict[int, list[float]]:
 
 
 def test_the_dataset_helper_gives_cached_splits_at_the_tiny_input(tmp_path):
-    from reaf.readers import find_splits, read_split
+    from reaf import readers
     from reaf.volume import InputSpec, load_volume, volume_file
 
     root = make_dataset(tmp_path)
-    found = find_splits(root)
-    split = read_split(found["train"], data_root=str(root), fmt="cache")
+    found = readers.find_splits(root)
+    split = readers.read_split(found["train"], data_root=str(root), fmt="cache")
     assert len(split.samples) == NUM_TRAIN
     spec = InputSpec.from_args(["-1150", "350", "resize"], (32, 96, 96))
     volume = load_volume(volume_file(split.root, split.samples[0].rel, "cache"), "cache", spec, split.samples[0].meta)
