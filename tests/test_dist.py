@@ -22,8 +22,10 @@ def runs(tmp_path_factory):
     logs = tmp_path_factory.mktemp("logs")
     common = ("--epochs", str(EPOCHS), "--lr", "1e-4", "--use-cxr-bert", "--cxr-bert-path", str(bert))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # also on: activation checkpointing, and --precision amp (fp32 on a CPU); the single run has neither
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "--", "main.py",
-           *train_argv(data, logs, "ddp", *common, "--batch-size", "2", "--accum-freq", "2")]
+           *train_argv(data, logs, "ddp", *common, "--batch-size", "2", "--accum-freq", "2", "--grad-checkpointing",
+                       "--precision", "amp")]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     assert cli.main(train_argv(data, logs, "single", *common, "--batch-size", "8")) == 0
@@ -52,3 +54,24 @@ def test_the_ddp_checkpoint_records_both_ranks(runs):
     assert ckpt["config"]["run"]["world_size"] == 2 and ckpt["config"]["run"]["global_batch"] == 8
     assert len(ckpt["rng"]) == 2 and not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
     assert ckpt["sampler"] == {"batch_size": 2, "world_size": 2, "accum_freq": 2}
+
+
+def test_main_flags_pass_through_torchrun():
+    """torchrun's parser matches abbreviations anywhere on the line: main.py's --logs reads as an ambiguous prefix
+    of torchrun's --logs-specs unless `--` ends torchrun's flags (as train_ghs.sh and this file's launch do)."""
+    from torch.distributed.run import get_args_parser
+
+    from reaf.args import build_parser
+
+    flags = [s for a in build_parser()._actions for s in a.option_strings if s not in ("-h", "--help")]
+    torchrun = get_args_parser()
+    for flag in flags:
+        after_dashes = torchrun.parse_args(["--nproc-per-node=2", "--", "main.py", flag, "1"])
+        assert after_dashes.training_script == "main.py" and after_dashes.training_script_args == [flag, "1"]
+    clashing = []
+    for flag in flags:
+        try:
+            torchrun.parse_args(["--nproc-per-node=2", "main.py", flag, "1"])
+        except SystemExit:
+            clashing.append(flag)
+    assert clashing == ["--logs"]
