@@ -12,10 +12,10 @@ import torch
 
 from reaf import dist
 from reaf.config import FUSION_METHODS
+from reaf.volume import FORMATS
 
 PRECISIONS = ("amp", "amp_bf16", "fp32")
 REPORT_TARGETS = ("none", "wandb", "tensorboard")
-INPUT_DATA_TYPES = ("ori", "stage1", "stage2", "cache")
 SAMPLE_UNITS = ("volume", "scan")
 ZEROSHOT_TEMPLATES = ("volume", "organ")
 
@@ -27,7 +27,7 @@ def _data(p: argparse.ArgumentParser) -> None:
     g.add_argument("--val-data", help="validation split: contrastive loss + retrieval every --val-frequency epochs")
     g.add_argument("--zeroshot-ct-rate", help="labelled split for zero-shot classification every "
                    "--zeroshot-frequency epochs")
-    g.add_argument("--input-data-type", default="stage2", choices=INPUT_DATA_TYPES, help="volume file format")
+    g.add_argument("--input-data-type", default="stage2", choices=sorted(FORMATS), help="volume file format")
     g.add_argument("--input-info", nargs=3, default=["-1150", "350", "crop"], metavar=("MIN", "MAX", "MODE"),
                    help="HU window and fit mode (crop|resize)")
     g.add_argument("--report-root", help="the reference's report JSON (or folder of them) to take report text from")

@@ -124,12 +124,13 @@ def locate_resume(args: argparse.Namespace) -> Path | None:
 
 
 def prepare_run_dir(run_dir: Path, resuming: bool) -> None:
-    """Create <logs>/<name>/checkpoints on rank 0; refuse to train over another run's checkpoints."""
+    """Create <logs>/<name>/checkpoints on rank 0; refuse (on every rank) to train over another run's checkpoints."""
+    latest = run_dir / train_state.CHECKPOINT_DIR / train_state.LATEST
+    clash = dist.broadcast_object(latest.exists() and not resuming if dist.is_main() else None)
+    if clash:
+        raise FileExistsError(f"{run_dir} already holds a run with checkpoints; pass --resume latest to continue it "
+                              "or choose another --name")
     if dist.is_main():
-        latest = run_dir / train_state.CHECKPOINT_DIR / train_state.LATEST
-        if latest.exists() and not resuming:
-            raise FileExistsError(f"{run_dir} already holds a run with checkpoints; pass --resume latest to "
-                                  "continue it or choose another --name")
         (run_dir / train_state.CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
     dist.barrier()
 

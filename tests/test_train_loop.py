@@ -82,8 +82,8 @@ def test_reference_optimizer_index_map_is_derived_from_the_state_dict():
         pytest.skip(f"reference lists not found under {SHARED}")
     with keys.open() as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
-    state = {f"module.{r['key']}": torch.empty([] if r["shape"] == "scalar" else [int(s) for s in r["shape"].split("x")],
-                                               device="meta") for r in rows}
+    shapes = {r["key"]: [] if r["shape"] == "scalar" else [int(s) for s in r["shape"].split("x")] for r in rows}
+    state = {f"module.{key}": torch.empty(shape, device="meta") for key, shape in shapes.items()}
     with index_map.open() as f:
         expected = [r["parameter_name"] for r in csv.DictReader(f, delimiter="\t")]
     assert reference_optimizer_names(state) == expected

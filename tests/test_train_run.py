@@ -50,7 +50,8 @@ def test_smoke_run_writes_the_run_folder(smoke):
 
 def test_checkpoint_loads_weights_only_and_describes_itself(smoke):
     ckpt = torch.load(smoke / "checkpoints" / "latest.pt", map_location="cpu", weights_only=True)
-    assert {"epoch", "step", "name", "state_dict", "optimizer", "scaler", "scheduler_step", "config", "rng"} <= set(ckpt)
+    keys = {"epoch", "step", "name", "state_dict", "optimizer", "scaler", "scheduler_step", "config", "rng"}
+    assert keys <= set(ckpt)
     assert (ckpt["epoch"], ckpt["step"], ckpt["scheduler_step"], ckpt["name"]) == (EPOCHS, EPOCHS, EPOCHS, "smoke")
     assert not any(k.startswith("module.") for k in ckpt["state_dict"])
     assert ckpt["config"]["args"]["model"] == "tiny" and ckpt["config"]["model"]["embed_dim"] == 64
