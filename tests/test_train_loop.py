@@ -38,11 +38,11 @@ def tiny(bert=None, **overrides):
 
 
 def batches(split, model, batch_size):
-    from reaf.data import build_dataloader
+    from reaf import data as loaders
     from reaf.volume import InputSpec
 
     spec = InputSpec.from_args(["-1150", "350", "resize"], model.cfg.vision.img_size)
-    return build_dataloader(split, spec, model.tokenize, batch_size=batch_size, workers=0, seed=0, train=True)
+    return loaders.build_dataloader(split, spec, model.tokenize, batch_size=batch_size, workers=0, seed=0, train=True)
 
 
 def context(model, accum=1, lr=1e-3, clip=None):
