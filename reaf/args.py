@@ -17,7 +17,7 @@ from reaf.volume import FORMATS
 PRECISIONS = ("amp", "amp_bf16", "fp32")
 REPORT_TARGETS = ("none", "wandb", "tensorboard")
 SAMPLE_UNITS = ("volume", "scan")
-ZEROSHOT_TEMPLATES = ("volume", "organ")
+ZEROSHOT_TEMPLATES = ("volume", "organ", "both")  # reaf.prompts.TEMPLATE_MODES
 
 
 def _data(p: argparse.ArgumentParser) -> None:
@@ -86,7 +86,7 @@ def _run(p: argparse.ArgumentParser) -> None:
     g.add_argument("--val-frequency", type=int, default=1, help="evaluate --val-data every N epochs (0: off)")
     g.add_argument("--zeroshot-frequency", type=int, default=1, help="zero-shot every N epochs (0: off)")
     g.add_argument("--zeroshot-template", default="volume", choices=ZEROSHOT_TEMPLATES,
-                   help="zero-shot prompt template: 'The volume shows' or per-organ")
+                   help="zero-shot prompt template: 'The volume shows', per organ, or both")
 
 
 def build_parser() -> argparse.ArgumentParser:
