@@ -157,3 +157,17 @@ def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
     restore_rng(torch.load(tmp_path / "rng.pt", weights_only=True), torch.device("cpu"))
     again = (random.random(), np.random.rand(), torch.rand(3))
     assert first[:2] == again[:2] and torch.equal(first[2], again[2])
+
+
+def test_bf16_autocast_when_asked_by_name_gives_a_close_loss(data):
+    from reaf.train import autocast_factory
+
+    batch = next(iter(batches(data, tiny(), 2)))
+    losses = []
+    for precision in ("fp32", "bf16"):
+        model = tiny()
+        model.eval()  # no dropout: the two precisions see the same network
+        ctx = context(model)
+        ctx.autocast = autocast_factory(precision, torch.device("cpu"))
+        losses.append(train_step(ctx, [batch], 0)[0].item())
+    assert math.isfinite(losses[1]) and losses[1] == pytest.approx(losses[0], abs=0.05)
