@@ -284,7 +284,7 @@ def train_main(args: argparse.Namespace) -> Path:
             fit.run(pos, rng, steps_per_epoch)
         return Path(fit.settings.run_dir)
     except Exception as err:
-        log.error("training stopped: %s: %s", type(err).__name__, err)
+        log.error("training stopped: %s: %s", type(err).__name__, err, exc_info=True)
         raise
     finally:
         if fit is not None:

@@ -1,4 +1,10 @@
-"""Training checkpoints: atomic epoch_K.pt + latest.pt, RNG states, sampler position, and exact resume."""
+"""Training checkpoints: atomic epoch_K.pt + latest.pt, RNG states, sampler position, and exact resume.
+
+Resume restores the weights, AdamW moments, GradScaler, schedule position (= optimiser steps done), the epoch and
+the micro-batches already trained in it (the rest of the epoch's sampler order is replayed without loading the
+skipped volumes), and every rank's python/numpy/torch(/CUDA) RNG state, so a run killed mid-epoch continues on the
+loss trajectory it would have followed.
+"""
 
 from __future__ import annotations
 
