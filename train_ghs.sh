@@ -14,17 +14,19 @@
 #   MAX_RESTARTS     torchrun restarts of a failed worker group (default 0); restarted workers resume latest.pt.
 #   REPORT_TO        none | wandb | tensorboard, comma list (default tensorboard); WANDB_PROJECT (default REAF).
 #   BATCH_SIZE, EPOCHS, LR, WARMUP, WORKERS, ZEROSHOT_FREQUENCY   recipe knobs (defaults below).
+#   PYTHON           the interpreter (default python); torchrun runs as `$PYTHON -m torch.distributed.run`.
 set -euo pipefail
 cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python}
 
 if [[ -z "${CT_RATE_ROOT:-}" ]]; then
     echo "train_ghs.sh: CT_RATE_ROOT is not set, so running the embedded synthetic demo (python -m reaf.demo)." >&2
-    exec python -m reaf.demo "$@"
+    exec "$PYTHON" -m reaf.demo "$@"
 fi
 : "${CXR_BERT_PATH:?set CXR_BERT_PATH to a local CXR-BERT folder (microsoft/BiomedVLP-CXR-BERT-specialized)}"
 
 if [[ -z "${NPROC:-}" ]]; then
-    NPROC=$(python -c "import torch; print(max(torch.cuda.device_count(), 1))")
+    NPROC=$("$PYTHON" -c "import torch; print(max(torch.cuda.device_count(), 1))")
 fi
 NNODES=${NNODES:-1}
 if [[ "$NNODES" -gt 1 ]]; then
@@ -37,7 +39,7 @@ fi
 
 # --val-frequency 0: under --data-root the val split is the zero-shot split, whose evaluation includes retrieval.
 # `--` ends torchrun's own flags: without it torchrun rejects main.py's --logs as an abbreviation of --logs-specs.
-exec torchrun "${LAUNCH[@]}" --nproc-per-node="$NPROC" --max-restarts="${MAX_RESTARTS:-0}" -- main.py \
+exec "$PYTHON" -m torch.distributed.run "${LAUNCH[@]}" --nproc-per-node="$NPROC" --max-restarts="${MAX_RESTARTS:-0}" -- main.py \
     --model vit_base_singlescan_h2_token2744 \
     --data-root "$CT_RATE_ROOT" \
     --input-data-type "${INPUT_DATA_TYPE:-cache}" \

@@ -75,3 +75,21 @@ def test_main_flags_pass_through_torchrun():
         except SystemExit:
             clashing.append(flag)
     assert clashing == ["--logs"]
+
+
+def test_train_ghs_runs_the_recipe_through_torchrun(tmp_path_factory):
+    """The launcher with data configured: torchrun (NPROC=1 here), the recipe's flags, extra flags scaled down."""
+    data = make_dataset(tmp_path_factory.mktemp("data"))
+    bert = make_bert(tmp_path_factory.mktemp("bert"))
+    logs = tmp_path_factory.mktemp("ghs")
+    env = {**os.environ, "CT_RATE_ROOT": str(data), "CXR_BERT_PATH": str(bert), "NPROC": "1", "LOGS": str(logs),
+           "REPORT_TO": "none", "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
+    extra = ["--model", "tiny", "--input-info", "-1150", "350", "resize", "--batch-size", "4", "--epochs", "1",
+             "--workers", "0", "--zeroshot-frequency", "0"]
+    done = subprocess.run(["bash", "train_ghs.sh", *extra], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    ckpt = torch.load(logs / "reaf_ct_rate" / "checkpoints" / "epoch_1.pt", weights_only=True)
+    args = ckpt["config"]["args"]
+    assert args["grad_checkpointing"] and args["lock_text"] and args["resume"] == "latest"
+    assert ckpt["config"]["run"]["precision"] == "fp32" and ckpt["step"] == 2  # 8 volumes / 4
