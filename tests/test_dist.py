@@ -16,9 +16,17 @@ EPOCHS = 3
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    data = make_dataset(tmp_path_factory.mktemp("data"))
-    bert = make_bert(tmp_path_factory.mktemp("bert"))  # dropout off: the batch split draws no different masks
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
+    return make_bert(tmp_path_factory.mktemp("bert"))  # dropout off: the batch split draws no different masks
+
+
+@pytest.fixture(scope="module")
+def runs(data, bert, tmp_path_factory):
     logs = tmp_path_factory.mktemp("logs")
     common = ("--epochs", str(EPOCHS), "--lr", "1e-4", "--use-cxr-bert", "--cxr-bert-path", str(bert))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -77,10 +85,8 @@ def test_main_flags_pass_through_torchrun():
     assert clashing == ["--logs"]
 
 
-def test_train_ghs_runs_the_recipe_through_torchrun(tmp_path_factory):
+def test_train_ghs_runs_the_recipe_through_torchrun(data, bert, tmp_path_factory):
     """The launcher with data configured: torchrun (NPROC=1 here), the recipe's flags, extra flags scaled down."""
-    data = make_dataset(tmp_path_factory.mktemp("data"))
-    bert = make_bert(tmp_path_factory.mktemp("bert"))
     logs = tmp_path_factory.mktemp("ghs")
     env = {**os.environ, "CT_RATE_ROOT": str(data), "CXR_BERT_PATH": str(bert), "NPROC": "1", "LOGS": str(logs),
            "REPORT_TO": "none", "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
