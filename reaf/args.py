@@ -1,0 +1,202 @@
+"""The one training argparse parser (`build_parser`, `parse_args`); the namespace is read, never mutated."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from reaf import dist
+from reaf.config import FUSION_METHODS
+from reaf.volume import FORMATS
+
+PRECISIONS = ("amp", "amp_bf16", "fp32")
+REPORT_TARGETS = ("none", "wandb", "tensorboard")
+SAMPLE_UNITS = ("volume", "scan")
+ZEROSHOT_TEMPLATES = ("volume", "organ", "both")  # reaf.prompts.TEMPLATE_MODES
+
+
+def _data(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data-root", help="data root; with no --train-data the splits are found under it")
+    g.add_argument("--train-data", help="training split: a layout-B split folder or a CT-RATE labels CSV")
+    g.add_argument("--val-data", help="validation split: contrastive loss + retrieval every --val-frequency epochs")
+    g.add_argument("--zeroshot-ct-rate", help="labelled split for zero-shot classification every "
+                   "--zeroshot-frequency epochs")
+    g.add_argument("--input-data-type", default="stage2", choices=sorted(FORMATS), help="volume file format")
+    g.add_argument("--input-info", nargs=3, default=["-1150", "350", "crop"], metavar=("MIN", "MAX", "MODE"),
+                   help="HU window and fit mode (crop|resize)")
+    g.add_argument("--report-root", help="the reference's report JSON (or folder of them) to take report text from")
+    g.add_argument("--sample-unit", default="volume", choices=SAMPLE_UNITS,
+                   help="volume: every reconstruction each epoch; scan: one random reconstruction per scan")
+    g.add_argument("--skip-bad", action="store_true", help="skip (count and log) unreadable samples instead of failing")
+    g.add_argument("--workers", type=int, default=4, help="data loader workers per process")
+
+
+def _model(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="vit_base_singlescan_h2_token2744", help="configs/ name or a JSON path")
+    g.add_argument("--fusion-method", choices=FUSION_METHODS, help="override the config's layer-fusion method")
+    g.add_argument("--use-cxr-bert", action=argparse.BooleanOptionalAction, default=None,
+                   help="use the CXR-BERT text tower from --cxr-bert-path (default: when the config asks for it)")
+    g.add_argument("--cxr-bert-path", help="local CXR-BERT folder (transformers format)")
+    g.add_argument("--lock-text", action=argparse.BooleanOptionalAction, default=None,
+                   help="freeze BERT except its LayerNorms (default: the model config's text.lock)")
+    g.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=False,
+                   help="activation checkpointing of every ViT block (and of BERT when trainable)")
+    g.add_argument("--vision-init", help="local timm MAE ViT-B/16 checkpoint to inflate into the volume encoder")
+    g.add_argument("--load-checkpoint", help="load weights only (ours or the reference format) before training")
+    g.add_argument("--resume", help="checkpoint path or 'latest' (newest latest.pt of the run folder)")
+
+
+def _optim(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch-size", type=int, default=16, help="volumes per process per micro-batch")
+    g.add_argument("--epochs", type=int, default=50)
+    g.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
+    g.add_argument("--warmup", type=int, default=2, help="linear warm-up length in optimiser steps")
+    g.add_argument("--wd", type=float, default=0.2, help="AdamW weight decay (decayed group only)")
+    g.add_argument("--beta1", type=float, default=0.9)
+    g.add_argument("--beta2", type=float, default=0.98)
+    g.add_argument("--eps", type=float, default=1e-6)
+    g.add_argument("--accum-freq", type=int, default=1,
+                   help="micro-batches per optimiser step; negatives span all of them (feature caching)")
+    g.add_argument("--grad-clip-norm", type=float, help="clip the global gradient norm to this value")
+    g.add_argument("--precision", default="amp", choices=PRECISIONS,
+                   help="amp: fp16 autocast + GradScaler on GPU, fp32 on CPU; amp_bf16: bf16 autocast; fp32")
+    g.add_argument("--seed", type=int, default=0, help="base seed (each rank adds its rank)")
+
+
+def _run(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("run")
+    g.add_argument("--name", help="run name (default: date, model, lr, global batch, workers, precision)")
+    g.add_argument("--logs", default="./logs", help="runs are written to <logs>/<name>/")
+    g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda:<local rank> when available, else cpu)")
+    g.add_argument("--report-to", default="none",
+                   help="comma list of none, wandb, tensorboard (wandb honours WANDB_MODE=offline)")
+    g.add_argument("--wandb-project-name", default="REAF")
+    g.add_argument("--log-every-n-steps", type=int, default=10, help="log train metrics every N optimiser steps")
+    g.add_argument("--save-frequency", type=int, default=1, help="write epoch_K.pt every N epochs (0: only the last)")
+    g.add_argument("--save-every-n-steps", type=int, default=200,
+                   help="also write a mid-epoch latest.pt every N optimiser steps (0: off)")
+    g.add_argument("--val-frequency", type=int, default=1, help="evaluate --val-data every N epochs (0: off)")
+    g.add_argument("--zeroshot-frequency", type=int, default=1, help="zero-shot every N epochs (0: off)")
+    g.add_argument("--zeroshot-template", default="volume", choices=ZEROSHOT_TEMPLATES,
+                   help="zero-shot prompt template: 'The volume shows', per organ, or both")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The training CLI; flag names follow the REAF README (DESIGN §4.1)."""
+    p = argparse.ArgumentParser(prog="main.py", description="Train REAF (CLIP-style chest CT model) on CT-RATE.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for add in (_data, _model, _optim, _run):
+        add(p)
+    return p
+
+
+def report_targets(value: str) -> tuple[str, ...]:
+    """'wandb,tensorboard' -> ('wandb', 'tensorboard'); 'none' -> ()."""
+    names = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+    bad = [n for n in names if n not in REPORT_TARGETS]
+    if bad:
+        raise ValueError(f"--report-to: unknown {bad}; choose from {REPORT_TARGETS}")
+    if "none" in names and len(names) > 1:
+        raise ValueError("--report-to: 'none' cannot be combined with other targets")
+    return tuple(n for n in names if n != "none")
+
+
+def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    positive = ("batch_size", "epochs", "accum_freq")
+    non_negative = ("warmup", "workers", "save_frequency", "save_every_n_steps", "val_frequency",
+                    "zeroshot_frequency")
+    for key in positive:
+        if getattr(args, key) < 1:
+            p.error(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
+    for key in non_negative:
+        if getattr(args, key) < 0:
+            p.error(f"--{key.replace('_', '-')} must be >= 0, got {getattr(args, key)}")
+    if args.log_every_n_steps < 1:
+        p.error("--log-every-n-steps must be >= 1")
+    if args.grad_clip_norm is not None and args.grad_clip_norm <= 0:
+        p.error("--grad-clip-norm must be > 0")
+    try:
+        report_targets(args.report_to)
+        float(args.input_info[0]), float(args.input_info[1])
+    except ValueError as err:
+        p.error(str(err))
+    if args.input_info[2] not in ("crop", "resize"):
+        p.error(f"--input-info MODE must be crop or resize, got {args.input_info[2]!r}")
+    if args.use_cxr_bert and not args.cxr_bert_path:
+        p.error("--use-cxr-bert needs --cxr-bert-path (a local CXR-BERT folder; nothing is downloaded)")
+    if not (args.train_data or args.data_root):
+        p.error("give --train-data or --data-root")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and validate the training flags; errors exit with argparse's message."""
+    p = build_parser()
+    args = p.parse_args(argv)
+    _check(p, args)
+    return args
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What the flags resolve to for this process (the argparse namespace itself is never changed)."""
+
+    name: str
+    run_dir: str
+    precision: str  # the effective one: fp32, fp16 (autocast + GradScaler) or bf16 (autocast)
+    device: str
+    world_size: int
+    global_batch: int  # volumes per optimiser step over all ranks and micro-batches
+    report_to: tuple[str, ...]
+    train_data: str
+    val_data: str | None
+    zeroshot_data: str | None
+    resume_from: str | None
+
+
+def effective_precision(flag: str, device: torch.device) -> str:
+    """--precision -> fp32|fp16|bf16: `amp` is fp16 on a GPU but fp32 on a CPU (no fast half path there)."""
+    if flag == "fp32":
+        return "fp32"
+    if flag == "amp_bf16":
+        return "bf16"
+    return "fp32" if device.type == "cpu" else "fp16"
+
+
+def find_data(args: argparse.Namespace) -> tuple[str, str | None, str | None]:
+    """(train, val, zero-shot) sources: the flags, or with no --train-data the splits found under --data-root."""
+    if args.train_data:
+        return args.train_data, args.val_data, args.zeroshot_ct_rate
+    from reaf.readers import find_splits
+
+    found = find_splits(args.data_root)
+    if not found.get("train"):
+        raise FileNotFoundError(f"--data-root {args.data_root}: no training split found (DESIGN §5.1 layouts)")
+    return found["train"], args.val_data or found.get("val"), args.zeroshot_ct_rate or found.get("test")
+
+
+def auto_name(args: argparse.Namespace, world: int) -> str:
+    """The reference's auto name: <date>-model_<m>-lr_<lr>-b_<global batch>-j_<workers>-p_<precision>."""
+    stamp = dist.broadcast_object(time.strftime("%Y_%m_%d-%H_%M_%S"))
+    model = Path(args.model).stem
+    return f"{stamp}-model_{model}-lr_{args.lr}-b_{args.batch_size * args.accum_freq * world}-j_{args.workers}" \
+           f"-p_{args.precision}"
+
+
+def resolve(args: argparse.Namespace, env: dist.DistEnv, resume: Path | None,
+            resume_name: str | None) -> RunSettings:
+    """Derive the run's settings from the flags (and the checkpoint being resumed, for its run name)."""
+    name = args.name or resume_name or auto_name(args, env.world_size)
+    train, val, zeroshot = find_data(args)
+    return RunSettings(
+        name=name, run_dir=str(Path(args.logs) / name), precision=effective_precision(args.precision, env.device),
+        device=str(env.device), world_size=env.world_size,
+        global_batch=args.batch_size * args.accum_freq * env.world_size, report_to=report_targets(args.report_to),
+        train_data=train, val_data=val, zeroshot_data=zeroshot, resume_from=str(resume) if resume else None)

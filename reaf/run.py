@@ -1,0 +1,293 @@
+"""A training run from parsed flags: resolved settings, run folder, model, data, optimiser, the epoch loop."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reaf import dist, train_state
+from reaf.args import RunSettings, resolve
+from reaf.logger import LOG_FILE, RunLogger, setup_logging, teardown_logging
+from reaf.optim import CosineSchedule, build_optimizer
+from reaf.train import StepContext, autocast_factory, train_one_epoch, validate
+from reaf.train_state import Position
+
+log = logging.getLogger(__name__)
+CONFIG_FILE = "config.json"
+
+
+def write_json(obj: Any, path: Path) -> None:
+    """Atomic JSON write (temp file + os.replace)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def model_overrides(args: argparse.Namespace, resumed: dict[str, Any] | None) -> dict[str, Any]:
+    """Config fields the flags (or a resumed checkpoint's reference_compat switch) override."""
+    overrides: dict[str, Any] = {"fusion_method": args.fusion_method, "lock": args.lock_text}
+    if resumed is not None and resumed["config"]["model"]["vision"].get("reference_compat"):
+        overrides["reference_compat"] = True
+    return {k: v for k, v in overrides.items() if v is not None}
+
+
+def build_model(args: argparse.Namespace, resumed: dict[str, Any] | None, device: torch.device) -> torch.nn.Module:
+    """create_model from --model and the overrides, then --vision-init, --load-checkpoint, grad checkpointing."""
+    from reaf import create_model, load_checkpoint
+
+    bert = args.cxr_bert_path if args.use_cxr_bert is not False else None
+    model = create_model(args.model, cxr_bert_path=bert, **model_overrides(args, resumed))
+    if args.vision_init:
+        from reaf.mae import load_mae_weights
+
+        load_mae_weights(model, args.vision_init)
+    if args.load_checkpoint:
+        load_checkpoint(model, args.load_checkpoint)
+        log.info("loaded weights from %s", args.load_checkpoint)
+    if resumed is not None and resumed["config"]["model"] != model.cfg.to_dict():
+        raise ValueError(f"--resume: the checkpoint's model config {resumed['config']['model']} differs from "
+                         f"this run's {model.cfg.to_dict()}; use --load-checkpoint to start from its weights")
+    model.set_grad_checkpointing(args.grad_checkpointing)
+    return model.to(device)
+
+
+@dataclass
+class DataPlan:
+    """The splits and input spec; `loader(epoch)` builds the epoch's training loader with set_epoch applied."""
+
+    args: argparse.Namespace
+    spec: Any
+    tokenize: Callable
+    train: Any
+    val: Any
+    zeroshot: Any
+
+    def loader(self, epoch: int) -> Any:
+        """The training loader of `epoch`, sharded over the ranks (the sampler's set_epoch applied)."""
+        from reaf.data import build_dataloader
+
+        loader = build_dataloader(self.train, self.spec, self.tokenize, batch_size=self.args.batch_size,
+                                  workers=self.args.workers, seed=self.args.seed, train=True,
+                                  sample_unit=self.args.sample_unit, epoch=epoch)
+        loader.sampler.set_epoch(epoch)
+        return loader
+
+    def val_loader(self) -> Any:
+        """The whole validation split on this one process (evaluation runs on rank 0 only)."""
+        from reaf.data import build_dataloader
+
+        return build_dataloader(self.val, self.spec, self.tokenize, batch_size=self.args.batch_size,
+                                workers=self.args.workers, seed=self.args.seed, train=False, num_replicas=1, rank=0)
+
+
+def build_data(args: argparse.Namespace, settings: RunSettings, model: torch.nn.Module) -> DataPlan:
+    """read_split for the train / val / zero-shot sources and the InputSpec for the model's input size."""
+    from reaf.readers import read_split
+    from reaf.volume import InputSpec
+
+    def read(source: str | None, labels: bool = False) -> Any:
+        if source is None:
+            return None
+        return read_split(source, data_root=args.data_root, fmt=args.input_data_type, report_root=args.report_root,
+                          skip_bad=args.skip_bad, require_labels=labels)
+
+    spec = InputSpec.from_args(args.input_info, model.cfg.vision.img_size)
+    zeroshot = read(settings.zeroshot_data, labels=True) if args.zeroshot_frequency else None
+    val = read(settings.val_data) if args.val_frequency else None
+    return DataPlan(args, spec, model.tokenize, read(settings.train_data), val, zeroshot)
+
+
+def run_config(args: argparse.Namespace, settings: RunSettings, model: torch.nn.Module) -> dict[str, Any]:
+    """The resolved config stored in config.json and in every checkpoint."""
+    return {"model": model.cfg.to_dict(), "args": vars(args), "run": asdict(settings)}
+
+
+def locate_resume(args: argparse.Namespace) -> Path | None:
+    """The checkpoint --resume points at (rank 0 decides; every rank gets the same answer)."""
+    if not args.resume:
+        return None
+    found = train_state.find_resume(args.resume, Path(args.logs), args.name) if dist.is_main() else None
+    found = dist.broadcast_object(found)
+    if found is None:
+        log.warning("--resume latest: no latest.pt under %s yet; starting a fresh run", args.logs)
+    return found
+
+
+def prepare_run_dir(run_dir: Path, resuming: bool) -> None:
+    """Create <logs>/<name>/checkpoints on rank 0; refuse (on every rank) to train over another run's checkpoints."""
+    latest = run_dir / train_state.CHECKPOINT_DIR / train_state.LATEST
+    clash = dist.broadcast_object(latest.exists() and not resuming if dist.is_main() else None)
+    if clash:
+        raise FileExistsError(f"{run_dir} already holds a run with checkpoints; pass --resume latest to continue it "
+                              "or choose another --name")
+    if dist.is_main():
+        (run_dir / train_state.CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+
+
+@dataclass
+class Fit:
+    """The objects of one training run and the epoch loop over them."""
+
+    args: argparse.Namespace
+    env: dist.DistEnv
+    settings: RunSettings
+    model: torch.nn.Module  # bare (no DDP)
+    data: DataPlan
+    ctx: StepContext
+    logger: RunLogger
+    config: dict[str, Any]
+
+    def save(self, pos: Position, epoch_file: bool) -> None:
+        """Every rank contributes its RNG state; rank 0 writes the checkpoint atomically."""
+        rng = dist.all_gather_object(train_state.capture_rng(self.env.device))
+        if not self.env.is_main:
+            return
+        sampler = {"batch_size": self.args.batch_size, "world_size": self.env.world_size,
+                   "accum_freq": self.args.accum_freq}
+        payload = train_state.checkpoint_payload(self.model, self.ctx.optimizer, self.ctx.scaler, pos,
+                                                 name=self.settings.name, config=self.config, rng=rng,
+                                                 sampler=sampler)
+        path = train_state.write_checkpoint(payload, Path(self.settings.run_dir), epoch_file=epoch_file)
+        log.info("checkpoint: %s (epoch %d, step %d)", path, pos.epoch, pos.step)
+
+    def evaluate(self, epoch: int, step: int) -> None:
+        """Validation every --val-frequency and zero-shot every --zeroshot-frequency epochs, on rank 0; the
+        training RNG streams are left as they were."""
+        args, data = self.args, self.data
+        do_val = data.val is not None and args.val_frequency and epoch % args.val_frequency == 0
+        do_zs = data.zeroshot is not None and args.zeroshot_frequency and epoch % args.zeroshot_frequency == 0
+        if self.env.is_main and (do_val or do_zs):
+            state = train_state.capture_rng(self.env.device)
+            metrics: dict[str, float] = {}
+            if do_val:
+                scan_ids = {sample.name: sample.scan_id for sample in data.val.samples}
+                metrics.update(validate(self.model, data.val_loader(), self.ctx, scan_ids))
+            if do_zs:
+                metrics.update(self.zero_shot(epoch))
+            self.logger.log({**metrics, "epoch": epoch}, step)
+            train_state.restore_rng(state, self.env.device)
+        dist.barrier()
+
+    def zero_shot(self, epoch: int) -> dict[str, float]:
+        """reaf.evaluate.run_evaluation on --zeroshot-ct-rate; its outputs go to <run>/zeroshot/epoch_<K>/."""
+        from reaf.evaluate import run_evaluation, summary_scalars
+
+        results = run_evaluation(self.model, self.data.zeroshot, self.data.spec,
+                                 results_dir=Path(self.settings.run_dir) / "zeroshot" / f"epoch_{epoch}",
+                                 batch_size=self.args.batch_size, workers=self.args.workers, device=self.env.device,
+                                 template=self.args.zeroshot_template, seed=self.args.seed)
+        return {k if k.startswith("zeroshot/") else f"zeroshot/{k}": v for k, v in summary_scalars(results).items()}
+
+    def run(self, pos: Position, rng: dict[str, Any] | None, steps_per_epoch: int) -> Position:
+        """Epochs pos.epoch..epochs-1, resuming mid-epoch at pos.batches_done with this rank's saved RNG."""
+        args = self.args
+        every = args.save_every_n_steps
+
+        def on_step(p: Position) -> None:
+            if every and p.step % every == 0 and p.batches_done // args.accum_freq < steps_per_epoch:
+                self.save(p, epoch_file=False)
+
+        for epoch in range(pos.epoch, args.epochs):
+            loader = train_state.skip_batches(self.data.loader(epoch), pos.batches_done)
+            if rng is not None and pos.batches_done == 0:
+                train_state.restore_rng(rng, self.env.device)  # before the epoch's iterator, as when saved
+                rng = None
+            batches = iter(loader)
+            if rng is not None:
+                train_state.restore_rng(rng, self.env.device)  # mid-epoch: the iterator existed when saved
+                rng = None
+            pos = train_one_epoch(self.ctx, batches, pos, steps_per_epoch=steps_per_epoch, logger=self.logger,
+                                  log_every=args.log_every_n_steps, on_step=on_step)
+            pos = Position(epoch + 1, 0, pos.step)
+            last = epoch + 1 == args.epochs
+            self.save(pos, epoch_file=last or bool(args.save_frequency and (epoch + 1) % args.save_frequency == 0))
+            self.evaluate(epoch + 1, pos.step)
+        return pos
+
+
+def restore(args: argparse.Namespace, env: dist.DistEnv, resume: Path, resumed: dict[str, Any],
+            model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            scaler: torch.amp.GradScaler) -> tuple[Position, dict | None]:
+    """Restore a --resume checkpoint: our format fully (RNG when the world size matches), the reference's via
+    `restore_reference`. Returns the position (batches to skip in the current geometry) and this rank's RNG."""
+    if not train_state.is_reaf_training_checkpoint(resumed):
+        return train_state.restore_reference(resume, resumed, model, optimizer), None
+    pos = train_state.restore_training(resumed, model, optimizer, scaler)
+    skip = train_state.batches_to_skip(resumed, args.batch_size, env.world_size)
+    states = resumed["rng"]
+    if len(states) != env.world_size:
+        log.warning("resuming %d saved ranks on %d ranks: RNG streams restart from the seed", len(states),
+                    env.world_size)
+    rng = states[env.rank] if len(states) == env.world_size else None
+    return Position(pos.epoch, skip, pos.step), rng
+
+
+def _build(args: argparse.Namespace, env: dist.DistEnv) -> tuple[Fit, Position, dict | None, int]:
+    train_state.seed_everything(args.seed + env.rank)
+    resume = locate_resume(args)
+    resumed = train_state.load_file(resume) if resume else None
+    ours = resumed is not None and train_state.is_reaf_training_checkpoint(resumed)
+    settings = resolve(args, env, resume, resumed["name"] if ours else None)
+    run_dir = Path(settings.run_dir)
+    prepare_run_dir(run_dir, resuming=resume is not None)
+    setup_logging(run_dir / LOG_FILE, env.is_main)
+    log.info("run %s on %d process(es), device %s, precision %s", settings.name, env.world_size, env.device,
+             settings.precision)
+    if env.device.type == "cpu" and args.precision != "fp32":
+        log.info("--precision %s on a CPU: %s", args.precision, "fp32, as these CPUs have no fast fp16/bf16 matmul"
+                 if settings.precision == "fp32" else "bf16 autocast as asked by name (slower than fp32 here)")
+    model = build_model(args, resumed if ours else None, env.device)
+    data = build_data(args, settings, model)
+    optimizer = build_optimizer(model, lr=args.lr, weight_decay=args.wd, betas=(args.beta1, args.beta2),
+                                eps=args.eps)
+    scaler = torch.amp.GradScaler(env.device.type, enabled=settings.precision == "fp16")
+    pos, rng = Position(), None
+    if resumed is not None:
+        pos, rng = restore(args, env, resume, resumed, model, optimizer, scaler)
+    steps_per_epoch = len(data.loader(0)) // args.accum_freq
+    if steps_per_epoch == 0:
+        raise ValueError(f"the training split gives fewer than {args.accum_freq} batch(es) of "
+                         f"{args.batch_size} x {env.world_size} rank(s): no optimiser step per epoch")
+    schedule = CosineSchedule(optimizer, args.lr, args.warmup, steps_per_epoch * args.epochs)
+    ctx = StepContext(dist.wrap_model(model, env), optimizer, scaler, schedule,
+                      autocast_factory(settings.precision, env.device), env.device, args.accum_freq,
+                      args.grad_clip_norm)
+    config = run_config(args, settings, model)
+    if env.is_main:
+        write_json(config, run_dir / CONFIG_FILE)
+    logger = RunLogger(run_dir, settings.report_to, project=args.wandb_project_name, name=settings.name,
+                       config=config, enabled=env.is_main)
+    return Fit(args, env, settings, model, data, ctx, logger, config), pos, rng, steps_per_epoch
+
+
+def train_main(args: argparse.Namespace) -> Path:
+    """Train as the flags say (one process, or one of torchrun's); returns the run folder."""
+    env = dist.init_distributed(args.device)
+    fit = None
+    try:
+        fit, pos, rng, steps_per_epoch = _build(args, env)
+        if pos.epoch >= args.epochs:
+            log.info("nothing to do: the checkpoint already finished %d epoch(s)", pos.epoch)
+        else:
+            log.info("training from epoch %d, step %d (%d steps per epoch)", pos.epoch, pos.step, steps_per_epoch)
+            fit.run(pos, rng, steps_per_epoch)
+        return Path(fit.settings.run_dir)
+    except Exception as err:
+        log.error("training stopped: %s: %s", type(err).__name__, err, exc_info=True)
+        raise
+    finally:
+        if fit is not None:
+            fit.logger.close()
+        teardown_logging()
+        dist.shutdown()

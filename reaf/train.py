@@ -1,0 +1,203 @@
+"""The training step (contrastive loss, accumulation with feature caching, AMP, clipping) and `train_one_epoch`."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from reaf import dist
+from reaf.logger import RunLogger
+from reaf.loss import contrastive_loss, local_contrastive_loss
+from reaf.optim import CosineSchedule
+from reaf.train_state import Position
+
+Batch = dict[str, Any]
+VAL_KEYS = ("R@1", "R@5", "R@10", "median_rank", "MAP@10", "N")  # the retrieval numbers logged per epoch
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf; the message names the step and the volumes of the batch."""
+
+
+@dataclass
+class StepContext:
+    """Everything one optimiser step needs. `model` may be DDP-wrapped; `autocast` returns a fresh context."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    schedule: CosineSchedule
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    device: torch.device
+    accum_freq: int = 1
+    grad_clip_norm: float | None = None
+
+
+def autocast_factory(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """A zero-argument factory of autocast contexts for `precision` (a null context for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """Move the tensors of a loader batch to `device` (non-blocking from pinned memory)."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _forward(ctx: StepContext, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    with ctx.autocast():
+        return ctx.model(batch["image"], batch["input_ids"], batch["attention_mask"])
+
+
+def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def _cache_features(ctx: StepContext, micro: list[Batch]) -> tuple[list, list, list]:
+    """No-grad features of every micro-batch plus the RNG state before each, so the re-forward with gradient
+    draws the same drop-path masks and reproduces the cached features."""
+    imgs, txts, states = [], [], []
+    with torch.no_grad():
+        for batch in micro:
+            states.append(_rng_state(ctx.device))
+            img, txt, _ = _forward(ctx, batch)
+            imgs.append(img)
+            txts.append(txt)
+    return imgs, txts, states
+
+
+def _global_loss(loss: torch.Tensor, step: int, micro: list[Batch]) -> torch.Tensor:
+    """The loss of the whole global batch (mean over ranks); raises when it is not finite on any rank."""
+    total = dist.mean_over_ranks(loss.detach())
+    if bool(torch.isfinite(total).item()):
+        return total
+    names = [n for rank_names in dist.all_gather_object([n for b in micro for n in b["name"]]) for n in rank_names]
+    raise NonFiniteLossError(f"non-finite loss ({total.item()}) at optimiser step {step + 1}; the batch held the "
+                             f"volumes {names}")
+
+
+def train_step(ctx: StepContext, micro: list[Batch], step: int) -> tuple[torch.Tensor, float]:
+    """One optimiser step over `accum_freq` micro-batches; returns (the global batch's loss, lr).
+
+    Accumulation follows open_clip's feature caching: the loss of every micro-step is the contrastive loss of the
+    whole accumulated batch (negatives span all micro-batches and ranks), only that micro-batch's features carry
+    gradient, so the summed gradients equal those of one big batch. Unlike open_clip, the logit scale keeps its
+    gradient in the last micro-step only (open_clip counts it accum_freq times).
+    """
+    lr = ctx.schedule.apply(step)
+    ctx.optimizer.zero_grad(set_to_none=True)
+    cached = _cache_features(ctx, micro) if len(micro) > 1 else None
+    for j, batch in enumerate(micro):
+        last = j == len(micro) - 1
+        if cached is not None:
+            _set_rng_state(cached[2][j], ctx.device)
+        with dist.no_sync(ctx.model, skip=not last):
+            img, txt, scale = _forward(ctx, batch)
+            if cached is not None:
+                img = torch.cat(cached[0][:j] + [img] + cached[0][j + 1:])
+                txt = torch.cat(cached[1][:j] + [txt] + cached[1][j + 1:])
+            with ctx.autocast():
+                loss = contrastive_loss(img, txt, scale if last else scale.detach())
+            if last:
+                total = _global_loss(loss, step, micro)
+            ctx.scaler.scale(loss).backward()
+    if ctx.grad_clip_norm is not None:
+        ctx.scaler.unscale_(ctx.optimizer)
+        params = [p for group in ctx.optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, ctx.grad_clip_norm)
+    ctx.scaler.step(ctx.optimizer)
+    ctx.scaler.update()
+    dist.unwrap(ctx.model).clamp_logit_scale()  # to [0, ln 100]
+    return total, lr
+
+
+def train_one_epoch(ctx: StepContext, batches: Iterable[Batch], pos: Position, *, steps_per_epoch: int,
+                    logger: RunLogger, log_every: int, on_step: Callable[[Position], None] | None = None) -> Position:
+    """Train until `steps_per_epoch` optimiser steps of epoch `pos.epoch` are done, starting at `pos` (whose
+    batches_done micro-batches the caller already skipped in `batches`); returns the position at the epoch end.
+    `on_step(pos)` runs after every step (mid-epoch checkpoints)."""
+    ctx.model.train()
+    world = dist.world_size()
+    logger.progress(steps_per_epoch, pos.batches_done // ctx.accum_freq, desc=f"epoch {pos.epoch}")
+    micro: list[Batch] = []
+    losses: list[float] = []
+    tic = time.perf_counter()
+    for batch in batches:
+        if pos.batches_done // ctx.accum_freq >= steps_per_epoch:
+            break  # resumed at the very end of an epoch
+        micro.append(to_device(batch, ctx.device))
+        if len(micro) < ctx.accum_freq:
+            continue
+        loss, lr = train_step(ctx, micro, pos.step)
+        pos = Position(pos.epoch, pos.batches_done + len(micro), pos.step + 1)
+        samples = world * sum(len(b["name"]) for b in micro)
+        elapsed, tic = time.perf_counter() - tic, time.perf_counter()
+        losses.append(loss.item())
+        logger.advance({"loss": losses[-1], "lr": lr, "samples/s": samples / elapsed})
+        if pos.step % log_every == 0 or pos.batches_done // ctx.accum_freq == steps_per_epoch:
+            scale = dist.unwrap(ctx.model).logit_scale.exp().item()
+            logger.log({"train/loss": sum(losses) / len(losses), "train/lr": lr, "train/logit_scale": scale,
+                        "train/samples_per_s": samples / elapsed, "epoch": pos.epoch}, pos.step)
+            losses = []
+        micro = []
+        if on_step is not None:
+            on_step(pos)
+        if pos.batches_done // ctx.accum_freq >= steps_per_epoch:
+            break  # leftover micro-batches (< accum_freq) are not trained
+    logger.close_bar()
+    return pos
+
+
+@torch.no_grad()
+def validate(model: nn.Module, loader: Iterable[Batch], ctx: StepContext, scan_ids: dict[str, str]) -> dict[str, float]:
+    """Contrastive loss (batch-size weighted mean of per-batch losses) and report<->volume retrieval over a whole
+    split (DESIGN §7 pools), on this process alone (rank 0 during DDP training); `model` is the bare model and
+    `scan_ids` maps volume name -> scan id."""
+    from reaf.retrieval import retrieval_metrics
+
+    was_training = model.training
+    model.eval()
+    imgs, txts, names, labels, total = [], [], [], [], 0.0
+    for batch in loader:
+        batch = to_device(batch, ctx.device)
+        with ctx.autocast():
+            img, txt, scale = model(batch["image"], batch["input_ids"], batch["attention_mask"])
+        img, txt = img.float(), txt.float()
+        total += local_contrastive_loss(img, txt, scale.float()).item() * img.shape[0]
+        imgs.append(img.cpu())
+        txts.append(txt.cpu())
+        labels.append(batch["labels"].float().cpu())
+        names += list(batch["name"])
+    model.train(was_training)
+    if not names:
+        raise ValueError("the validation split produced no batches")
+    scores, _ = retrieval_metrics(torch.cat(imgs).numpy(), torch.cat(txts).numpy(), [scan_ids[n] for n in names],
+                                  names, torch.cat(labels).numpy())
+    kept = {k: v for k, v in flatten(scores, "val/").items() if k.rsplit("/", 1)[-1] in VAL_KEYS}
+    return {"val/loss": total / len(names), **kept}
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a nested dict as {'<prefix>a/b/c': value}; None, strings and lists are left out."""
+    out: dict[str, float] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
