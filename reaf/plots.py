@@ -146,7 +146,8 @@ def plot_saliency(
     """Axial slices of `volume` (D, H, W) with the kept regions of each mask level (d, h, w) bool overlaid.
 
     Slices are spread evenly over the depth range that holds kept regions; columns are the volume, the
-    scan-level regions and the slice-level regions.
+    scan-level regions and the slice-level regions. Slices are drawn in stored voxel order (row = y index,
+    no reorientation), as the model sees them.
     """
     levels = list(masks)
     voxels = {level: upsample_mask(np.asarray(m, bool), volume.shape) for level, m in masks.items()}
