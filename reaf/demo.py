@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import time
 from pathlib import Path
 
-log = logging.getLogger("reaf.demo")
 INPUT_INFO = ["-1150", "350", "resize"]  # the synthetic chests are resized whole to the small model's input
 
 
@@ -153,7 +151,6 @@ def plain_config(model: str, out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()

@@ -11,13 +11,8 @@ import numpy as np
 from reaf import phantom_lung as lung
 from reaf.phantom import AIR, FLUID, SOFT, Box, Capsule, Ellipsoid, Finding, Ring, Shape
 from reaf.phantom_anatomy import Anatomy, with_heart_scale
+from reaf.tables import CLASSES
 
-CLASSES = [
-    "Medical material", "Arterial wall calcification", "Cardiomegaly", "Pericardial effusion",
-    "Coronary artery wall calcification", "Hiatal hernia", "Lymphadenopathy", "Emphysema", "Atelectasis",
-    "Lung nodule", "Lung opacity", "Pulmonary fibrotic sequela", "Pleural effusion", "Mosaic attenuation pattern",
-    "Peribronchial thickening", "Consolidation", "Bronchiectasis", "Interlobular septal thickening",
-]  # fmt: skip
 # Per-scan probability of each class (independent draws), kept within 0.24-0.33 so every class has positives.
 PREVALENCE = dict(zip(CLASSES, (0.25, 0.33, 0.27, 0.24, 0.3, 0.24, 0.28, 0.3, 0.28, 0.33, 0.32, 0.3, 0.27,
                                 0.25, 0.26, 0.28, 0.25, 0.25)))  # fmt: skip

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from reaf.tables import CLASSES, CLASSES_16  # noqa: F401  (re-exported for the evaluation code)
+
 TEMPLATE_MODES = ("volume", "organ", "both")
 
 # The 18 classes in label-CSV order, each with (organ, negative finding, positive finding) for the organ template.
@@ -37,8 +39,8 @@ _CLASS_TABLE: tuple[tuple[str, str, str, str], ...] = (
     ),
 )
 
-CLASSES: list[str] = [row[0] for row in _CLASS_TABLE]
-CLASSES_16: list[str] = [c for c in CLASSES if c not in ("Medical material", "Lymphadenopathy")]
+if [row[0] for row in _CLASS_TABLE] != CLASSES:
+    raise ImportError("reaf.prompts: the prompt table is out of step with reaf.tables.CLASSES")
 ORGANS: dict[str, str] = {row[0]: row[1] for row in _CLASS_TABLE}
 ORGAN_PAIRS: dict[str, tuple[str, str]] = {row[0]: (row[2], row[3]) for row in _CLASS_TABLE}
 # Without the organ in the sentence, the two lung findings named by a bare noun get their organ back.
