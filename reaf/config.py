@@ -65,6 +65,7 @@ class TextConfig:
     max_position_embeddings: int = 512
     context_length: int = 512
     dropout: float = 0.1  # BERT's hidden and attention dropout (a local BERT folder keeps its own)
+    init_std: float = 0.02  # BERT's initializer_range for a randomly initialised tower
     tokenizer: str = "cxr-bert"  # "cxr-bert" needs --cxr-bert-path; "builtin" is the offline tiny vocabulary
     lock: bool = True  # freeze BERT except its LayerNorms (the reference default)
 

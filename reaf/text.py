@@ -89,6 +89,7 @@ def bert_config(cfg: TextConfig) -> BertConfig:
         layer_norm_eps=1e-12,
         hidden_dropout_prob=cfg.dropout,
         attention_probs_dropout_prob=cfg.dropout,
+        initializer_range=cfg.init_std,
     )
 
 
