@@ -17,10 +17,10 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import nibabel as nib
-import pandas as pd
 import torch
 from tqdm import tqdm
 
+from reaf import tables
 from reaf import transforms as T
 from reaf import volume as V
 from reaf.config import load_model_config
@@ -60,33 +60,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _float(value: object) -> float | None:
-    return None if value is None or pd.isna(value) else float(value)
-
-
-def _xy(value: object) -> tuple[float, float] | None:
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return None
-    parts = [float(v) for v in str(value).strip("[]() ").replace(",", " ").split()]
-    if len(parts) != 2:
-        raise ValueError(f"XYSpacing {value!r} is not two numbers")
-    return parts[0], parts[1]
-
-
 def read_metadata(path: Path) -> dict[str, V.VolumeMeta]:
-    """CT-RATE metadata CSV -> {VolumeName without .nii.gz: VolumeMeta}."""
+    """CT-RATE metadata CSV -> {VolumeName without .nii.gz: VolumeMeta}, parsed as the dataset readers parse it."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: metadata CSV not found (layout A needs it for spacing and slope/intercept)")
-    df = pd.read_csv(path)
-    missing = {"VolumeName", "XYSpacing", "ZSpacing", "RescaleSlope", "RescaleIntercept"} - set(df.columns)
-    if missing:
-        raise ValueError(f"{path}: missing columns {sorted(missing)}")
-    out = {}
-    for row in df.itertuples(index=False):
-        name = str(row.VolumeName).removesuffix(".gz").removesuffix(".nii")
-        out[name] = V.VolumeMeta(_xy(row.XYSpacing), _float(row.ZSpacing), _float(row.RescaleSlope),
-                                 _float(row.RescaleIntercept))  # fmt: skip
-    return out
+    df = tables.read_table(path, required=("XYSpacing", "ZSpacing", "RescaleSlope", "RescaleIntercept"))
+    rows = tables.rows_by_name(df, path, tables.Problems(skip_bad=False))
+    return {name: tables.meta_from_row(row, path, name) for name, row in rows.items()}
 
 
 def _niftis(folder: Path) -> dict[str, Path]:
