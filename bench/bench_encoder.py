@@ -80,16 +80,14 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
 
 
 def machine() -> dict:
-    import platform
+    """The shared machine description (bench/ct_like.py), with this benchmark's own timing note."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from ct_like import machine_info
 
-    import torch
-
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     return {
-        "cpu": cpu,
-        "cores": __import__("os").cpu_count(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
+        **machine_info(),
+        "note": "each variant in its own process; step time = median of timed steps after one "
+        "warm-up step; other jobs may share the cores (see load_average_at_start)",
     }
 
 
