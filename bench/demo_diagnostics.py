@@ -1,0 +1,227 @@
+"""Why the CPU demo misses its bar: what each half of the demo model learns from the synthetic data in a CPU budget.
+
+Makes the demo's data the demo's way (reaf.synthetic -> fast cache at the `demo` input size, 800 + 200 volumes by
+default), holds it in memory, and trains each learner below for the same number of steps (batch 32, AdamW):
+
+  linear_probe       logistic regression on 2x4x4-average-pooled voxels: a linear reader that keeps positions
+  vit_cls            the `demo` vision tower (plain hierarchy), BCE on the 18 labels through its CLS feature
+  vit_tokens         the same tower, BCE through a linear layer over all its output tokens (positions kept)
+  clip_label_text    CLIP loss between the `demo` vision tower and a learned embedding of each scan's label vector
+                     (a perfect text side): how far the image side gets
+  clip_label_image   CLIP loss between the `demo` text tower on the reports and a learned label embedding (a perfect
+                     image side), scored with the protocol's zero-shot prompts: how far the text side gets
+
+Every learner reports validation AUC per class and its mean (and report->volume R@5 for the CLIP ones, chance
+5/N). Writes bench/results/demo_diagnostics.json. About 10 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ct_like import machine_info, write_result  # noqa: E402
+
+from reaf import create_model  # noqa: E402
+from reaf.data import VolumeDataset  # noqa: E402
+from reaf.demo import INPUT_INFO, make_data  # noqa: E402
+from reaf.prompts import CLASSES, class_prompts  # noqa: E402
+from reaf.readers import find_splits, read_split  # noqa: E402
+from reaf.volume import InputSpec  # noqa: E402
+
+
+def load_split(cache: Path, which: str, spec: InputSpec) -> dict:
+    """One cached split in memory: images (N, 1, D, H, W), reports, labels (N, 18)."""
+    split = read_split(find_splits(cache)[which], data_root=str(cache), fmt="cache", require_labels=True)
+    items = [VolumeDataset(split, spec)[i] for i in range(len(split.samples))]
+    return {
+        "x": torch.stack([it["image"] for it in items]),
+        "reports": [it["report"] for it in items],
+        "y": torch.stack([it["labels"] for it in items]),
+    }
+
+
+def aucs(y: torch.Tensor, scores: np.ndarray) -> list[float]:
+    return [float(roc_auc_score(y[:, c].numpy(), scores[:, c])) for c in range(y.shape[1])]
+
+
+def recall_at_5(text: torch.Tensor, image: torch.Tensor) -> float:
+    """Report i -> volume i among all N volumes; ties count against the pair."""
+    sim = text @ image.T
+    rank = (sim >= sim.diag()[:, None]).sum(1) - 1
+    return float((rank < 5).float().mean())
+
+
+def train_steps(params, loss_fn, n: int, steps: int, lr: float, seed: int) -> float:
+    """AdamW with 50 warm-up steps and cosine decay; loss_fn(batch indices) -> loss. Returns the last loss."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=g)
+    loss = torch.tensor(float("nan"))
+    for step in range(steps):
+        start = (step * 32) % (n - n % 32)
+        if start == 0 and step:
+            order = torch.randperm(n, generator=g)
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        loss = loss_fn(order[start : start + 32])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return float(loss.detach())
+
+
+def linear_probe(train: dict, valid: dict) -> dict:
+    def feats(x):
+        return F.avg_pool3d(x, (2, 4, 4)).flatten(1).numpy()
+
+    xt, xv = feats(train["x"]), feats(valid["x"])
+    mu, sd = xt.mean(0), xt.std(0) + 1e-6
+    xt, xv = (xt - mu) / sd, (xv - mu) / sd
+    scores = np.stack(
+        [
+            LogisticRegression(C=0.01, max_iter=300).fit(xt, train["y"][:, c].numpy()).decision_function(xv)
+            for c in range(len(CLASSES))
+        ],
+        axis=1,
+    )
+    return {"auc": aucs(valid["y"], scores)}
+
+
+def vit_supervised(train: dict, valid: dict, readout: str, steps: int, seed: int) -> dict:
+    torch.manual_seed(seed)
+    trunk = create_model("demo", fusion_saliency=False).visual.trunk
+    width, tokens = trunk.cfg.width, math.prod(trunk.grid)
+    head = nn.Linear(width if readout == "cls" else width * tokens, len(CLASSES))
+
+    def logits(x):
+        if readout == "cls":
+            return head(trunk(x))
+        last, _ = trunk.run_blocks(trunk.embed(x))
+        return head(trunk.norm(last)[:, 1:].flatten(1))
+
+    loss = train_steps(
+        list(trunk.parameters()) + list(head.parameters()),
+        lambda idx: F.binary_cross_entropy_with_logits(logits(train["x"][idx]), train["y"][idx]),
+        len(train["x"]),
+        steps,
+        1e-3,
+        seed,
+    )
+    with torch.no_grad():
+        scores = torch.cat([logits(valid["x"][i : i + 50]) for i in range(0, len(valid["x"]), 50)]).numpy()
+    return {"auc": aucs(valid["y"], scores), "final_train_loss": loss}
+
+
+def clip_with_label_side(train: dict, valid: dict, real: str, steps: int, seed: int) -> dict:
+    """CLIP loss between one real tower (``image`` or ``text``) and a learned embedding of the label vector."""
+    torch.manual_seed(seed)
+    model = create_model("demo", fusion_saliency=False)
+    labels = nn.Linear(len(CLASSES), model.cfg.embed_dim)
+
+    def label_features(y):
+        return F.normalize(labels(2 * y - 1), dim=-1)
+
+    ids, mask = model.tokenize(train["reports"])
+    tower = model.visual if real == "image" else model.text
+
+    def real_features(idx):
+        return model.encode_image(train["x"][idx]) if real == "image" else model.encode_text(ids[idx], mask[idx])
+
+    def loss_fn(idx):
+        a, b = real_features(idx), label_features(train["y"][idx])
+        logits = model.logit_scale.exp() * a @ b.T
+        target = torch.arange(len(idx))
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+    loss = train_steps(
+        list(tower.parameters()) + list(labels.parameters()) + [model.logit_scale],
+        loss_fn,
+        len(train["x"]),
+        steps,
+        1e-3,
+        seed,
+    )
+    with torch.no_grad():
+        y = valid["y"]
+        if real == "image":
+            image = torch.cat([model.encode_image(valid["x"][i : i + 50]) for i in range(0, len(y), 50)])
+            scores = (image @ labels.weight).numpy()  # the label embedding's direction for each class
+            text = label_features(y)
+        else:
+            image = label_features(y)
+            prompts = class_prompts("volume")
+            pairs = [model.encode_text(*model.tokenize(list(prompts[c]))) for c in CLASSES]
+            scores = np.stack([(image @ (p[1] - p[0])).numpy() for p in pairs], axis=1)  # softmax order = this
+            vids, vmask = model.tokenize(valid["reports"])
+            text = model.encode_text(vids, vmask)
+    return {"auc": aucs(y, scores), "R@5": recall_at_5(text, image), "final_train_loss": loss}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--num-train", type=int, default=800)
+    p.add_argument("--num-valid", type=int, default=200)
+    p.add_argument("--steps", type=int, default=600, help="optimiser steps per learner (batch 32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workdir", help="keep the generated data here (default: a temporary folder)")
+    p.add_argument("--out", help="write the JSON here instead of bench/results/demo_diagnostics.json")
+    args = p.parse_args(argv)
+    torch.set_num_threads(2)
+    info = machine_info()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(args.workdir or tmp)
+        data_args = argparse.Namespace(
+            num_train=args.num_train, num_valid=args.num_valid, seed=args.seed, workers=2, model="demo"
+        )
+        t0 = time.perf_counter()
+        cache = make_data(data_args, out)
+        spec = InputSpec.from_args(INPUT_INFO, create_model("demo").cfg.vision.img_size)
+        train, valid = load_split(cache, "train", spec), load_split(cache, "test", spec)
+        learners = {
+            "linear_probe": lambda: linear_probe(train, valid),
+            "vit_cls": lambda: vit_supervised(train, valid, "cls", args.steps, args.seed),
+            "vit_tokens": lambda: vit_supervised(train, valid, "tokens", args.steps, args.seed),
+            "clip_label_text": lambda: clip_with_label_side(train, valid, "image", args.steps, args.seed),
+            "clip_label_image": lambda: clip_with_label_side(train, valid, "text", args.steps, args.seed),
+        }
+        results = {"data_seconds": round(time.perf_counter() - t0, 1)}
+        for name, run in learners.items():
+            t = time.perf_counter()
+            r = run()
+            r["mean_auc"] = float(np.mean(r["auc"]))
+            r["auc"] = dict(zip(CLASSES, np.round(r["auc"], 3).tolist()))
+            r["seconds"] = round(time.perf_counter() - t, 1)
+            results[name] = r
+            extra = f"  R@5 {r['R@5']:.3f} (chance {5 / len(valid['x']):.3f})" if "R@5" in r else ""
+            print(f"{name:18s} mean AUC {r['mean_auc']:.3f}{extra}  {r['seconds']:.0f} s", flush=True)
+    result = {
+        "what": "what each half of the demo model learns from the demo's synthetic data in a fixed CPU budget",
+        "settings": {**vars(args), "batch_size": 32, "lr": 1e-3, "model": "demo (plain hierarchy)"},
+        "results": results,
+        "machine": info,
+    }
+    if args.out:
+        result["machine"]["load_average_at_end"] = os.getloadavg()
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out or write_result('demo_diagnostics', result)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""The embedded demo end to end at a tiny size, through the README's command (`bash train_ghs.sh`, no CT_RATE_ROOT)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = ["--num-train", "24", "--num-valid", "24", "--epochs", "2", "--batch-size", "8", "--warmup", "2",
+         "--workers", "1"]  # fmt: skip
+
+
+def run_demo(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "CT_RATE_ROOT"}
+    env["PYTHON"] = sys.executable
+    return subprocess.run(["bash", str(REPO / "train_ghs.sh"), "--out", str(out), *SMALL, *extra], env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    proc = run_demo(out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc
+
+
+def test_train_ghs_without_data_runs_the_demo(demo):
+    out, proc = demo
+    assert "CT_RATE_ROOT is not set, so running the embedded synthetic demo" in proc.stderr
+    for title in ("1/4 synthetic CT-RATE", "2/4 preprocess", "3/4 train reaf", "3/4 train plain_hierarchy",
+                  "4/4 zero-shot classification and retrieval: reaf", "demo summary"):  # fmt: skip
+        assert title in proc.stdout
+    assert (out / "ct_rate" / "dataset" / "multi_abnormality_labels" / "valid_predicted_labels.csv").is_file()
+    assert list((out / "cache").rglob("*.vol.zst"))
+
+
+def test_demo_reports_both_variants_with_their_chance_level(demo):
+    out, proc = demo
+    summary = json.loads((out / "demo_summary.json").read_text())
+    assert set(summary) == {"reaf", "plain_hierarchy", "seconds"}
+    for name in ("reaf", "plain_hierarchy"):
+        row = summary[name]
+        assert 0.0 <= row["mean_auc_18"] <= 1.0 and 0.0 <= row["report_to_volume_R@5"] <= 1.0
+        assert row["N"] == 24 and row["R@5_chance"] == pytest.approx(5 / 24)
+        results = json.loads((out / "results" / name / "results.json").read_text())
+        assert results["classification"]["18"]["mean"]["auc"] == row["mean_auc_18"]
+        assert list((out / "results" / name / "plots").glob("*.png"))
+        assert f"{name:16s} mean AUC (18) {row['mean_auc_18']:.3f}" in proc.stdout
+
+
+def test_the_plain_variant_has_fusion_and_saliency_off_and_reaf_has_them_on(demo):
+    out, _ = demo
+    configs = {
+        name: torch.load(summary_row, weights_only=True, map_location="cpu")["config"]["model"]["vision"]
+        for name, summary_row in (
+            (n, json.loads((out / "demo_summary.json").read_text())[n]["checkpoint"])
+            for n in ("reaf", "plain_hierarchy")
+        )
+    }
+    assert configs["reaf"]["fusion_saliency"] is True
+    assert configs["plain_hierarchy"]["fusion_saliency"] is False
+    assert list((out / "results" / "reaf" / "plots").glob("saliency_*.png"))
+
+
+def test_a_rerun_reuses_every_finished_stage(demo):
+    out, _ = demo
+    before = (out / "runs" / "reaf" / "checkpoints" / "latest.pt").stat().st_mtime_ns
+    proc = run_demo(out, "--no-ablation")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"found {out / 'ct_rate'}, reusing it" in proc.stdout
+    assert "3/4 train plain_hierarchy" not in proc.stdout
+    summary = json.loads((out / "demo_summary.json").read_text())
+    assert set(summary) == {"reaf", "seconds"}
+    assert (out / "runs" / "reaf" / "checkpoints" / "latest.pt").stat().st_mtime_ns == before
