@@ -1,10 +1,11 @@
 """Why the CPU demo misses its bar: what each half of the demo model learns from the synthetic data in a CPU budget.
 
 Makes the demo's data the demo's way (reaf.synthetic -> fast cache at the `demo` input size, 800 + 200 volumes by
-default), holds it in memory, and trains each learner below for the same number of steps (batch 32, AdamW):
+default), holds it in memory, and trains each learner below for the same number of steps (batch 32, AdamW). Every
+`demo` tower here is the plain hierarchy (fusion and saliency off), the better of the two at this size:
 
   linear_probe       logistic regression on 2x4x4-average-pooled voxels: a linear reader that keeps positions
-  vit_cls            the `demo` vision tower (plain hierarchy), BCE on the 18 labels through its CLS feature
+  vit_cls            the `demo` vision tower, BCE on the 18 labels through its CLS feature
   vit_tokens         the same tower, BCE through a linear layer over all its output tokens (positions kept)
   clip_label_text    CLIP loss between the `demo` vision tower and a learned embedding of each scan's label vector
                      (a perfect text side): how far the image side gets
@@ -12,7 +13,7 @@ default), holds it in memory, and trains each learner below for the same number 
                      image side), scored with the protocol's zero-shot prompts: how far the text side gets
 
 Every learner reports validation AUC per class and its mean (and report->volume R@5 for the CLIP ones, chance
-5/N). Writes bench/results/demo_diagnostics.json. About 10 minutes on 2 cores.
+5/N). Writes bench/results/demo_diagnostics.json. About 6 minutes on 2 cores (2 of them making the data).
 """
 
 from __future__ import annotations
