@@ -1,7 +1,7 @@
 """Why the CPU demo misses its bar: what each half of the demo model learns from the synthetic data in a CPU budget.
 
-Makes the demo's data the demo's way (reaf.synthetic -> fast cache at the `demo` input size, 800 + 200 volumes by
-default), holds it in memory, and trains each learner below for the same number of steps (batch 32, AdamW). Every
+Makes the demo's data the demo's way (reaf.synthetic -> fast cache at the `demo` input size, the demo's 2400 + 200
+volumes by default), holds it in memory, and trains each learner below for the same number of steps (batch 32, AdamW). Every
 `demo` tower here is the plain hierarchy (fusion and saliency off), the better of the two at this size:
 
   linear_probe       logistic regression on 2x4x4-average-pooled voxels: a linear reader that keeps positions
@@ -42,6 +42,7 @@ from ct_like import machine_info, write_result  # noqa: E402
 from reaf import create_model  # noqa: E402
 from reaf.data import VolumeDataset  # noqa: E402
 from reaf.demo import INPUT_INFO, make_data  # noqa: E402
+from reaf.demo import parse_args as demo_args  # noqa: E402
 from reaf.prompts import CLASSES, class_prompts  # noqa: E402
 from reaf.readers import find_splits, read_split  # noqa: E402
 from reaf.volume import InputSpec  # noqa: E402
@@ -177,8 +178,9 @@ def clip_with_label_side(train: dict, valid: dict, real: str, steps: int, seed: 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--num-train", type=int, default=800)
-    p.add_argument("--num-valid", type=int, default=200)
+    demo = demo_args([])
+    p.add_argument("--num-train", type=int, default=demo.num_train, help="default: the demo's")
+    p.add_argument("--num-valid", type=int, default=demo.num_valid, help="default: the demo's")
     p.add_argument("--steps", type=int, default=600, help="optimiser steps per learner (batch 32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", help="keep the generated data here (default: a temporary folder)")
