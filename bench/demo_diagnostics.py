@@ -1,8 +1,8 @@
 """Why the CPU demo misses its bar: what each half of the demo model learns from the synthetic data in a CPU budget.
 
-Makes the demo's data the demo's way (reaf.synthetic -> fast cache at the `demo` input size, the demo's 2400 + 200
-volumes by default), holds it in memory, and trains each learner below for the same number of steps (batch 32, AdamW). Every
-`demo` tower here is the plain hierarchy (fusion and saliency off), the better of the two at this size:
+Makes the demo's data the demo's way (reaf.synthetic -> fast cache at the `demo` input size; by default the demo's
+2400 + 200 volumes), holds it in memory, and trains each learner below for the same number of steps (batch 32,
+AdamW). Every `demo` tower here is the plain hierarchy (fusion and saliency off), the better of the two at this size:
 
   linear_probe       logistic regression on 2x4x4-average-pooled voxels: a linear reader that keeps positions
   vit_cls            the `demo` vision tower, BCE on the 18 labels through its CLS feature
@@ -13,7 +13,7 @@ volumes by default), holds it in memory, and trains each learner below for the s
                      image side), scored with the protocol's zero-shot prompts: how far the text side gets
 
 Every learner reports validation AUC per class and its mean (and report->volume R@5 for the CLIP ones, chance
-5/N). Writes bench/results/demo_diagnostics.json. About 6 minutes on 2 cores (2 of them making the data).
+5/N). Writes bench/results/demo_diagnostics.json. About 7 minutes on 2 cores (2 of them making the data).
 """
 
 from __future__ import annotations
