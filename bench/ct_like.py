@@ -91,9 +91,9 @@ def machine_info() -> dict:
     }  # fmt: skip
 
 
-def write_result(name: str, result: dict) -> Path:
-    """bench/results/<name>.json, atomically."""
-    out = Path(__file__).resolve().parent / "results" / f"{name}.json"
+def write_result(name: str, result: dict, out: Path | None = None) -> Path:
+    """bench/results/<name>.json (or `out`), atomically."""
+    out = Path(out) if out else Path(__file__).resolve().parent / "results" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     result["machine"]["load_average_at_end"] = os.getloadavg()
     tmp = out.with_suffix(".json.tmp")

@@ -19,9 +19,7 @@ Every learner reports validation AUC per class and its mean (and report->volume 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -31,7 +29,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -43,15 +40,21 @@ from reaf import create_model  # noqa: E402
 from reaf.data import VolumeDataset  # noqa: E402
 from reaf.demo import INPUT_INFO, make_data  # noqa: E402
 from reaf.demo import parse_args as demo_args  # noqa: E402
-from reaf.prompts import CLASSES, class_prompts  # noqa: E402
+from reaf.evaluate import prompt_embeddings, zero_shot_probabilities  # noqa: E402
+from reaf.loss import local_contrastive_loss  # noqa: E402
+from reaf.metrics import weighted_auroc  # noqa: E402
+from reaf.optim import CosineSchedule  # noqa: E402
+from reaf.prompts import CLASSES  # noqa: E402
 from reaf.readers import find_splits, read_split  # noqa: E402
+from reaf.retrieval import rank_summary, report_volume_ranks  # noqa: E402
 from reaf.volume import InputSpec  # noqa: E402
 
 
 def load_split(cache: Path, which: str, spec: InputSpec) -> dict:
     """One cached split in memory: images (N, 1, D, H, W), reports, labels (N, 18)."""
     split = read_split(find_splits(cache)[which], data_root=str(cache), fmt="cache", require_labels=True)
-    items = [VolumeDataset(split, spec)[i] for i in range(len(split.samples))]
+    dataset = VolumeDataset(split, spec)
+    items = [dataset[i] for i in range(len(dataset))]
     return {
         "x": torch.stack([it["image"] for it in items]),
         "reports": [it["report"] for it in items],
@@ -60,19 +63,20 @@ def load_split(cache: Path, which: str, spec: InputSpec) -> dict:
 
 
 def aucs(y: torch.Tensor, scores: np.ndarray) -> list[float]:
-    return [float(roc_auc_score(y[:, c].numpy(), scores[:, c])) for c in range(y.shape[1])]
+    """Per-class AUROC (the evaluation's tie-aware one): labels (N, C), scores (N, C) -> C floats."""
+    return [float(weighted_auroc(y[:, c].numpy(), scores[:, c])[0]) for c in range(y.shape[1])]
 
 
 def recall_at_5(text: torch.Tensor, image: torch.Tensor) -> float:
-    """Report i -> volume i among all N volumes; ties count against the pair."""
-    sim = text @ image.T
-    rank = (sim >= sim.diag()[:, None]).sum(1) - 1
-    return float((rank < 5).float().mean())
+    """Report i -> volume i among all N volumes, ranked as the evaluation ranks them."""
+    ranks = report_volume_ranks(image.numpy(), text.numpy())["report_to_volume"]
+    return rank_summary(ranks, ks=(5,))["R@5"]
 
 
 def train_steps(params, loss_fn, n: int, steps: int, lr: float, seed: int) -> float:
     """AdamW with 50 warm-up steps and cosine decay; loss_fn(batch indices) -> loss. Returns the last loss."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
+    schedule = CosineSchedule(opt, lr, warmup=50, total=steps)
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(n, generator=g)
     loss = torch.tensor(float("nan"))
@@ -80,8 +84,7 @@ def train_steps(params, loss_fn, n: int, steps: int, lr: float, seed: int) -> fl
         start = (step * 32) % (n - n % 32)
         if start == 0 and step:
             order = torch.randperm(n, generator=g)
-        for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        schedule.apply(step)
         loss = loss_fn(order[start : start + 32])
         opt.zero_grad()
         loss.backward()
@@ -147,10 +150,7 @@ def clip_with_label_side(train: dict, valid: dict, real: str, steps: int, seed: 
         return model.encode_image(train["x"][idx]) if real == "image" else model.encode_text(ids[idx], mask[idx])
 
     def loss_fn(idx):
-        a, b = real_features(idx), label_features(train["y"][idx])
-        logits = model.logit_scale.exp() * a @ b.T
-        target = torch.arange(len(idx))
-        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        return local_contrastive_loss(real_features(idx), label_features(train["y"][idx]), model.logit_scale.exp())
 
     loss = train_steps(
         list(tower.parameters()) + list(labels.parameters()) + [model.logit_scale],
@@ -168,9 +168,8 @@ def clip_with_label_side(train: dict, valid: dict, real: str, steps: int, seed: 
             text = label_features(y)
         else:
             image = label_features(y)
-            prompts = class_prompts("volume")
-            pairs = [model.encode_text(*model.tokenize(list(prompts[c]))) for c in CLASSES]
-            scores = np.stack([(image @ (p[1] - p[0])).numpy() for p in pairs], axis=1)  # softmax order = this
+            prompts = prompt_embeddings(model, ["volume"], batch_size=36, device="cpu")["volume"]
+            scores = zero_shot_probabilities(image.numpy(), prompts, float(model.logit_scale.exp()))
             vids, vmask = model.tokenize(valid["reports"])
             text = model.encode_text(vids, vmask)
     return {"auc": aucs(y, scores), "R@5": recall_at_5(text, image), "final_train_loss": loss}
@@ -220,10 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         "results": results,
         "machine": info,
     }
-    if args.out:
-        result["machine"]["load_average_at_end"] = os.getloadavg()
-        Path(args.out).write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out or write_result('demo_diagnostics', result)}")
+    print(f"wrote {write_result('demo_diagnostics', result, args.out)}")
 
 
 if __name__ == "__main__":

@@ -48,10 +48,20 @@ def make_data(args: argparse.Namespace, out: Path) -> Path:
 
     raw, cache = out / "ct_rate", out / "cache"
     stage("1/4 synthetic CT-RATE")
-    if (raw / "dataset" / "multi_abnormality_labels" / "valid_predicted_labels.csv").is_file():
+    wanted = {"seed": args.seed, "num_train": args.num_train, "num_valid": args.num_valid}
+    marker = raw / "demo_data.json"  # written only once generation has finished
+    if marker.is_file():
+        found = json.loads(marker.read_text())
+        if found != wanted:
+            raise SystemExit(f"{raw} holds a synthetic CT-RATE made with {found}, but this run asks for {wanted}: "
+                             f"use another --out, or delete {out} to start again")  # fmt: skip
         print(f"found {raw}, reusing it")
+    elif raw.exists():
+        raise SystemExit(f"{raw} exists but has no {marker.name} (an interrupted or older demo): delete {out} and run "
+                         "again")  # fmt: skip
     else:
         generate(raw, seed=args.seed, num_train=args.num_train, num_valid=args.num_valid, workers=args.workers)
+        marker.write_text(json.dumps(wanted))
     stage("2/4 preprocess into the fast cache")
     for split in ("train", "valid"):  # resumable: finished files are verified and skipped
         preprocess.main(

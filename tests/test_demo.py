@@ -77,3 +77,12 @@ def test_a_rerun_reuses_every_finished_stage(demo):
     summary = json.loads((out / "demo_summary.json").read_text())
     assert set(summary) == {"reaf", "seconds"}
     assert (out / "runs" / "reaf" / "checkpoints" / "latest.pt").stat().st_mtime_ns == before
+
+
+def test_a_rerun_with_other_data_sizes_stops_instead_of_reusing_the_old_data(demo):
+    out, _ = demo
+    proc = run_demo(out, "--num-train", "30")
+    assert proc.returncode != 0
+    assert f"{out / 'ct_rate'} holds a synthetic CT-RATE made with" in proc.stderr
+    assert "'num_train': 24" in proc.stderr and "'num_train': 30" in proc.stderr
+    assert "3/4 train" not in proc.stdout
