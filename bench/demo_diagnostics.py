@@ -2,8 +2,8 @@
 
 Makes the demo's data the demo's way (reaf.synthetic -> fast cache at the `demo` input size; by default the demo's
 2400 + 200 volumes), holds it in memory, and trains each learner below for the same number of steps (batch 32,
-AdamW). Every `demo` tower here except reaf_cls is the plain hierarchy (fusion and saliency off), the better of the
-two at this size:
+AdamW). Every `demo` tower here except in the two reaf_cls learners is the plain hierarchy (fusion and saliency off),
+the better of the two at this size:
 
   linear_probe       logistic regression on 2x4x4-average-pooled voxels: a linear reader that keeps positions
   vit_cls            the `demo` vision tower, BCE on the 18 labels through its CLS feature
@@ -155,7 +155,13 @@ def saliency_summary(trunk, x: torch.Tensor) -> dict:
 
 
 def vit_supervised(
-    train: dict, valid: dict, readout: str, steps: int, seed: int, fusion_saliency: bool = False, zero_fusion=False
+    train: dict,
+    valid: dict,
+    readout: str,
+    steps: int,
+    seed: int,
+    fusion_saliency: bool = False,
+    zero_fusion: bool = False,
 ) -> dict:
     """BCE on the labels through the CLS feature or all tokens; ``zero_fusion`` holds REAF's fusion layer at zero
     (the model then computes exactly what the plain hierarchy computes, with REAF's parameters and code path)."""
@@ -256,8 +262,9 @@ def clip_with_label_side(
             # each prompt alone: does "X" point at volumes with X, and "Not X" away from them?
             result["mean_auc_positive_prompt_only"] = float(np.mean(aucs(y, image.numpy() @ prompts[:, 1].T)))
             result["mean_auc_negative_prompt_only"] = float(np.mean(aucs(y, -(image.numpy() @ prompts[:, 0].T))))
-            text = model.text.project(frozen_text_features(model, valid["reports"])) if pretrained_text else None
-            if text is None:
+            if pretrained_text:
+                text = model.text.project(frozen_text_features(model, valid["reports"]))
+            else:
                 text = model.encode_text(*model.tokenize(valid["reports"]))
     return {"auc": aucs(y, scores), "R@5": recall_at_5(text, image), **result}
 
