@@ -55,15 +55,13 @@ def test_demo_reports_both_variants_with_their_chance_level(demo):
 
 def test_the_plain_variant_has_fusion_and_saliency_off_and_reaf_has_them_on(demo):
     out, _ = demo
+    summary = json.loads((out / "demo_summary.json").read_text())
     configs = {
-        name: torch.load(summary_row, weights_only=True, map_location="cpu")["config"]["model"]["vision"]
-        for name, summary_row in (
-            (n, json.loads((out / "demo_summary.json").read_text())[n]["checkpoint"])
-            for n in ("reaf", "plain_hierarchy")
-        )
+        name: torch.load(summary[name]["checkpoint"], weights_only=True, map_location="cpu")["config"]["model"]
+        for name in ("reaf", "plain_hierarchy")
     }
-    assert configs["reaf"]["fusion_saliency"] is True
-    assert configs["plain_hierarchy"]["fusion_saliency"] is False
+    assert configs["reaf"]["vision"]["fusion_saliency"] is True
+    assert configs["plain_hierarchy"]["vision"]["fusion_saliency"] is False
     assert list((out / "results" / "reaf" / "plots").glob("saliency_*.png"))
 
 
