@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
-    from reaf.args import parse_args
-    from reaf.run import train_main
+    from reaf.training.run import train_main
+    from reaf.training.settings import parse_args
 
     args = parse_args(argv)
     try:

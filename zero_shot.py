@@ -10,11 +10,11 @@ from pathlib import Path
 import torch
 
 from reaf import create_model, load_checkpoint
-from reaf.checkpoint import is_reference_format, read_checkpoint
-from reaf.config import config_from_dict
-from reaf.evaluate import run_evaluation
-from reaf.plots import explain_volume, summary_table
-from reaf.prompts import TEMPLATE_MODES
+from reaf.evaluation.plots import explain_volume, summary_table
+from reaf.evaluation.prompts import TEMPLATE_MODES
+from reaf.evaluation.protocol import run_evaluation
+from reaf.model.checkpoint import is_reference_format, read_checkpoint
+from reaf.model.config import config_from_dict
 
 REFERENCE_MODEL = "vit_base_singlescan_h2_token2744"
 log = logging.getLogger("zero_shot")
@@ -86,7 +86,7 @@ def build_model(args: argparse.Namespace) -> torch.nn.Module:
 
 def read_labelled_split(args: argparse.Namespace):
     """The split to evaluate: --zeroshot-ct-rate, else the test split found under --data-root."""
-    from reaf.readers import find_splits, read_split
+    from reaf.data.readers import find_splits, read_split
 
     source = args.zeroshot_ct_rate
     if source is None:
@@ -102,7 +102,7 @@ def read_labelled_split(args: argparse.Namespace):
 
 def explain(model: torch.nn.Module, split, spec, names: list[str], results_dir: Path, device: str) -> None:
     """Saliency PNGs results_dir/plots/saliency_<NAME>.png for the named volumes."""
-    from reaf.data import VolumeDataset
+    from reaf.data.loader import VolumeDataset
 
     index = {s.name: i for i, s in enumerate(split.samples)}
     dataset = VolumeDataset(split, spec)
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.manual_seed(args.seed)
-    from reaf.volume import InputSpec
+    from reaf.data.formats import InputSpec
 
     model = build_model(args)
     spec = InputSpec.from_args(args.input_info, model.cfg.vision.img_size)

@@ -28,8 +28,8 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from reaf.config import load_model_config
-    from reaf.vision import VisionTower
+    from reaf.model.config import load_model_config
+    from reaf.model.vision import VisionTower
 
     overrides = dict(VARIANTS[variant])
     if overrides.get("scan_blocks") == "all":

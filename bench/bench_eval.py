@@ -17,10 +17,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from reaf import create_model  # noqa: E402
-from reaf.embeddings import atomic_write_text, encode_texts  # noqa: E402
-from reaf.evaluate import classify, prompt_embeddings, zero_shot_probabilities  # noqa: E402
-from reaf.prompts import CLASSES, class_prompts  # noqa: E402
-from reaf.retrieval import retrieval_metrics  # noqa: E402
+from reaf.evaluation.encoding import atomic_write_text, encode_texts  # noqa: E402
+from reaf.evaluation.prompts import CLASSES, class_prompts  # noqa: E402
+from reaf.evaluation.protocol import classify, prompt_embeddings, zero_shot_probabilities  # noqa: E402
+from reaf.evaluation.retrieval import retrieval_metrics  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "eval.json"
 
@@ -72,10 +72,10 @@ def encode_per_class(model, volumes) -> dict[str, float]:
 
 def end_to_end(model, n: int, *, batch_size: int, workers: int) -> dict[str, float]:
     """run_evaluation on n synthetic CT-RATE volumes read from NIfTI (ori, resized): loading included, no plots."""
-    from reaf.evaluate import run_evaluation
-    from reaf.readers import read_split
-    from reaf.synthetic import generate
-    from reaf.volume import InputSpec
+    from reaf.data.formats import InputSpec
+    from reaf.data.readers import read_split
+    from reaf.evaluation.protocol import run_evaluation
+    from reaf.synthetic.dataset import generate
 
     with tempfile.TemporaryDirectory() as tmp:
         generate(tmp, seed=0, num_train=0, num_valid=n)

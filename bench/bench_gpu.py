@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from reaf import create_model  # noqa: E402
-from reaf.volume import InputSpec, load_volume, save_cache  # noqa: E402
+from reaf.data.formats import InputSpec, load_volume, save_cache  # noqa: E402
 
 BF16_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
 

@@ -21,8 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.ct_like import machine_info, make_sources, write_result  # noqa: E402
-from reaf import transforms as T  # noqa: E402
-from reaf.volume import InputSpec, VolumeMeta, load_volume, nifti_to_hu, save_cache, save_stage1, save_stage2  # noqa: E402
+from reaf.data import transforms as T  # noqa: E402
+from reaf.data.formats import InputSpec, VolumeMeta, load_volume, nifti_to_hu, save_cache, save_stage1, save_stage2  # noqa: E402
 
 SPEC = InputSpec((112, 336, 336), -1150.0, 350.0, "crop")
 META = VolumeMeta(xy_spacing=(0.7, 0.7), z_spacing=1.5, slope=1.0, intercept=-1024.0)

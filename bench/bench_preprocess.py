@@ -26,9 +26,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.ct_like import machine_info, make_sources, write_result  # noqa: E402
-from reaf import transforms as T  # noqa: E402
+from reaf.data import transforms as T  # noqa: E402
+from reaf.data.formats import InputSpec, VolumeMeta, atomic_write, nifti_to_hu  # noqa: E402
 from reaf.preprocess import Job, convert  # noqa: E402
-from reaf.volume import InputSpec, VolumeMeta, atomic_write, nifti_to_hu  # noqa: E402
 
 SPEC = InputSpec((112, 336, 336), -1150.0, 350.0, "crop")
 META = VolumeMeta(xy_spacing=(0.7, 0.7), z_spacing=1.5, slope=1.0, intercept=-1024.0)

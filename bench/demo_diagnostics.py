@@ -49,17 +49,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ct_like import machine_info, write_result  # noqa: E402
 
 from reaf import create_model  # noqa: E402
-from reaf.data import VolumeDataset  # noqa: E402
+from reaf.data.formats import InputSpec  # noqa: E402
+from reaf.data.loader import VolumeDataset  # noqa: E402
+from reaf.data.readers import find_splits, read_split  # noqa: E402
 from reaf.demo import INPUT_INFO, make_data  # noqa: E402
 from reaf.demo import parse_args as demo_args  # noqa: E402
-from reaf.evaluate import prompt_embeddings, zero_shot_probabilities  # noqa: E402
-from reaf.loss import local_contrastive_loss  # noqa: E402
-from reaf.metrics import weighted_auroc  # noqa: E402
-from reaf.optim import CosineSchedule  # noqa: E402
-from reaf.prompts import CLASSES  # noqa: E402
-from reaf.readers import find_splits, read_split  # noqa: E402
-from reaf.retrieval import rank_summary, report_volume_ranks  # noqa: E402
-from reaf.volume import InputSpec  # noqa: E402
+from reaf.evaluation.metrics import weighted_auroc  # noqa: E402
+from reaf.evaluation.prompts import CLASSES  # noqa: E402
+from reaf.evaluation.protocol import prompt_embeddings, zero_shot_probabilities  # noqa: E402
+from reaf.evaluation.retrieval import rank_summary, report_volume_ranks  # noqa: E402
+from reaf.model.loss import local_contrastive_loss  # noqa: E402
+from reaf.training.optim import CosineSchedule  # noqa: E402
 
 
 def load_split(cache: Path, which: str, spec: InputSpec) -> dict:

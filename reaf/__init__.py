@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from reaf.checkpoint import load_checkpoint
-    from reaf.model import ReafCLIP, create_model
+    from reaf.model.checkpoint import load_checkpoint
+    from reaf.model.clip import ReafCLIP, create_model
 
 __all__ = ["ReafCLIP", "create_model", "load_checkpoint"]
 
@@ -14,11 +14,11 @@ __all__ = ["ReafCLIP", "create_model", "load_checkpoint"]
 def __getattr__(name: str) -> Any:
     """Import torch/transformers only when the model API is used, so data tools (`reaf.synthetic`) start fast."""
     if name == "load_checkpoint":
-        from reaf.checkpoint import load_checkpoint
+        from reaf.model.checkpoint import load_checkpoint
 
         return load_checkpoint
     if name in ("ReafCLIP", "create_model"):
-        from reaf import model
+        from reaf.model import clip as model
 
         return getattr(model, name)
     raise AttributeError(f"module 'reaf' has no attribute {name!r}")

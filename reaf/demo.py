@@ -44,7 +44,7 @@ def stage(title: str) -> None:
 def make_data(args: argparse.Namespace, out: Path) -> Path:
     """Synthetic CT-RATE (layout A, NIfTI) and its fast cache for the demo model; returns the cache root."""
     from reaf import preprocess
-    from reaf.synthetic import generate
+    from reaf.synthetic.dataset import generate
 
     raw, cache = out / "ct_rate", out / "cache"
     stage("1/4 synthetic CT-RATE")
@@ -87,8 +87,8 @@ def make_data(args: argparse.Namespace, out: Path) -> Path:
 
 def train(args: argparse.Namespace, cache: Path, out: Path, name: str, model: str) -> Path:
     """Train through main.py's code path; returns the final checkpoint."""
-    from reaf.args import parse_args as train_args
-    from reaf.run import train_main
+    from reaf.training.run import train_main
+    from reaf.training.settings import parse_args as train_args
 
     flags = ["--model", model, "--data-root", str(cache), "--input-data-type", "cache", "--input-info", *INPUT_INFO,
              "--batch-size", str(args.batch_size), "--epochs", str(args.epochs), "--lr", str(args.lr),
@@ -105,13 +105,13 @@ def evaluate(checkpoint: Path, cache: Path, results_dir: Path, workers: int, exp
     import torch
 
     from reaf import create_model, load_checkpoint
-    from reaf.checkpoint import read_checkpoint
-    from reaf.config import config_from_dict
-    from reaf.data import VolumeDataset
-    from reaf.evaluate import run_evaluation
-    from reaf.plots import explain_volume, summary_table
-    from reaf.readers import find_splits, read_split
-    from reaf.volume import InputSpec
+    from reaf.data.formats import InputSpec
+    from reaf.data.loader import VolumeDataset
+    from reaf.data.readers import find_splits, read_split
+    from reaf.evaluation.plots import explain_volume, summary_table
+    from reaf.evaluation.protocol import run_evaluation
+    from reaf.model.checkpoint import read_checkpoint
+    from reaf.model.config import config_from_dict
 
     model = create_model(config_from_dict(read_checkpoint(checkpoint)["config"]["model"], where=str(checkpoint)))
     load_checkpoint(model, checkpoint)
@@ -157,7 +157,7 @@ def headline(results: dict) -> dict:
 
 def plain_config(model: str, out: Path) -> Path:
     """The same architecture with fusion and saliency switched off, as a JSON main.py can take."""
-    from reaf.config import load_model_config
+    from reaf.model.config import load_model_config
 
     cfg = load_model_config(model, fusion_saliency=False).to_dict()
     path = out / "plain_hierarchy.json"

@@ -20,10 +20,10 @@ import nibabel as nib
 import torch
 from tqdm import tqdm
 
-from reaf import tables
-from reaf import transforms as T
-from reaf import volume as V
-from reaf.config import load_model_config
+from reaf.data import csv_tables as tables
+from reaf.data import formats as V
+from reaf.data import transforms as T
+from reaf.model.config import load_model_config
 
 log = logging.getLogger("reaf.preprocess")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from reaf.embeddings import encode_texts, load_embeddings
-from reaf.retrieval import normalize
+from reaf.evaluation.encoding import encode_texts, load_embeddings
+from reaf.evaluation.retrieval import normalize
 
 
 def top_k(query: np.ndarray, gallery: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -44,7 +44,7 @@ def load_query_model(
 ) -> torch.nn.Module:
     """The model that made the embeddings: config and checkpoint as recorded in the file, or --model/--resume."""
     from reaf import create_model, load_checkpoint
-    from reaf.config import config_from_dict
+    from reaf.model.config import config_from_dict
 
     meta = store["meta"]
     checkpoint = resume or (meta.get("checkpoint") or {}).get("path")

@@ -6,8 +6,8 @@ import shlex
 import pytest
 import torch
 
-from reaf.args import build_parser, effective_precision, parse_args, report_targets, resolve
 from reaf.dist import DistEnv
+from reaf.training.settings import build_parser, effective_precision, parse_args, report_targets, resolve
 
 # The README seed's "Custom Training" and "Distributed Training" commands, verbatim after the program name.
 README_CUSTOM = """
@@ -113,7 +113,7 @@ def test_resolving_leaves_the_namespace_untouched(tmp_path):
 
 @pytest.mark.parametrize("method", ["max", "learned", "inverse_weighted_mean"])
 def test_fusion_method_reaches_the_model(method):
-    from reaf.run import build_model
+    from reaf.training.run import build_model
 
     args = parse_args(["--model", "tiny", "--train-data", "x", "--fusion-method", method])
     model = build_model(args, None, torch.device("cpu"))
@@ -124,7 +124,7 @@ def test_fusion_method_reaches_the_model(method):
 
 
 def test_lock_text_defaults_to_the_config_and_the_flag_overrides_it():
-    from reaf.run import build_model
+    from reaf.training.run import build_model
 
     def trainable_bert(*flags: str) -> set[bool]:
         args = parse_args(["--model", "tiny", "--train-data", "x", *flags])

@@ -8,9 +8,9 @@ import torch
 from test_readers import TRAIN, truth_for, write_layout_a
 
 from reaf import create_model
-from reaf.data import UnitSampler, VolumeDataset, build_dataloader
-from reaf.readers import read_split
-from reaf.volume import InputSpec, load_volume, volume_file
+from reaf.data.formats import InputSpec, load_volume, volume_file
+from reaf.data.loader import UnitSampler, VolumeDataset, build_dataloader
+from reaf.data.readers import read_split
 
 SPEC = InputSpec(size=(8, 16, 16), hu_min=-1150.0, hu_max=350.0, mode="resize")
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from reaf import create_model
-from reaf.evaluate import evaluate_retrieval, run_evaluation, validate_results
-from reaf.prompts import CLASSES, class_prompts
-from reaf.readers import read_split
-from reaf.volume import InputSpec, save_stage2
+from reaf.data.formats import InputSpec, save_stage2
+from reaf.data.readers import read_split
+from reaf.evaluation.prompts import CLASSES, class_prompts
+from reaf.evaluation.protocol import evaluate_retrieval, run_evaluation, validate_results
 
 # scan valid_1_a has two reconstructions sharing one report; valid_2_a and valid_2_b belong to one patient
 NAMES = ["valid_1_a_1", "valid_1_a_2", "valid_2_a_1", "valid_2_b_1", "valid_3_a_1", "valid_4_a_1", "valid_5_a_1"]
@@ -89,7 +89,7 @@ def test_each_volume_and_prompt_encoded_once_and_reused(setup, tmp_path, monkeyp
     assert results["timing"]["embeddings_reused"] is False
     validate_results(results)
     counter.image_rows = counter.text_rows = 0
-    with caplog.at_level(logging.INFO, logger="reaf.embeddings"):
+    with caplog.at_level(logging.INFO, logger="reaf.evaluation.encoding"):
         again = _run(model, split, spec, tmp_path, ckpt, template="both")
     assert counter.image_rows == 0 and counter.text_rows == len(sentences)
     assert again["timing"]["embeddings_reused"] is True and "reusing embeddings" in caplog.text
@@ -113,7 +113,7 @@ def test_probabilities_follow_the_protocol_formula(setup, tmp_path):
     results = _run(model, split, spec, tmp_path, ckpt, template="organ")
     table = pd.read_csv(tmp_path / "probabilities.csv")
     assert table["VolumeName"].tolist() == NAMES and results["template"] == "organ"
-    from reaf.data import VolumeDataset
+    from reaf.data.loader import VolumeDataset
 
     volume = VolumeDataset(split, spec)[3]["image"][None]
     with torch.inference_mode():
@@ -159,7 +159,7 @@ def test_evaluate_retrieval_restores_training_mode(setup):
 def test_fingerprint_of_a_huge_file_is_partial_and_says_so(tmp_path, monkeypatch):
     import hashlib
 
-    import reaf.embeddings as embeddings
+    import reaf.evaluation.encoding as embeddings
 
     path = tmp_path / "big.pt"
     path.write_bytes(bytes(range(256)) * 4)
@@ -175,8 +175,8 @@ def test_fingerprint_of_a_huge_file_is_partial_and_says_so(tmp_path, monkeypatch
 def test_data_key_follows_volume_files_and_input(setup):
     import os
 
-    from reaf.embeddings import data_description
-    from reaf.volume import volume_file
+    from reaf.data.formats import volume_file
+    from reaf.evaluation.encoding import data_description
 
     _, split, spec, _ = setup
     before = data_description(split, spec)

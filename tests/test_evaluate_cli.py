@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from reaf import create_model
-from reaf.embeddings import load_embeddings
-from reaf.evaluate import validate_results
-from reaf.readers import read_split
+from reaf.data.readers import read_split
+from reaf.evaluation.encoding import load_embeddings
+from reaf.evaluation.protocol import validate_results
 
 REPO = Path(__file__).resolve().parent.parent
 PLOTS = ["roc_volume.png", "auc_bars_volume_18.png", "auc_bars_volume_16.png", "retrieval_recall.png"]
@@ -23,7 +23,7 @@ PLOTS = ["roc_volume.png", "auc_bars_volume_18.png", "auc_bars_volume_16.png", "
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     """A small synthetic CT-RATE (layout A, real NIfTI) and the names of its validation volumes."""
-    from reaf.synthetic import generate
+    from reaf.synthetic.dataset import generate
 
     root = tmp_path_factory.mktemp("synthetic")
     generate(root, seed=0, num_train=4, num_valid=4)

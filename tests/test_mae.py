@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from reaf import create_model
-from reaf.mae import inflate_mae, inflate_pos_embed, load_mae_weights
+from reaf.model.mae_inflation import inflate_mae, inflate_pos_embed, load_mae_weights
 
 
 def mae_2d_table(side: int, dim: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from reaf.metrics import (
+from reaf.evaluation.metrics import (
     binary_metrics,
     bootstrap_counts,
     bootstrap_indices,

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from reaf import create_model
-from reaf.config import load_model_config
-from reaf.layers import LayerFusion, RegionalSaliency, to_scan, to_slices
+from reaf.model.config import load_model_config
+from reaf.model.layers import LayerFusion, RegionalSaliency, to_scan, to_slices
 
 TEXTS = ["bilateral pleural effusion.", "no nodule is seen in the lungs."]
 
@@ -41,7 +41,7 @@ def test_grid_derives_from_config():
     with pytest.raises(ValueError, match="not a multiple"):
         load_model_config("tiny", img_size=[33, 96, 96])
     with pytest.raises(ValueError, match="unknown config keys"):
-        from reaf.config import config_from_dict
+        from reaf.model.config import config_from_dict
 
         config_from_dict({"vision": {"no_such_field": 1}})
 

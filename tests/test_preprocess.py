@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 import torch
 
+from reaf.data.formats import FORMATS, InputSpec, VolumeMeta, load_volume, volume_file
 from reaf.preprocess import main, read_metadata
-from reaf.volume import FORMATS, InputSpec, VolumeMeta, load_volume, volume_file
 from tests.test_volume_fixtures import (
     SPACING,
     chest_like,
@@ -181,7 +181,7 @@ def test_metadata_csv_parsing(tmp_path):
 
 
 def test_synthetic_ct_rate_through_every_format(tmp_path):
-    from reaf.synthetic import generate
+    from reaf.synthetic.dataset import generate
 
     generate(tmp_path / "syn", seed=1, num_train=0, num_valid=4)
     root, out = tmp_path / "syn", tmp_path / "out"

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from reaf.readers import CLASSES, CLASSES_16, ReaderError, find_splits, read_split
-from reaf.volume import volume_file
+from reaf.data.formats import volume_file
+from reaf.data.readers import CLASSES, CLASSES_16, ReaderError, find_splits, read_split
 
 TRAIN = ["train_1_a_1", "train_1_a_2", "train_2_a_1", "train_2_b_1", "train_2_b_2", "train_10_a_1"]
 VALID = ["valid_1_a_1", "valid_1_a_2", "valid_3_a_1", "valid_4_a_1"]
@@ -241,7 +241,7 @@ def test_report_text_parts(tmp_path, findings, impressions, expected):
 
 
 def test_uncompressed_nifti_is_found(tmp_path):
-    """ori also finds plain .nii files, at the rel that reaf.volume.volume_file resolves."""
+    """ori also finds plain .nii files, at the rel that reaf.data.formats.volume_file resolves."""
     truth = truth_for(VALID)
     folder = write_layout_b(tmp_path, "valid", truth)
     gz = folder / "volumes/valid_3_a_1.nii.gz"

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from test_readers import VALID, truth_for, write_layout_a, write_layout_b, write_nifti
 
-from reaf.readers import ReaderError, read_split
+from reaf.data.readers import ReaderError, read_split
 
 DS = "dataset"
 META = f"{DS}/metadata/validation_metadata.csv"

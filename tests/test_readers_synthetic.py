@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from reaf import create_model
-from reaf.data import build_dataloader
-from reaf.readers import CLASSES, find_splits, read_split
-from reaf.synthetic import generate
-from reaf.volume import InputSpec, volume_file
+from reaf.data.formats import InputSpec, volume_file
+from reaf.data.loader import build_dataloader
+from reaf.data.readers import CLASSES, find_splits, read_split
+from reaf.synthetic.dataset import generate
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ def zero_shot_parser(monkeypatch) -> argparse.ArgumentParser:
 
 
 def test_every_flag_is_in_the_readme(monkeypatch):
-    from reaf.args import build_parser
+    from reaf.training.settings import build_parser
 
     readme = (ROOT / "README.md").read_text()
     documented = set(re.findall(r"`(--[a-z0-9-]+)`", readme))

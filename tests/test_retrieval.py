@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-import reaf.retrieval as retrieval
-from reaf.retrieval import (
+import reaf.evaluation.retrieval as retrieval
+from reaf.evaluation.retrieval import (
     average_precision_at_k,
     dedup_indices,
     rank_summary,

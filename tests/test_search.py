@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from reaf import create_model
-from reaf.embeddings import encode_texts, file_fingerprint, save_embeddings
+from reaf.evaluation.encoding import encode_texts, file_fingerprint, save_embeddings
 from reaf.search import main
 
 QUERY = "bilateral pleural effusion"

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from reaf.phantom import LUNG
-from reaf.phantom_findings import CLASSES
-from reaf.synthetic import generate, main, plan_split, scan_case, synth_volume, write_volume_nifti
-from reaf.synthetic_metadata import METADATA_COLUMNS
-from reaf.synthetic_reports import KEYWORDS, write_report
+from reaf.synthetic.dataset import generate, main, plan_split, scan_case, synth_volume, write_volume_nifti
+from reaf.synthetic.findings import CLASSES
+from reaf.synthetic.metadata import METADATA_COLUMNS
+from reaf.synthetic.phantom import LUNG
+from reaf.synthetic.reports import KEYWORDS, write_report
 
 CSVS = {
     "metadata/train_metadata.csv": METADATA_COLUMNS,

@@ -7,7 +7,7 @@ import torch
 from transformers import BertConfig, BertForMaskedLM, BertTokenizer
 
 from reaf import create_model
-from reaf.text import builtin_vocab
+from reaf.model.text import builtin_vocab
 
 
 @pytest.fixture()
@@ -51,8 +51,8 @@ def test_builtin_vocab_tokenizes_report_words_without_unknowns():
 
 
 def test_paper_config_without_bert_folder_cannot_tokenize():
-    from reaf.config import load_model_config
-    from reaf.text import build_tokenizer
+    from reaf.model.config import load_model_config
+    from reaf.model.text import build_tokenizer
 
     with pytest.raises(ValueError, match="--cxr-bert-path"):
         build_tokenizer(load_model_config("vit_base_singlescan_h2_token2744").text)

@@ -10,9 +10,9 @@ import torch
 from test_train_support import make_bert, make_dataset
 
 from reaf import create_model
-from reaf.optim import CosineSchedule, build_optimizer, param_groups
-from reaf.train import NonFiniteLossError, StepContext, train_step
-from reaf.train_state import capture_rng, reference_optimizer_names, restore_rng, skip_batches
+from reaf.training.optim import CosineSchedule, build_optimizer, param_groups
+from reaf.training.state import capture_rng, reference_optimizer_names, restore_rng, skip_batches
+from reaf.training.step import NonFiniteLossError, StepContext, train_step
 
 # the team's shared reference facts, next to the checkout (absent on a plain clone: those tests skip)
 SHARED = next((p / "shared" / "reference" for p in Path(__file__).resolve().parents
@@ -21,7 +21,7 @@ SHARED = next((p / "shared" / "reference" for p in Path(__file__).resolve().pare
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from reaf.readers import find_splits, read_split
+    from reaf.data.readers import find_splits, read_split
 
     root = make_dataset(tmp_path_factory.mktemp("data"))
     return read_split(find_splits(root)["train"], data_root=str(root), fmt="cache")
@@ -38,8 +38,8 @@ def tiny(bert=None, **overrides):
 
 
 def batches(split, model, batch_size):
-    from reaf import data as loaders
-    from reaf.volume import InputSpec
+    from reaf.data import loader as loaders
+    from reaf.data.formats import InputSpec
 
     spec = InputSpec.from_args(["-1150", "350", "resize"], model.cfg.vision.img_size)
     return loaders.build_dataloader(split, spec, model.tokenize, batch_size=batch_size, workers=0, seed=0, train=True)
@@ -160,7 +160,7 @@ def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
 
 
 def test_bf16_autocast_when_asked_by_name_gives_a_close_loss(data):
-    from reaf.train import autocast_factory
+    from reaf.training.step import autocast_factory
 
     batch = next(iter(batches(data, tiny(), 2)))
     losses = []

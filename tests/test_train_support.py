@@ -14,10 +14,10 @@ def make_dataset(root: Path) -> Path:
     """Synthetic CT-RATE (real NIfTI + CSVs) preprocessed to the cache format at the tiny input size; returns the
     cache root, itself a complete layout-A data root."""
     import reaf.preprocess
-    import reaf.synthetic
+    import reaf.synthetic.dataset
 
     raw, cache = root / "raw", root / "cache"
-    reaf.synthetic.generate(raw, seed=0, num_train=NUM_TRAIN, num_valid=NUM_VALID)
+    reaf.synthetic.dataset.generate(raw, seed=0, num_train=NUM_TRAIN, num_valid=NUM_VALID)
     for split in ("train", "valid"):
         argv = ["--ct-rate-root", str(raw), "--split", split, "--out", str(cache), "--format", "cache",
                 "--model", "tiny", "--input-info", "-1150", "350", "resize", "--workers", "1"]
@@ -28,8 +28,8 @@ def make_dataset(root: Path) -> Path:
 def make_bert(folder: Path) -> Path:
     """A tiny BERT with its tokenizer in a local folder (the --cxr-bert-path layout), dropout off so that runs with
     different batch splits draw no different random masks."""
-    from reaf.config import load_model_config
-    from reaf.text import _builtin_vocab_file, builtin_vocab
+    from reaf.model.config import load_model_config
+    from reaf.model.text import _builtin_vocab_file, builtin_vocab
 
     text = load_model_config("tiny").text  # the tiny tower's sizes, with dropout off
     config = BertConfig(vocab_size=len(builtin_vocab()), hidden_size=text.hidden_size,
@@ -61,8 +61,8 @@ def step_losses(run_dir: Path) -> dict[int, list[float]]:
 
 
 def test_the_dataset_helper_gives_cached_splits_at_the_tiny_input(tmp_path):
-    from reaf import readers
-    from reaf.volume import InputSpec, load_volume, volume_file
+    from reaf.data import readers
+    from reaf.data.formats import InputSpec, load_volume, volume_file
 
     root = make_dataset(tmp_path)
     found = readers.find_splits(root)

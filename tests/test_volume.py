@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from reaf import transforms as T
-from reaf.volume import (
+from reaf.data import transforms as T
+from reaf.data.formats import (
     FORMATS,
     InputSpec,
     VolumeError,
@@ -61,7 +61,7 @@ def test_hu_identical_from_v1_v2_and_header_scaled(tmp_path, caplog):
     v1 = write_v1(tmp_path / "v1.nii.gz", hu)
     v2 = write_v2(tmp_path / "v2.nii.gz", hu)
     scl = write_header_scaled(tmp_path / "scl.nii.gz", hu)
-    with caplog.at_level(logging.DEBUG, logger="reaf.volume"):
+    with caplog.at_level(logging.DEBUG, logger="reaf.data.formats"):
         a, da = nifti_to_hu(v1, META)
         b, db = nifti_to_hu(v2, META)  # the CSV slope/intercept must NOT be applied again
         c, dc = nifti_to_hu(scl, META)  # nibabel-style header scaling must not be doubled by the CSV

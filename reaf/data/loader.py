@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from reaf.readers import CLASSES, SplitData
-from reaf.volume import InputSpec, VolumeError, load_volume, volume_file
+from reaf.data.formats import InputSpec, VolumeError, load_volume, volume_file
+from reaf.data.readers import CLASSES, SplitData
 
 __all__ = ["SAMPLE_UNITS", "TokenizingCollate", "UnitSampler", "VolumeDataset", "build_dataloader", "seed_worker"]
 

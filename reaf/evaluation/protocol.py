@@ -15,8 +15,8 @@ import pandas as pd
 import torch
 from scipy.special import expit
 
-from reaf import metrics, retrieval
-from reaf.embeddings import (
+from reaf.evaluation import metrics, retrieval
+from reaf.evaluation.encoding import (
     REPORT_TEXT,
     atomic_write_text,
     data_description,
@@ -26,8 +26,8 @@ from reaf.embeddings import (
     file_fingerprint,
     unwrap,
 )
-from reaf.plots import write_plots
-from reaf.prompts import CLASSES, CLASSES_16, class_prompts, templates_for
+from reaf.evaluation.plots import write_plots
+from reaf.evaluation.prompts import CLASSES, CLASSES_16, class_prompts, templates_for
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 from torch import Tensor
 
-from reaf.checkpoint import read_checkpoint
-from reaf.config import VisionConfig
-from reaf.layers import sincos_1d
+from reaf.model.checkpoint import read_checkpoint
+from reaf.model.config import VisionConfig
+from reaf.model.layers import sincos_1d
 
 log = logging.getLogger(__name__)
 IGNORED_PREFIXES = ("decoder", "mask_token", "head.", "fc_norm.")  # MAE's decoder/classifier: not part of the encoder

@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from reaf import dist
-from reaf.logger import RunLogger
-from reaf.loss import contrastive_loss, local_contrastive_loss
-from reaf.optim import CosineSchedule
-from reaf.train_state import Position
+from reaf.model.loss import contrastive_loss, local_contrastive_loss
+from reaf.training.optim import CosineSchedule
+from reaf.training.run_log import RunLogger
+from reaf.training.state import Position
 
 Batch = dict[str, Any]
 VAL_KEYS = ("R@1", "R@5", "R@10", "median_rank", "MAP@10", "N")  # the retrieval numbers logged per epoch
@@ -167,7 +167,7 @@ def validate(model: nn.Module, loader: Iterable[Batch], ctx: StepContext, scan_i
     """Contrastive loss (batch-size weighted mean of per-batch losses) and report<->volume retrieval over a whole
     split (DESIGN §7 pools), on this process alone (rank 0 during DDP training); `model` is the bare model and
     `scan_ids` maps volume name -> scan id."""
-    from reaf.retrieval import retrieval_metrics
+    from reaf.evaluation.retrieval import retrieval_metrics
 
     was_training = model.training
     model.eval()

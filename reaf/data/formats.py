@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import zstandard
 
-from reaf import transforms as T
+from reaf.data import transforms as T
 
 try:
     from isal.igzip import decompress as gunzip
@@ -274,7 +274,7 @@ _LOADERS = {"ori": _load_ori, "stage1": _load_stage1, "stage2": _load_stage2, "c
 def load_volume(path: Path, fmt: str, spec: InputSpec, meta: VolumeMeta | None = None) -> torch.Tensor:
     """Volume file in format `fmt` -> (1, D, H, W) float32 normalised model input; VolumeError naming the file.
 
-    ori: NIfTI -> HU (decided per file, see reaf.transforms.decide_hu) -> 3x1x1 mm -> window -> crop|resize -> norm;
+    ori: NIfTI -> HU (decided per file, see reaf.data.transforms.decide_hu) -> 3x1x1 mm -> window -> crop|resize -> norm;
     stage1: .pt HU at 3x1x1 mm -> window -> crop|resize -> norm; stage2: .pt.gz final tensor as stored;
     cache: windowed tensor quantised to 4095 levels (error <= 1.2e-4 of the window) -> norm. `meta` is used by `ori` only.
     """

@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reaf.config import ModelConfig, apply_overrides, load_model_config
-from reaf.text import TextTower, build_tokenizer, tokenize
-from reaf.vision import VisionTower
+from reaf.model.config import ModelConfig, apply_overrides, load_model_config
+from reaf.model.text import TextTower, build_tokenizer, tokenize
+from reaf.model.vision import VisionTower
 
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
 LOGIT_SCALE_MAX = math.log(100.0)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reaf.tables import (
+from reaf.data.csv_tables import (
     CLASSES,
     CLASSES_16,
     Problems,
@@ -44,10 +44,10 @@ class Sample:
     name: str  # VolumeName without suffix, e.g. "valid_3_a_1"
     scan_id: str  # "valid_3_a"
     patient_id: str  # "valid_3"
-    rel: str  # path relative to SplitData.root without suffix; reaf.volume.volume_file(root, rel, fmt) finds it
+    rel: str  # path relative to SplitData.root without suffix; reaf.data.formats.volume_file(root, rel, fmt) finds it
     report: str
     labels: np.ndarray | None  # (18,) float32 in CLASSES order, or None when the split has no labels
-    meta: object  # reaf.volume.VolumeMeta
+    meta: object  # reaf.data.formats.VolumeMeta
 
 
 @dataclass
@@ -149,7 +149,7 @@ def find_splits(data_root: str | Path) -> dict[str, str | None]:
 
 
 def _suffix(fmt: str) -> str:
-    from reaf.volume import FORMATS
+    from reaf.data.formats import FORMATS
 
     if fmt not in FORMATS:
         raise ReaderError(f"unknown input data type {fmt!r}; expected one of {sorted(FORMATS)}")

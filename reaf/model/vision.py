@@ -11,8 +11,8 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from reaf.config import VisionConfig
-from reaf.layers import LayerFusion, RegionalSaliency, sincos_3d, to_scan, to_slices
+from reaf.model.config import VisionConfig
+from reaf.model.layers import LayerFusion, RegionalSaliency, sincos_3d, to_scan, to_slices
 
 _layer_norm = partial(nn.LayerNorm, eps=1e-6)  # timm ViT's norm
 

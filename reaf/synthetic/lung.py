@@ -10,8 +10,8 @@ import dataclasses
 
 import numpy as np
 
-from reaf.phantom import AIR, FLUID, SOFT, Capsule, Checker, Ellipsoid, Finding, Lattice, PosteriorLayer
-from reaf.phantom_anatomy import Anatomy, draw_sides, lung_point
+from reaf.synthetic.anatomy import Anatomy, draw_sides, lung_point
+from reaf.synthetic.phantom import AIR, FLUID, SOFT, Capsule, Checker, Ellipsoid, Finding, Lattice, PosteriorLayer
 
 
 def _zone(rng: np.random.Generator, weights: tuple[float, float, float]) -> str:

@@ -8,10 +8,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from reaf import phantom_lung as lung
-from reaf.phantom import AIR, FLUID, SOFT, Box, Capsule, Ellipsoid, Finding, Ring, Shape
-from reaf.phantom_anatomy import Anatomy, with_heart_scale
-from reaf.tables import CLASSES
+from reaf.data.csv_tables import CLASSES
+from reaf.synthetic import lung
+from reaf.synthetic.anatomy import Anatomy, with_heart_scale
+from reaf.synthetic.phantom import AIR, FLUID, SOFT, Box, Capsule, Ellipsoid, Finding, Ring, Shape
 
 # Per-scan probability of each class (independent draws), kept within 0.24-0.33 so every class has positives.
 PREVALENCE = dict(zip(CLASSES, (0.25, 0.33, 0.27, 0.24, 0.3, 0.24, 0.28, 0.3, 0.28, 0.33, 0.32, 0.3, 0.27,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from reaf.phantom import Finding
+from reaf.synthetic.phantom import Finding
 
 KEYWORDS: dict[str, tuple[str, ...]] = {
     "Medical material": ("pacemaker", "sternotomy wires", "port catheter"),

@@ -131,8 +131,8 @@ def _number(row: dict, column: str, path: Path, name: str) -> float | None:
 
 
 def meta_from_row(row: dict | None, path: Path | None, name: str):
-    """Metadata CSV row -> reaf.volume.VolumeMeta (all None without a row); bad values raise naming the file."""
-    from reaf.volume import VolumeMeta
+    """Metadata CSV row -> reaf.data.formats.VolumeMeta (all None without a row); bad values raise naming the file."""
+    from reaf.data.formats import VolumeMeta
 
     if row is None:
         return VolumeMeta(xy_spacing=None, z_spacing=None, slope=None, intercept=None)
@@ -209,7 +209,7 @@ def _report_items(data, file: Path) -> list[tuple[str, object]]:
 
 def find_files(dirs: list[Path], depth: int, suffix: str, root: Path) -> dict[str, str]:
     """{name: rel without suffix} of the files `depth` folders below each dir ending in suffix (NIfTI: also plain
-    .nii, as reaf.volume.volume_file finds them); earlier dirs win (the _fixed folder)."""
+    .nii, as reaf.data.formats.volume_file finds them); earlier dirs win (the _fixed folder)."""
     suffixes = (suffix, ".nii") if suffix == ".nii.gz" else (suffix,)
     files: dict[str, str] = {}
     for directory in dirs:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoTokenizer, BertConfig, BertModel, BertTokenizer
 
-from reaf.config import TextConfig
+from reaf.model.config import TextConfig
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 CHARACTERS = list("abcdefghijklmnopqrstuvwxyz0123456789.,;:()-/%'\"")

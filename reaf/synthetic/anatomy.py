@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reaf.phantom import (
+from reaf.synthetic.phantom import (
     AIR,
     BONE,
     FAT,

@@ -11,8 +11,8 @@ worker count never changes a byte. Re-running into the same folder replaces file
 
 Helpers other tests may reuse: ``write_volume_nifti(path, hu, spacing, version="v1"|"v2")`` writes one NIfTI
 exactly as the dataset does; ``synth_volume(seed, name, classes=None)`` renders one phantom (optionally with a
-forced finding set) without writing anything. The phantom lives in reaf/phantom*.py, reports in
-reaf/synthetic_reports.py, metadata rows in reaf/synthetic_metadata.py.
+forced finding set) without writing anything. The phantom lives in reaf/synthetic/{phantom,anatomy,findings,lung}.py, reports in
+reaf/synthetic/reports.py, metadata rows in reaf/synthetic/metadata.py.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from reaf.phantom import Finding, Geometry, Shape
-from reaf.phantom_anatomy import Anatomy, render, sample_anatomy
-from reaf.phantom_findings import CLASSES, finding_shapes, sample_findings, stream
-from reaf.synthetic_metadata import METADATA_COLUMNS, metadata_row
-from reaf.synthetic_reports import write_report
+from reaf.synthetic.anatomy import Anatomy, render, sample_anatomy
+from reaf.synthetic.findings import CLASSES, finding_shapes, sample_findings, stream
+from reaf.synthetic.metadata import METADATA_COLUMNS, metadata_row
+from reaf.synthetic.phantom import Finding, Geometry, Shape
+from reaf.synthetic.reports import write_report
 
 INTERCEPT, SLOPE = -1024.0, 1.0
 SPLIT_FILES = {"train": ("train", "train"), "valid": ("validation", "valid")}  # metadata/reports, labels prefixes

@@ -19,7 +19,7 @@ from tqdm import tqdm
 log = logging.getLogger(__name__)
 
 REPORT_TEXT = (
-    "Sample.report as reaf.readers reads it for training (DESIGN §5.4): 'Findings: ... Impressions: ...' from the "
+    "Sample.report as reaf.data.readers reads it for training (DESIGN §5.4): 'Findings: ... Impressions: ...' from the "
     "reports CSV, or the reference's report JSON when --report-root is given"
 )
 
@@ -68,7 +68,7 @@ def encode_volumes(model: torch.nn.Module, loader: Any, names: list[str], *, dev
 
 def _loader(split: Any, spec: Any, tokenize: Any, *, batch_size: int, workers: int, seed: int) -> Any:
     """The whole split in order on this process (one replica), whatever torch.distributed says."""
-    from reaf.data import build_dataloader
+    from reaf.data.loader import build_dataloader
 
     return build_dataloader(
         split, spec, tokenize, batch_size=batch_size, workers=workers, seed=seed, train=False, num_replicas=1, rank=0
@@ -116,7 +116,7 @@ def encode_split(
 
 def _files_digest(split: Any) -> str:
     """sha256 over (relative path, size, mtime) of every volume file: a changed file changes the digest."""
-    from reaf.volume import volume_file
+    from reaf.data.formats import volume_file
 
     digest = hashlib.sha256()
     for sample in split.samples:

@@ -13,9 +13,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from reaf.embeddings import atomic_output  # noqa: E402
-from reaf.prompts import CLASSES  # noqa: E402
-from reaf.retrieval import MAP_KS, RECALL_KS, recall_curve  # noqa: E402
+from reaf.evaluation.encoding import atomic_output  # noqa: E402
+from reaf.evaluation.prompts import CLASSES  # noqa: E402
+from reaf.evaluation.retrieval import MAP_KS, RECALL_KS, recall_curve  # noqa: E402
 
 DPI = 100
 

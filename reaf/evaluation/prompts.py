@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from reaf.tables import CLASSES, CLASSES_16  # noqa: F401  (re-exported for the evaluation code)
+from reaf.data.csv_tables import CLASSES, CLASSES_16  # noqa: F401  (re-exported for the evaluation code)
 
 TEMPLATE_MODES = ("volume", "organ", "both")
 
@@ -40,7 +40,7 @@ _CLASS_TABLE: tuple[tuple[str, str, str, str], ...] = (
 )
 
 if [row[0] for row in _CLASS_TABLE] != CLASSES:
-    raise ImportError("reaf.prompts: the prompt table is out of step with reaf.tables.CLASSES")
+    raise ImportError("reaf.evaluation.prompts: the prompt table is out of step with reaf.data.csv_tables.CLASSES")
 ORGANS: dict[str, str] = {row[0]: row[1] for row in _CLASS_TABLE}
 ORGAN_PAIRS: dict[str, tuple[str, str]] = {row[0]: (row[2], row[3]) for row in _CLASS_TABLE}
 # Without the organ in the sentence, the two lung findings named by a bare noun get their organ back.

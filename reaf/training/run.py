@@ -14,12 +14,13 @@ from typing import Any
 
 import torch
 
-from reaf import dist, train_state
-from reaf.args import RunSettings, resolve
-from reaf.logger import LOG_FILE, RunLogger, setup_logging, teardown_logging
-from reaf.optim import CosineSchedule, build_optimizer
-from reaf.train import StepContext, autocast_factory, train_one_epoch, validate
-from reaf.train_state import Position
+from reaf import dist
+from reaf.training import state as train_state
+from reaf.training.optim import CosineSchedule, build_optimizer
+from reaf.training.run_log import LOG_FILE, RunLogger, setup_logging, teardown_logging
+from reaf.training.settings import RunSettings, resolve
+from reaf.training.state import Position
+from reaf.training.step import StepContext, autocast_factory, train_one_epoch, validate
 
 log = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
@@ -48,7 +49,7 @@ def build_model(args: argparse.Namespace, resumed: dict[str, Any] | None, device
     bert = args.cxr_bert_path if args.use_cxr_bert is not False else None
     model = create_model(args.model, cxr_bert_path=bert, **model_overrides(args, resumed))
     if args.vision_init:
-        from reaf.mae import load_mae_weights
+        from reaf.model.mae_inflation import load_mae_weights
 
         load_mae_weights(model, args.vision_init)
     if args.load_checkpoint:
@@ -74,7 +75,7 @@ class DataPlan:
 
     def loader(self, epoch: int) -> Any:
         """The training loader of `epoch`, sharded over the ranks (the sampler's set_epoch applied)."""
-        from reaf.data import build_dataloader
+        from reaf.data.loader import build_dataloader
 
         loader = build_dataloader(self.train, self.spec, self.tokenize, batch_size=self.args.batch_size,
                                   workers=self.args.workers, seed=self.args.seed, train=True,
@@ -84,7 +85,7 @@ class DataPlan:
 
     def val_loader(self) -> Any:
         """The whole validation split on this one process (evaluation runs on rank 0 only)."""
-        from reaf.data import build_dataloader
+        from reaf.data.loader import build_dataloader
 
         return build_dataloader(self.val, self.spec, self.tokenize, batch_size=self.args.batch_size,
                                 workers=self.args.workers, seed=self.args.seed, train=False, num_replicas=1, rank=0)
@@ -92,8 +93,8 @@ class DataPlan:
 
 def build_data(args: argparse.Namespace, settings: RunSettings, model: torch.nn.Module) -> DataPlan:
     """read_split for the train / val / zero-shot sources and the InputSpec for the model's input size."""
-    from reaf.readers import read_split
-    from reaf.volume import InputSpec
+    from reaf.data.formats import InputSpec
+    from reaf.data.readers import read_split
 
     def read(source: str | None, labels: bool = False) -> Any:
         if source is None:
@@ -180,8 +181,8 @@ class Fit:
         dist.barrier()
 
     def zero_shot(self, epoch: int) -> dict[str, float]:
-        """reaf.evaluate.run_evaluation on --zeroshot-ct-rate; its outputs go to <run>/zeroshot/epoch_<K>/."""
-        from reaf.evaluate import run_evaluation, summary_scalars
+        """reaf.evaluation.protocol.run_evaluation on --zeroshot-ct-rate; its outputs go to <run>/zeroshot/epoch_<K>/."""
+        from reaf.evaluation.protocol import run_evaluation, summary_scalars
 
         results = run_evaluation(self.model, self.data.zeroshot, self.data.spec,
                                  results_dir=Path(self.settings.run_dir) / "zeroshot" / f"epoch_{epoch}",

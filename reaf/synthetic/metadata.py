@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from reaf.phantom import Geometry
-from reaf.phantom_findings import stream
+from reaf.synthetic.findings import stream
+from reaf.synthetic.phantom import Geometry
 
 # The column list of CT-RATE's dataset/metadata/{train,validation}_metadata.csv, in order.
 METADATA_COLUMNS = [

@@ -11,13 +11,13 @@ from pathlib import Path
 import torch
 
 from reaf import dist
-from reaf.config import FUSION_METHODS
-from reaf.volume import FORMATS
+from reaf.data.formats import FORMATS
+from reaf.model.config import FUSION_METHODS
 
 PRECISIONS = ("amp", "amp_bf16", "fp32")
 REPORT_TARGETS = ("none", "wandb", "tensorboard")
 SAMPLE_UNITS = ("volume", "scan")
-ZEROSHOT_TEMPLATES = ("volume", "organ", "both")  # reaf.prompts.TEMPLATE_MODES
+ZEROSHOT_TEMPLATES = ("volume", "organ", "both")  # reaf.evaluation.prompts.TEMPLATE_MODES
 
 
 def _data(p: argparse.ArgumentParser) -> None:
@@ -174,7 +174,7 @@ def find_data(args: argparse.Namespace) -> tuple[str, str | None, str | None]:
     """(train, val, zero-shot) sources: the flags, or with no --train-data the splits found under --data-root."""
     if args.train_data:
         return args.train_data, args.val_data, args.zeroshot_ct_rate
-    from reaf.readers import find_splits
+    from reaf.data.readers import find_splits
 
     found = find_splits(args.data_root)
     if not found.get("train"):

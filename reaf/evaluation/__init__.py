@@ -1,0 +1,1 @@
+"""Evaluation: encoding splits to embeddings, zero-shot and retrieval metrics, prompts, plots."""

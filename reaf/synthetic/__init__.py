@@ -1,0 +1,1 @@
+"""The synthetic CT-RATE: chest phantoms with planted findings, reports and metadata (`python -m reaf.synthetic`)."""
