@@ -16,8 +16,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reaf import create_model  # noqa: E402
-from reaf.evaluation.encoding import atomic_write_text, encode_texts  # noqa: E402
+from reaf import atomic, create_model  # noqa: E402
+from reaf.evaluation.encoding import encode_texts  # noqa: E402
 from reaf.evaluation.prompts import CLASSES, class_prompts  # noqa: E402
 from reaf.evaluation.protocol import classify, prompt_embeddings, zero_shot_probabilities  # noqa: E402
 from reaf.evaluation.retrieval import retrieval_metrics  # noqa: E402
@@ -162,7 +162,7 @@ def main() -> int:
         "cost_ratio_per_class_vs_encode_once_batched_pipeline": per_volume["per_class_reencode_batch1_s"]
         / per_volume["encode_once_batched_s"],
     }
-    atomic_write_text(Path(args.out), json.dumps(result, indent=2))
+    atomic.write_text(Path(args.out), json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     return 0
 

@@ -26,8 +26,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.ct_like import machine_info, make_sources, write_result  # noqa: E402
+from reaf.atomic import write_bytes  # noqa: E402
 from reaf.data import transforms as T  # noqa: E402
-from reaf.data.formats import InputSpec, VolumeMeta, atomic_write, nifti_to_hu  # noqa: E402
+from reaf.data.formats import InputSpec, VolumeMeta, nifti_to_hu  # noqa: E402
 from reaf.preprocess import Job, convert  # noqa: E402
 
 SPEC = InputSpec((112, 336, 336), -1150.0, 350.0, "crop")
@@ -53,7 +54,7 @@ def ctclip_style(src: Path, resampler: str = "torch") -> torch.Tensor:
 def ctclip_end_to_end(src: Path, out: Path) -> None:
     buf = io.BytesIO()
     torch.save(ctclip_style(src), buf)
-    atomic_write(out, gzip.compress(buf.getvalue(), compresslevel=6))
+    write_bytes(out, gzip.compress(buf.getvalue(), compresslevel=6))
 
 
 def reaf_compute(src: Path) -> torch.Tensor:

@@ -20,6 +20,7 @@ import nibabel as nib
 import torch
 from tqdm import tqdm
 
+from reaf import atomic
 from reaf.data import csv_tables as tables
 from reaf.data import formats as V
 from reaf.data import transforms as T
@@ -187,14 +188,14 @@ def copy_side_files(root: Path, out: Path, args: argparse.Namespace) -> int:
     count = 0
     for path in sorted(base.rglob("*")):
         if path.is_file() and path.name.endswith(SIDE_SUFFIXES):
-            V.atomic_write(out / path.relative_to(root), path.read_bytes())
+            atomic.write_bytes(out / path.relative_to(root), path.read_bytes())
             count += 1
     return count
 
 
 def remove_stale_temps(out: Path) -> int:
     """Delete temp files left by a killed run (one run per OUT at a time); returns the count."""
-    stale = list(out.rglob("*.reaf-tmp")) if out.exists() else []
+    stale = list(out.rglob(atomic.TEMP_GLOB)) if out.exists() else []
     for path in stale:
         path.unlink(missing_ok=True)
     return len(stale)
@@ -250,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = {"seconds": round(time.time() - start, 3), "stale_temps_removed": stale, "side_files_copied": side}
     manifest = build_manifest(args, spec, jobs, results, failure=failure, **extra)
     path = out / f"manifest_{args.split}_{args.format}.json"
-    V.atomic_write(path, json.dumps(manifest, indent=1).encode())
+    atomic.write_bytes(path, json.dumps(manifest, indent=1).encode())
     print(summary_line(manifest) + f"; manifest {path}", flush=True)
     if failure:
         raise SystemExit(f"error: {failure}")

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from reaf import create_model
+from reaf.atomic import torch_save as atomic_save
 from reaf.training.optim import build_optimizer
 from reaf.training.state import (
     Position,
-    atomic_save,
     batches_to_skip,
     find_resume,
     reference_optimizer_names,

@@ -6,7 +6,6 @@ import gzip
 import io
 import json
 import logging
-import os
 import struct
 from collections import Counter
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 import zstandard
 
+from reaf import atomic
 from reaf.data import transforms as T
 
 try:
@@ -91,19 +91,6 @@ def volume_file(root: Path, rel: str, fmt: str) -> Path:
 def decision_summary() -> str:
     """Counts of this process's HU/spacing decisions, e.g. 'HU from header ...: 3, spacing from CSV: 3'."""
     return ", ".join(f"{k}: {v}" for k, v in sorted(DECISIONS.items())) or "no NIfTI read"
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to a temp file beside `path`, then os.replace it: readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.reaf-tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def describe_error(e: BaseException) -> str:
@@ -216,14 +203,14 @@ def save_stage1(path: Path, hu: torch.Tensor) -> None:
     """(z, y, x) float HU at 3x1x1 mm -> .pt (float32), atomically."""
     buf = io.BytesIO()
     torch.save(hu.to(torch.float32).contiguous().clone(), buf)
-    atomic_write(path, buf.getvalue())
+    atomic.write_bytes(path, buf.getvalue())
 
 
 def save_stage2(path: Path, x: torch.Tensor, dtype: torch.dtype = torch.float32, level: int = 6) -> None:
     """(1, D, H, W) normalised model input -> gzip(torch.save) .pt.gz as the reference stores it, atomically."""
     buf = io.BytesIO()
     torch.save(x.to(dtype).contiguous().clone(), buf)
-    atomic_write(path, gzip.compress(buf.getvalue(), compresslevel=level))
+    atomic.write_bytes(path, gzip.compress(buf.getvalue(), compresslevel=level))
 
 
 def save_cache(path: Path, fitted: torch.Tensor, spec: InputSpec) -> None:
@@ -237,7 +224,7 @@ def save_cache(path: Path, fitted: torch.Tensor, spec: InputSpec) -> None:
     planes = np.ascontiguousarray(q.reshape(-1).view(np.uint8).reshape(-1, 2).T)
     header = json.dumps({**spec.describe(), "levels": CACHE_LEVELS, "dtype": "<i2", "codec": "zstd+shuffle"}).encode()
     payload = zstandard.ZstdCompressor(level=CACHE_ZSTD_LEVEL, write_checksum=True).compress(planes.tobytes())
-    atomic_write(path, CACHE_MAGIC + struct.pack("<I", len(header)) + header + payload)
+    atomic.write_bytes(path, CACHE_MAGIC + struct.pack("<I", len(header)) + header + payload)
 
 
 def read_cache_header(data: bytes | memoryview, path: Path) -> tuple[dict, int]:

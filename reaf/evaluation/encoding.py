@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from reaf import atomic
 
 log = logging.getLogger(__name__)
 
@@ -190,41 +189,12 @@ def cache_key(checkpoint: dict[str, Any] | None, model_config: dict, data: dict[
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-@contextlib.contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temp path beside `path`; on success it replaces `path` (mode from the umask), else it is removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text through a temp file + os.replace: never a partial file."""
-    with atomic_output(path) as tmp:
-        tmp.write_text(text)
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save through a temp file + os.replace: never a partial file."""
-    with atomic_output(path) as tmp:
-        torch.save(obj, tmp)
-
-
 def save_embeddings(path: Path, encoded: dict[str, Any], *, key: str | None, meta: dict[str, Any]) -> None:
     """Write `encoded` ({"names", "scan_ids", "reports", "image" (N,E), "text" (N,E), "logit_scale", ...}) + meta."""
     payload = {"version": EMBEDDINGS_VERSION, "key": key, "meta": meta}
     for name, value in encoded.items():
         payload[name] = torch.as_tensor(value) if name in ("image", "text", "labels") and value is not None else value
-    atomic_torch_save(payload, path)
+    atomic.torch_save(payload, path)
 
 
 def load_embeddings(path: Path) -> dict[str, Any]:

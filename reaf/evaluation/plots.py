@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from reaf.evaluation.encoding import atomic_output  # noqa: E402
+from reaf.atomic import atomic_output  # noqa: E402
 from reaf.evaluation.prompts import CLASSES  # noqa: E402
 from reaf.evaluation.retrieval import MAP_KS, RECALL_KS, recall_curve  # noqa: E402
 
@@ -21,7 +21,7 @@ DPI = 100
 
 
 def save_figure(fig: Any, path: Path) -> None:
-    """Save a figure as PNG atomically (temp file + os.replace) and close it."""
+    """Save a figure as PNG atomically (reaf.atomic) and close it."""
     try:
         with atomic_output(path) as tmp:
             fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")

@@ -15,10 +15,10 @@ import pandas as pd
 import torch
 from scipy.special import expit
 
+from reaf import atomic
 from reaf.evaluation import metrics, retrieval
 from reaf.evaluation.encoding import (
     REPORT_TEXT,
-    atomic_write_text,
     data_description,
     encode_split,
     encode_texts,
@@ -232,9 +232,9 @@ def write_outputs(
     if plots:
         files["plots"] = write_plots(results, encoded, probs, ranks, results_dir)
     results["files"] = files
-    atomic_write_text(results_dir / "probabilities.csv", probabilities_table(encoded, probs).to_csv(index=False))
+    atomic.write_text(results_dir / "probabilities.csv", probabilities_table(encoded, probs).to_csv(index=False))
     validate_results(results)
-    atomic_write_text(results_dir / "results.json", json.dumps(_jsonable(results), indent=2, allow_nan=False))
+    atomic.write_text(results_dir / "results.json", json.dumps(_jsonable(results), indent=2, allow_nan=False))
 
 
 def summary_scalars(results: dict) -> dict[str, float]:

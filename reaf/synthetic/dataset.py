@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import multiprocessing as mp
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from reaf import atomic
 from reaf.synthetic.anatomy import Anatomy, render, sample_anatomy
 from reaf.synthetic.findings import CLASSES, finding_shapes, sample_findings, stream
 from reaf.synthetic.metadata import METADATA_COLUMNS, metadata_row
@@ -56,15 +56,6 @@ class VolumeJob:
     seed: int
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
-
-
 def write_volume_nifti(path: str | Path, hu: np.ndarray, spacing: tuple[float, float, float], *,
                        version: str = "v2", intercept: float = INTERCEPT, slope: float = SLOPE) -> Path:  # fmt: skip
     """Write an HU volume ``hu`` (x, y, z) as one .nii.gz, atomically and byte-deterministically (gzip mtime 0).
@@ -88,7 +79,7 @@ def write_volume_nifti(path: str | Path, hu: np.ndarray, spacing: tuple[float, f
     img.header.set_xyzt_units("mm")
     img.header.set_data_dtype(np.int16)
     path = Path(path)
-    atomic_write_bytes(path, gzip.compress(img.to_bytes(), compresslevel=1, mtime=0))
+    atomic.write_bytes(path, gzip.compress(img.to_bytes(), compresslevel=1, mtime=0))
     return path
 
 
@@ -165,7 +156,7 @@ def _plan_split_tables(seed: int, split: str, count: int, dataset: Path):
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    atomic_write_bytes(path, df.to_csv(index=False).encode())
+    atomic.write_bytes(path, df.to_csv(index=False).encode())
 
 
 def _run_jobs(jobs: list[VolumeJob], workers: int) -> int:
@@ -217,7 +208,7 @@ def generate(out_dir: str | Path, seed: int = 0, num_train: int = 240, num_valid
         jobs += split_jobs
         label_tables.append(labels)
         counts[split] = count
-    atomic_write_bytes(dataset / "README_SYNTHETIC.txt", README_TEXT.format(seed=seed).encode())
+    atomic.write_bytes(dataset / "README_SYNTHETIC.txt", README_TEXT.format(seed=seed).encode())
     size = _run_jobs(jobs, workers)
     labels = pd.concat(label_tables, ignore_index=True)
     names = labels["VolumeName"].str.removesuffix(".nii.gz")

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,7 +11,7 @@ from typing import Any
 
 import torch
 
-from reaf import dist
+from reaf import atomic, dist
 from reaf.training import state as train_state
 from reaf.training.optim import CosineSchedule, build_optimizer
 from reaf.training.run_log import LOG_FILE, RunLogger, setup_logging, teardown_logging
@@ -24,14 +21,6 @@ from reaf.training.step import StepContext, autocast_factory, train_one_epoch, v
 
 log = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
-
-
-def write_json(obj: Any, path: Path) -> None:
-    """Atomic JSON write (temp file + os.replace)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-    os.replace(tmp, path)
 
 
 def model_overrides(args: argparse.Namespace, resumed: dict[str, Any] | None) -> dict[str, Any]:
@@ -266,7 +255,7 @@ def _build(args: argparse.Namespace, env: dist.DistEnv) -> tuple[Fit, Position, 
                       args.grad_clip_norm)
     config = run_config(args, settings, model)
     if env.is_main:
-        write_json(config, run_dir / CONFIG_FILE)
+        atomic.write_json(config, run_dir / CONFIG_FILE, indent=2, default=str)
     logger = RunLogger(run_dir, settings.report_to, project=args.wandb_project_name, name=settings.name,
                        config=config, enabled=env.is_main)
     return Fit(args, env, settings, model, data, ctx, logger, config), pos, rng, steps_per_epoch

@@ -9,10 +9,7 @@ loss trajectory it would have followed.
 from __future__ import annotations
 
 import logging
-import os
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+
+from reaf import atomic
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
@@ -70,31 +69,6 @@ def restore_rng(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temp file in the same folder, then os.replace: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _atomic_link(src: Path, dst: Path) -> None:
-    """dst becomes the same file as src (a hard link, or a copy where links are unsupported), atomically."""
-    tmp = dst.with_name(f".{dst.name}.link.tmp")
-    if tmp.exists():
-        tmp.unlink()
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
 def checkpoint_payload(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                        pos: Position, *, name: str, config: dict[str, Any], rng: list[dict[str, Any]],
                        sampler: dict[str, int]) -> dict[str, Any]:
@@ -120,10 +94,10 @@ def write_checkpoint(payload: dict[str, Any], run_dir: Path, *, epoch_file: bool
     latest = folder / LATEST
     if epoch_file:
         epoch_path = folder / f"epoch_{payload['epoch']}.pt"
-        atomic_save(payload, epoch_path)
-        _atomic_link(epoch_path, latest)
+        atomic.torch_save(payload, epoch_path)
+        atomic.link_or_copy(epoch_path, latest)
     else:
-        atomic_save(payload, latest)
+        atomic.torch_save(payload, latest)
     return latest
 
 
