@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from reaf import create_model, load_checkpoint
+from reaf.data.formats import add_input_info_argument
 from reaf.evaluation.plots import explain_volume, summary_table
 from reaf.evaluation.prompts import TEMPLATE_MODES
 from reaf.evaluation.protocol import run_evaluation
@@ -35,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--data-root", help="where the volume files live (a CT-RATE root or a preprocessed cache)")
     p.add_argument("--input-data-type", default="stage2", help="ori | stage1 | stage2 | cache")
-    p.add_argument("--input-info", nargs=3, metavar=("MIN", "MAX", "MODE"), help="HU window and crop|resize")
+    add_input_info_argument(p)
     p.add_argument("--report-root", help="reports as the reference's JSON (file or folder) instead of the CSV")
     p.add_argument(
         "--use-cxr-bert",

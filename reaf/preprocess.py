@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output root; files land at the same relative paths as the NIfTIs")
     p.add_argument("--format", required=True, choices=["stage1", "stage2", "cache"])
     p.add_argument("--model", default="vit_base_singlescan_h2_token2744", help="config name or JSON: input size")
-    p.add_argument("--input-info", nargs=3, metavar=("MIN", "MAX", "MODE"), default=None)
+    V.add_input_info_argument(p)
     p.add_argument("--stage2-dtype", choices=["float32", "float16"], default="float32")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes; <= 1 runs in this process")
     p.add_argument("--limit", type=int, default=None, help="only the first N volumes (sorted by path)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import io
 import json
@@ -76,6 +77,21 @@ class InputSpec:
 
     def describe(self) -> dict:
         return {"size": list(self.size), "hu_min": self.hu_min, "hu_max": self.hu_max, "mode": self.mode}
+
+
+class _InputInfoAction(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            InputSpec.from_args(values, (1, 1, 1))
+        except ValueError as err:
+            parser.error(str(err))
+        setattr(namespace, self.dest, list(values))
+
+
+def add_input_info_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The one declaration of `--input-info MIN MAX crop|resize`, checked as it is parsed (InputSpec.from_args)."""
+    parser.add_argument("--input-info", nargs=3, default=["-1150", "350", "crop"], metavar=("MIN", "MAX", "MODE"),
+                        action=_InputInfoAction, help="HU window and fit mode (crop|resize)")
 
 
 def volume_file(root: Path, rel: str, fmt: str) -> Path:

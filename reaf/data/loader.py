@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import random
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from reaf import dist
 from reaf.data.formats import InputSpec, VolumeError, load_volume, volume_file
 from reaf.data.readers import CLASSES, SplitData
 
@@ -122,15 +122,8 @@ def seed_worker(worker_id: int) -> None:
 
 
 def _world() -> tuple[int, int]:
-    """(world size, rank): from reaf.dist when present, else torch.distributed when initialised, else (1, 0)."""
-    if importlib.util.find_spec("reaf.dist") is not None:
-        from reaf import dist
-
-        size, rank = dist.world_size, dist.rank
-        return (size() if callable(size) else size), (rank() if callable(rank) else rank)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size(), torch.distributed.get_rank()
-    return 1, 0
+    """(world size, rank) of this process."""
+    return dist.world_size(), dist.rank()
 
 
 def build_dataloader(

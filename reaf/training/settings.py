@@ -11,13 +11,13 @@ from pathlib import Path
 import torch
 
 from reaf import dist
-from reaf.data.formats import FORMATS
+from reaf.data.formats import FORMATS, add_input_info_argument
+from reaf.data.loader import SAMPLE_UNITS
+from reaf.evaluation.prompts import TEMPLATE_MODES as ZEROSHOT_TEMPLATES
 from reaf.model.config import FUSION_METHODS
 
 PRECISIONS = ("amp", "amp_bf16", "fp32")
 REPORT_TARGETS = ("none", "wandb", "tensorboard")
-SAMPLE_UNITS = ("volume", "scan")
-ZEROSHOT_TEMPLATES = ("volume", "organ", "both")  # reaf.evaluation.prompts.TEMPLATE_MODES
 
 
 def _data(p: argparse.ArgumentParser) -> None:
@@ -28,8 +28,7 @@ def _data(p: argparse.ArgumentParser) -> None:
     g.add_argument("--zeroshot-ct-rate", help="labelled split for zero-shot classification every "
                    "--zeroshot-frequency epochs")
     g.add_argument("--input-data-type", default="stage2", choices=sorted(FORMATS), help="volume file format")
-    g.add_argument("--input-info", nargs=3, default=["-1150", "350", "crop"], metavar=("MIN", "MAX", "MODE"),
-                   help="HU window and fit mode (crop|resize)")
+    add_input_info_argument(g)
     g.add_argument("--report-root", help="the reference's report JSON (or folder of them) to take report text from")
     g.add_argument("--sample-unit", default="volume", choices=SAMPLE_UNITS,
                    help="volume: every reconstruction each epoch; scan: one random reconstruction per scan")
@@ -125,11 +124,8 @@ def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--grad-clip-norm must be > 0")
     try:
         report_targets(args.report_to)
-        float(args.input_info[0]), float(args.input_info[1])
     except ValueError as err:
         p.error(str(err))
-    if args.input_info[2] not in ("crop", "resize"):
-        p.error(f"--input-info MODE must be crop or resize, got {args.input_info[2]!r}")
     if args.use_cxr_bert and not args.cxr_bert_path:
         p.error("--use-cxr-bert needs --cxr-bert-path (a local CXR-BERT folder; nothing is downloaded)")
     if not (args.train_data or args.data_root):
