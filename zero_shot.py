@@ -9,15 +9,12 @@ from pathlib import Path
 
 import torch
 
-from reaf import create_model, load_checkpoint
 from reaf.data.formats import add_input_info_argument
 from reaf.evaluation.plots import explain_volume, summary_table
 from reaf.evaluation.prompts import TEMPLATE_MODES
 from reaf.evaluation.protocol import run_evaluation
-from reaf.model.checkpoint import is_reference_format, read_checkpoint
-from reaf.model.config import config_from_dict
+from reaf.model.checkpoint import REFERENCE_MODEL, model_from_checkpoint
 
-REFERENCE_MODEL = "vit_base_singlescan_h2_token2744"
 log = logging.getLogger("zero_shot")
 
 
@@ -71,18 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_model(args: argparse.Namespace) -> torch.nn.Module:
     """The model described by --model or by the checkpoint, with the checkpoint's weights loaded (strictly)."""
     bert = args.cxr_bert_path if args.use_cxr_bert else None
-    if args.model is not None:
-        model = create_model(args.model, cxr_bert_path=bert)
-    else:
-        ckpt = read_checkpoint(args.resume)
-        if is_reference_format(ckpt):
-            log.info("%s is in the reference format: building %s", args.resume, REFERENCE_MODEL)
-            model = create_model(REFERENCE_MODEL, cxr_bert_path=bert)
-        else:
-            model = create_model(config_from_dict(ckpt["config"]["model"], where=args.resume), cxr_bert_path=bert)
-        del ckpt
-    load_checkpoint(model, args.resume)
-    return model.to(args.device).eval()
+    return model_from_checkpoint(args.resume, model=args.model, cxr_bert_path=bert).to(args.device)
 
 
 def read_labelled_split(args: argparse.Namespace):

@@ -104,18 +104,14 @@ def evaluate(checkpoint: Path, cache: Path, results_dir: Path, workers: int, exp
     """zero_shot.py's code path on the synthetic validation split; writes results, plots (and a saliency PNG)."""
     import torch
 
-    from reaf import create_model, load_checkpoint
     from reaf.data.formats import InputSpec
     from reaf.data.loader import VolumeDataset
     from reaf.data.readers import find_splits, read_split
     from reaf.evaluation.plots import explain_volume, summary_table
     from reaf.evaluation.protocol import run_evaluation
-    from reaf.model.checkpoint import read_checkpoint
-    from reaf.model.config import config_from_dict
+    from reaf.model.checkpoint import model_from_checkpoint
 
-    model = create_model(config_from_dict(read_checkpoint(checkpoint)["config"]["model"], where=str(checkpoint)))
-    load_checkpoint(model, checkpoint)
-    model.eval()
+    model = model_from_checkpoint(checkpoint)
     spec = InputSpec.from_args(INPUT_INFO, model.cfg.vision.img_size)
     split = read_split(find_splits(cache)["test"], data_root=str(cache), fmt="cache", require_labels=True)
     with torch.no_grad():

@@ -43,19 +43,14 @@ def load_query_model(
     store: dict[str, Any], *, resume: str | None, model: str | None, cxr_bert_path: str | None, device: str
 ) -> torch.nn.Module:
     """The model that made the embeddings: config and checkpoint as recorded in the file, or --model/--resume."""
-    from reaf import create_model, load_checkpoint
-    from reaf.model.config import config_from_dict
+    from reaf.model.checkpoint import model_from_checkpoint
 
     meta = store["meta"]
     checkpoint = resume or (meta.get("checkpoint") or {}).get("path")
     if checkpoint is None:
         raise SystemExit("the embeddings file records no checkpoint (made during training?): pass --resume PATH")
-    if model is not None:
-        net = create_model(model, cxr_bert_path=cxr_bert_path)
-    else:
-        net = create_model(config_from_dict(meta["model_config"], where="embeddings file"), cxr_bert_path=cxr_bert_path)
-    load_checkpoint(net, checkpoint)
-    return net.to(device).eval()
+    net = model_from_checkpoint(checkpoint, model=model, config=meta["model_config"], cxr_bert_path=cxr_bert_path)
+    return net.to(device)
 
 
 def _shorten(text: str, width: int = 110) -> str:

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
+REFERENCE_MODEL = "vit_base_singlescan_h2_token2744"  # the architecture of the reference's released weights
 DROPPED_KEYS = ("text.transformer.embeddings.position_ids", "text.transformer.embeddings.token_type_ids")
 
 
@@ -75,8 +76,32 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
     reference = is_reference_format(obj)
     compat = True if reference else bool(obj["config"]["model"]["vision"].get("reference_compat", False))
     load_state_dict_strict(model, clean_state_dict(obj), str(path))
-    trunk = model.visual.trunk  # type: ignore[union-attr]
-    if trunk.reference_compat != compat:
+    if model.visual.trunk.reference_compat != compat:  # type: ignore[union-attr]
         log.info("%s: reference_compat set to %s (as the checkpoint was trained)", path, compat)
-    trunk.set_reference_compat(compat)
+    model.set_reference_compat(compat)  # type: ignore[operator]
     return obj
+
+
+def model_from_checkpoint(path: str | Path, *, model: str | None = None, cxr_bert_path: str | None = None,
+                          config: dict[str, Any] | None = None) -> nn.Module:
+    """The one way to get a model back from a checkpoint: built from `model` (a configs/ name or JSON) when given,
+    else from `config` (a model config dict, e.g. one an embeddings file recorded), else from the checkpoint's own
+    config (the reference model for a reference-format file); then its weights loaded strictly. Returns it in eval
+    mode on the CPU."""
+    from reaf.model.clip import create_model
+    from reaf.model.config import config_from_dict
+
+    if model is not None:
+        net = create_model(model, cxr_bert_path=cxr_bert_path)
+    elif config is not None:
+        net = create_model(config_from_dict(config, where=str(path)), cxr_bert_path=cxr_bert_path)
+    else:
+        ckpt = read_checkpoint(path)
+        if is_reference_format(ckpt):
+            log.info("%s is in the reference format: building %s", path, REFERENCE_MODEL)
+            net = create_model(REFERENCE_MODEL, cxr_bert_path=cxr_bert_path)
+        else:
+            net = create_model(config_from_dict(ckpt["config"]["model"], where=str(path)), cxr_bert_path=cxr_bert_path)
+        del ckpt
+    load_checkpoint(net, path)
+    return net.eval()

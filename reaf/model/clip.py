@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -52,6 +53,11 @@ class ReafCLIP(nn.Module):
     def tokenize(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         """N strings -> (input_ids, attention_mask) (N, L) long, with this model's tokenizer and context length."""
         return tokenize(self.tokenizer, texts, self.cfg.text.context_length)
+
+    def set_reference_compat(self, enabled: bool) -> None:
+        """The vision trunk's reference quirks on or off; `cfg` is replaced to say so (no config changes in place)."""
+        self.visual.trunk.set_reference_compat(enabled)
+        self.cfg = dataclasses.replace(self.cfg, vision=self.visual.trunk.cfg)
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         """Checkpoint each ViT block, and the BERT layers when the text tower is trainable."""

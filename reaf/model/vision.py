@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 import torch
@@ -70,8 +71,9 @@ class VolumeEncoder(nn.Module):
         return self.cfg.reference_compat
 
     def set_reference_compat(self, enabled: bool) -> None:
-        """Switch the reference's quirks (12^3 region coverage, CLS saliency slot, slab-0 CLS) on or off."""
-        self.cfg.reference_compat = enabled
+        """Switch the reference's quirks (12^3 region coverage, CLS saliency slot, slab-0 CLS) on or off; the config
+        is replaced, not changed in place, so whoever holds the old one still reads what it said."""
+        self.cfg = dataclasses.replace(self.cfg, reference_compat=enabled)
         if self.cfg.fusion_saliency:
             self.saliency.reference_compat = enabled
 
