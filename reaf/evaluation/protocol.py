@@ -173,17 +173,8 @@ def assemble_results(
     return results, ranks
 
 
-def evaluate_retrieval(
-    model: torch.nn.Module,
-    split: Any,
-    spec: Any,
-    *,
-    batch_size: int,
-    workers: int,
-    device: str | torch.device,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Report<->volume retrieval of §7 over the whole split (training's --val-data); writes nothing.
+def evaluate_retrieval(model: torch.nn.Module, split: Any, spec: Any, **encode_options: Any) -> dict[str, Any]:
+    """Report<->volume retrieval over the whole split, encoded by `encode_split` (same options); writes nothing.
 
     Returns {"retrieval": {pool: {direction: {...}}}, "N": N, "logit_scale": s}; MAP is included when the split
     has labels. The model's train/eval mode is restored on return.
@@ -192,7 +183,7 @@ def evaluate_retrieval(
     was_training = inner.training
     inner.eval()
     try:
-        encoded = encode_split(inner, split, spec, batch_size=batch_size, workers=workers, device=device, seed=seed)
+        encoded = encode_split(inner, split, spec, **encode_options)
     finally:
         inner.train(was_training)
     metrics_by_pool, _ = retrieval.retrieval_metrics(
