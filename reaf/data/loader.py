@@ -69,7 +69,8 @@ class UnitSampler(DistributedSampler):
     random reconstruction per scan, drawn from (seed, epoch) (so identical on every rank). Training shuffles and
     gives every rank the same count (drop_last truncates the remainder, otherwise the first units are repeated);
     evaluation keeps the split's order and shards it exactly once (ranks may differ by one sample).
-    Call set_epoch(epoch) before each epoch for a new order and new reconstructions."""
+    Call set_epoch(epoch) before each epoch for a new order and new reconstructions; skip_next(n) leaves out this
+    rank's first n samples of the next pass only (resuming mid-epoch without loading them)."""
 
     def __init__(
         self,
@@ -88,6 +89,10 @@ class UnitSampler(DistributedSampler):
             range(len(split)), num_replicas=num_replicas, rank=rank, shuffle=train, seed=seed, drop_last=drop_last
         )
         self.groups = split.scan_groups() if sample_unit == "scan" else [[i] for i in range(len(split))]
+        self.skip = 0
+
+    def skip_next(self, n: int) -> None:
+        self.skip = max(0, n)
 
     def epoch_indices(self) -> list[int]:
         """This epoch's sample indices over all ranks, before sharding."""
@@ -105,7 +110,8 @@ class UnitSampler(DistributedSampler):
             units = units[: len(units) - len(units) % world]
         elif self.shuffle and len(units) % world:
             units = units + (units * world)[: world - len(units) % world]
-        return iter(units[self.rank :: world])
+        skip, self.skip = self.skip, 0
+        return iter(units[self.rank :: world][skip:])
 
     def __len__(self) -> int:
         n, world = len(self.groups), self.num_replicas

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,23 +52,30 @@ def build_model(args: argparse.Namespace, resumed: dict[str, Any] | None, device
 
 
 @dataclass
-class DataPlan:
-    """The splits and input spec; `loader(epoch)` builds the epoch's training loader with set_epoch applied."""
+class RunData:
+    """The splits, the input spec and the loader settings; each loader is built once, so that its persistent
+    workers live across epochs."""
 
-    args: argparse.Namespace
     spec: Any
     tokenize: Callable
     train: Any
     val: Any
     zeroshot: Any
+    batch_size: int
+    workers: int
+    seed: int
+    sample_unit: str
+    _loaders: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def loader(self, epoch: int) -> Any:
-        """The training loader of `epoch`, sharded over the ranks (the sampler's set_epoch applied)."""
+        """The training loader, sharded over the ranks, set to `epoch` (its sampler's set_epoch applied)."""
         from reaf.data.loader import build_dataloader
 
-        loader = build_dataloader(self.train, self.spec, self.tokenize, batch_size=self.args.batch_size,
-                                  workers=self.args.workers, seed=self.args.seed, train=True,
-                                  sample_unit=self.args.sample_unit, epoch=epoch)
+        if "train" not in self._loaders:
+            self._loaders["train"] = build_dataloader(
+                self.train, self.spec, self.tokenize, batch_size=self.batch_size, workers=self.workers,
+                seed=self.seed, train=True, sample_unit=self.sample_unit, epoch=epoch)
+        loader = self._loaders["train"]
         loader.sampler.set_epoch(epoch)
         return loader
 
@@ -76,11 +83,14 @@ class DataPlan:
         """The whole validation split on this one process (evaluation runs on rank 0 only)."""
         from reaf.data.loader import build_dataloader
 
-        return build_dataloader(self.val, self.spec, self.tokenize, batch_size=self.args.batch_size,
-                                workers=self.args.workers, seed=self.args.seed, train=False, num_replicas=1, rank=0)
+        if "val" not in self._loaders:
+            self._loaders["val"] = build_dataloader(
+                self.val, self.spec, self.tokenize, batch_size=self.batch_size, workers=self.workers,
+                seed=self.seed, train=False, num_replicas=1, rank=0)
+        return self._loaders["val"]
 
 
-def build_data(args: argparse.Namespace, settings: RunSettings, model: torch.nn.Module) -> DataPlan:
+def build_data(args: argparse.Namespace, settings: RunSettings, model: torch.nn.Module) -> RunData:
     """read_split for the train / val / zero-shot sources and the InputSpec for the model's input size."""
     from reaf.data.formats import InputSpec
     from reaf.data.readers import read_split
@@ -94,7 +104,8 @@ def build_data(args: argparse.Namespace, settings: RunSettings, model: torch.nn.
     spec = InputSpec.from_args(args.input_info, model.cfg.vision.img_size)
     zeroshot = read(settings.zeroshot_data, labels=True) if args.zeroshot_frequency else None
     val = read(settings.val_data) if args.val_frequency else None
-    return DataPlan(args, spec, model.tokenize, read(settings.train_data), val, zeroshot)
+    return RunData(spec, model.tokenize, read(settings.train_data), val, zeroshot, batch_size=args.batch_size,
+                   workers=args.workers, seed=args.seed, sample_unit=args.sample_unit)
 
 
 def run_config(args: argparse.Namespace, settings: RunSettings, model: torch.nn.Module) -> dict[str, Any]:
@@ -133,7 +144,7 @@ class Fit:
     env: dist.DistEnv
     settings: RunSettings
     model: torch.nn.Module  # bare (no DDP)
-    data: DataPlan
+    data: RunData
     ctx: StepContext
     logger: RunLogger
     config: dict[str, Any]

@@ -72,7 +72,8 @@ def restore_rng(state: dict[str, Any], device: torch.device) -> None:
 def checkpoint_payload(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                        pos: Position, *, name: str, config: dict[str, Any], rng: list[dict[str, Any]],
                        sampler: dict[str, int]) -> dict[str, Any]:
-    """The DESIGN §4.3 dict; `model` is the bare model (no `module.` prefix), `rng` holds one entry per rank."""
+    """The checkpoint dict (docs/architecture.md lists its keys); `model` is the bare model (no `module.` prefix),
+    `rng` holds one entry per rank."""
     return {
         "epoch": pos.epoch,
         "step": pos.step,
@@ -155,16 +156,10 @@ def batches_to_skip(ckpt: dict[str, Any], batch_size: int, world: int) -> int:
 
 
 def skip_batches(loader: DataLoader, n: int) -> DataLoader:
-    """A loader over the same dataset yielding the batches of `loader` (its sampler's current epoch) after the
-    first `n`; the skipped batches are never loaded. Call after `sampler.set_epoch`."""
-    if n <= 0:
-        return loader
-    batches = list(loader.batch_sampler)[n:]
-    extra = {"prefetch_factor": loader.prefetch_factor} if loader.num_workers > 0 else {}
-    return DataLoader(loader.dataset, batch_sampler=batches, num_workers=loader.num_workers,
-                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, timeout=loader.timeout,
-                      worker_init_fn=loader.worker_init_fn, multiprocessing_context=loader.multiprocessing_context,
-                      generator=loader.generator, **extra)
+    """`loader` itself, set so that its next pass (its sampler's current epoch) starts after the first `n` batches;
+    the skipped batches are never loaded and no second DataLoader is built. Call after `sampler.set_epoch`."""
+    loader.sampler.skip_next(n * loader.batch_size)
+    return loader
 
 
 def _reference_decays(name: str, shape: tuple[int, ...]) -> bool:
