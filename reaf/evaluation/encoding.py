@@ -18,7 +18,7 @@ from reaf import atomic
 log = logging.getLogger(__name__)
 
 REPORT_TEXT = (
-    "Sample.report as reaf.data.readers reads it for training (DESIGN §5.4): 'Findings: ... Impressions: ...' from the "
+    "Sample.report as reaf.data.readers reads it for training: 'Findings: ... Impressions: ...' from the "
     "reports CSV, or the reference's report JSON when --report-root is given"
 )
 

@@ -1,4 +1,4 @@
-"""Zero-shot prompts of protocol v1 (DESIGN §7): the 18 CT-RATE classes, their organs, templates and prompt pairs."""
+"""Zero-shot prompts of protocol v1: the 18 CT-RATE classes, their organs, templates and prompt pairs."""
 
 from __future__ import annotations
 

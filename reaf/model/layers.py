@@ -51,7 +51,7 @@ def sincos_3d(grid: Grid, dim: int) -> Tensor:
 
 
 class LayerFusion(nn.Module):
-    """Fuse the outputs of one level's blocks: (L, B, 1+N, C) -> (B, 1+N, C) by `method` (DESIGN §3)."""
+    """Fuse the outputs of one level's blocks: (L, B, 1+N, C) -> (B, 1+N, C) by `method`."""
 
     def __init__(self, num_layers: int, method: str) -> None:
         super().__init__()

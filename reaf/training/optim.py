@@ -16,7 +16,7 @@ def decays(name: str, param: torch.Tensor) -> bool:
     the CLS token or position embeddings.
 
     The reference decays its 3-D `cls_token` (its rule is only "ndim < 2 or bn/ln/bias/logit_scale in the name");
-    DESIGN §4.1 asks for no decay on the CLS token and position embeddings, which is what this rule does.
+    we decay neither the CLS token nor the position embeddings (a learned offset, not a feature map).
     """
     if param.ndim < 2 or name.endswith("bias"):
         return False

@@ -89,7 +89,7 @@ def _run(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The training CLI; flag names follow the REAF README (DESIGN §4.1)."""
+    """The training CLI; flag names follow the reference's README."""
     p = argparse.ArgumentParser(prog="main.py", description="Train REAF (CLIP-style chest CT model) on CT-RATE.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for add in (_data, _model, _optim, _run):
@@ -174,7 +174,7 @@ def find_data(args: argparse.Namespace) -> tuple[str, str | None, str | None]:
 
     found = find_splits(args.data_root)
     if not found.get("train"):
-        raise FileNotFoundError(f"--data-root {args.data_root}: no training split found (DESIGN §5.1 layouts)")
+        raise FileNotFoundError(f"--data-root {args.data_root}: no training split found (layout A: CT-RATE, or B: split folders; see README.md)")
     return found["train"], args.val_data or found.get("val"), args.zeroshot_ct_rate or found.get("test")
 
 

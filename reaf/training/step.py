@@ -165,7 +165,7 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[Batch], pos: Position, *
 @torch.no_grad()
 def validate(model: nn.Module, loader: Iterable[Batch], ctx: StepContext, scan_ids: dict[str, str]) -> dict[str, float]:
     """Contrastive loss (batch-size weighted mean of per-batch losses) and report<->volume retrieval over a whole
-    split (DESIGN §7 pools), on this process alone (rank 0 during DDP training); `model` is the bare model and
+    split (the dup_all/dedup pools of evaluation.retrieval), on this process alone (rank 0 during DDP training); `model` is the bare model and
     `scan_ids` maps volume name -> scan id."""
     from reaf.evaluation.retrieval import retrieval_metrics
 
