@@ -3,7 +3,7 @@
 python bench/bench_preprocess.py [--volumes 2] [--repeats 2] [--workdir DIR] [--no-scipy]
   -> bench/results/preprocess.json
 Both pipelines go NIfTI -> HU -> 3x1x1 mm -> window -> crop to (112, 336, 336) -> normalise, single-threaded.
-End to end, each writes its output: REAF its cache (reaf.preprocess.convert, the CLI's worker), CT-CLIP-style the
+End to end, each writes its output: REAF its cache (reaf.data.preprocessing.convert, the CLI's worker), CT-CLIP-style the
 reference's stage2 (.pt.gz float32, gzip level 6). Compute-only times leave the write out of both.
 """
 
@@ -29,7 +29,7 @@ from bench.ct_like import machine_info, make_sources, write_result  # noqa: E402
 from reaf.atomic import write_bytes  # noqa: E402
 from reaf.data import transforms as T  # noqa: E402
 from reaf.data.formats import InputSpec, VolumeMeta, nifti_to_hu  # noqa: E402
-from reaf.preprocess import Job, convert  # noqa: E402
+from reaf.data.preprocessing import Job, convert  # noqa: E402
 
 SPEC = InputSpec((112, 336, 336), -1150.0, 350.0, "crop")
 META = VolumeMeta(xy_spacing=(0.7, 0.7), z_spacing=1.5, slope=1.0, intercept=-1024.0)

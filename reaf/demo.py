@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 
-INPUT_INFO = ["-1150", "350", "resize"]  # the synthetic chests are resized whole to the small model's input
+INPUT_INFO = ("-1150", "350", "resize")  # the synthetic chests are resized whole to the small model's input
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,7 +44,7 @@ def stage(title: str) -> None:
 
 def make_data(args: argparse.Namespace, out: Path) -> Path:
     """Synthetic CT-RATE (layout A, NIfTI) and its fast cache for the demo model; returns the cache root."""
-    from reaf import preprocess
+    from reaf.data.preprocessing import PreprocessSettings, preprocess_split, summary_line
     from reaf.synthetic.dataset import generate
 
     raw, cache = out / "ct_rate", out / "cache"
@@ -63,25 +64,13 @@ def make_data(args: argparse.Namespace, out: Path) -> Path:
         generate(raw, seed=args.seed, num_train=args.num_train, num_valid=args.num_valid, workers=args.workers)
         marker.write_text(json.dumps(wanted))
     stage("2/4 preprocess into the fast cache")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")  # as the CLI sets it
     for split in ("train", "valid"):  # resumable: finished files are verified and skipped
-        preprocess.main(
-            [
-                "--ct-rate-root",
-                str(raw),
-                "--split",
-                split,
-                "--out",
-                str(cache),
-                "--format",
-                "cache",
-                "--model",
-                args.model,
-                "--input-info",
-                *INPUT_INFO,
-                "--workers",
-                str(args.workers),
-            ]
-        )
+        manifest = preprocess_split(PreprocessSettings(split=split, out=str(cache), format="cache", ct_rate_root=str(raw),
+                                                       model=args.model, input_info=INPUT_INFO, workers=args.workers))
+        print(summary_line(manifest) + f"; manifest {manifest['path']}", flush=True)
+        if manifest["failure"]:
+            raise SystemExit(f"error: {manifest['failure']}")
     return cache
 
 

@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from reaf.data.formats import FORMATS, InputSpec, VolumeMeta, load_volume, volume_file
-from reaf.preprocess import main, read_metadata
+from reaf.data.preprocessing import read_metadata
+from reaf.preprocess import main
 from tests.test_volume_fixtures import (
     SPACING,
     chest_like,

@@ -37,7 +37,6 @@ CLASSES: list[str] = [
 CLASSES_16: list[str] = [c for c in CLASSES if c not in ("Medical material", "Lymphadenopathy")]
 
 _MISSING = {"", "nan", "none", "null", "na", "n/a"}
-_NAME_SUFFIXES = (".nii.gz", ".pt.gz", ".nii", ".pt")
 
 
 class ReaderError(ValueError):
@@ -61,8 +60,10 @@ class Problems:
 
 def strip_suffix(name: str) -> str:
     """'a/b/train_1_a_1.nii.gz' -> 'train_1_a_1'."""
+    from reaf.data.formats import NAME_SUFFIXES  # here: the synthetic data tools import this file without torch
+
     base = str(name).strip().replace("\\", "/").rsplit("/", 1)[-1]
-    for suffix in _NAME_SUFFIXES:
+    for suffix in NAME_SUFFIXES:
         if base.endswith(suffix):
             return base[: -len(suffix)]
     return base
@@ -210,7 +211,9 @@ def _report_items(data, file: Path) -> list[tuple[str, object]]:
 def find_files(dirs: list[Path], depth: int, suffix: str, root: Path) -> dict[str, str]:
     """{name: rel without suffix} of the files `depth` folders below each dir ending in suffix (NIfTI: also plain
     .nii, as reaf.data.formats.volume_file finds them); earlier dirs win (the _fixed folder)."""
-    suffixes = (suffix, ".nii") if suffix == ".nii.gz" else (suffix,)
+    from reaf.data.formats import NIFTI_SUFFIXES
+
+    suffixes = NIFTI_SUFFIXES if suffix == NIFTI_SUFFIXES[0] else (suffix,)
     files: dict[str, str] = {}
     for directory in dirs:
         level = [directory]

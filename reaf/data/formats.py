@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import io
 import json
@@ -19,6 +18,7 @@ import zstandard
 
 from reaf import atomic
 from reaf.data import transforms as T
+from reaf.data.input_spec import InputSpec, add_input_info_argument  # noqa: F401  (the flag goes with the formats)
 
 try:
     from isal.igzip import decompress as gunzip
@@ -28,6 +28,8 @@ except ImportError:  # ISA-L is optional: the standard library is ~2.5x slower a
 log = logging.getLogger(__name__)
 
 FORMATS = {"ori": ".nii.gz", "stage1": ".pt", "stage2": ".pt.gz", "cache": ".vol.zst"}
+NIFTI_SUFFIXES = (FORMATS["ori"], ".nii")  # `ori` also finds plain .nii files
+NAME_SUFFIXES = (FORMATS["ori"], FORMATS["stage2"], ".nii", FORMATS["stage1"])  # stripped from VolumeName values
 DECISIONS: Counter[str] = Counter()  # per-process counts of HU and spacing decisions, see `decision_summary`
 CACHE_MAGIC = b"REAFVOL1"
 CACHE_LEVELS = 4095  # windowed [0, 1] stored as round(v * 4095): step 2.4e-4 (0.37 HU in a 1500 HU window)
@@ -48,59 +50,13 @@ class VolumeMeta:
     intercept: float | None = None
 
 
-@dataclass
-class InputSpec:
-    """The model input: size (D, H, W) voxels, HU window [hu_min, hu_max], and `crop` or `resize` to the size."""
-
-    size: tuple[int, int, int]
-    hu_min: float = -1150.0
-    hu_max: float = 350.0
-    mode: str = "crop"
-
-    def __post_init__(self) -> None:
-        self.size = tuple(int(s) for s in self.size)  # type: ignore[assignment]
-        if len(self.size) != 3 or min(self.size) < 1:
-            raise ValueError(f"input size must be 3 positive ints (D, H, W), got {self.size}")
-        if not self.hu_min < self.hu_max:
-            raise ValueError(f"--input-info needs MIN < MAX, got {self.hu_min} {self.hu_max}")
-        if self.mode not in ("crop", "resize"):
-            raise ValueError(f"--input-info mode must be crop or resize, got {self.mode!r}")
-
-    @classmethod
-    def from_args(cls, input_info: list[str] | None, size: tuple[int, int, int]) -> InputSpec:
-        """`--input-info MIN MAX crop|resize` (None: defaults -1150 350 crop) at the model's input size."""
-        if input_info is None:
-            return cls(size=size)
-        if len(input_info) != 3:
-            raise ValueError(f"--input-info takes MIN MAX crop|resize, got {input_info}")
-        return cls(size=size, hu_min=float(input_info[0]), hu_max=float(input_info[1]), mode=str(input_info[2]))
-
-    def describe(self) -> dict:
-        return {"size": list(self.size), "hu_min": self.hu_min, "hu_max": self.hu_max, "mode": self.mode}
-
-
-class _InputInfoAction(argparse.Action):
-    def __call__(self, parser, namespace, values, option_string=None):
-        try:
-            InputSpec.from_args(values, (1, 1, 1))
-        except ValueError as err:
-            parser.error(str(err))
-        setattr(namespace, self.dest, list(values))
-
-
-def add_input_info_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """The one declaration of `--input-info MIN MAX crop|resize`, checked as it is parsed (InputSpec.from_args)."""
-    parser.add_argument("--input-info", nargs=3, default=["-1150", "350", "crop"], metavar=("MIN", "MAX", "MODE"),
-                        action=_InputInfoAction, help="HU window and fit mode (crop|resize)")
-
-
 def volume_file(root: Path, rel: str, fmt: str) -> Path:
     """Path of volume `rel` (relative to the data root, without suffix) in format `fmt`; `ori` also finds `.nii`."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown volume format {fmt!r} (one of {sorted(FORMATS)})")
     path = Path(root) / f"{rel}{FORMATS[fmt]}"
-    if fmt == "ori" and not path.exists() and (Path(root) / f"{rel}.nii").exists():
-        return Path(root) / f"{rel}.nii"
+    if fmt == "ori" and not path.exists() and (Path(root) / f"{rel}{NIFTI_SUFFIXES[1]}").exists():
+        return Path(root) / f"{rel}{NIFTI_SUFFIXES[1]}"
     return path
 
 
@@ -152,10 +108,25 @@ def read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, float], tuple[float
     return stored.transpose(2, 1, 0), scale, zooms[::-1]
 
 
-def _spacing(meta: VolumeMeta | None, header_zyx: tuple[float, float, float], path: Path) -> tuple[float, ...]:
+def _csv_spacing(meta: VolumeMeta | None) -> tuple[float, float, float] | None:
     if meta is not None and meta.xy_spacing is not None and meta.z_spacing is not None:
-        DECISIONS["spacing from metadata CSV"] += 1
         return (float(meta.z_spacing), float(meta.xy_spacing[1]), float(meta.xy_spacing[0]))
+    return None
+
+
+def stage1_shape(path: Path, meta: VolumeMeta | None = None) -> tuple[int, int, int]:
+    """(z, y, x) of the stage1 tensor `nifti_to_hu` makes of this NIfTI, from its header alone (no voxels read)."""
+    img = nib.load(path)
+    zyx = tuple(int(n) for n in img.shape[:3][::-1])
+    spacing = _csv_spacing(meta) or tuple(float(z) for z in img.header.get_zooms()[:3][::-1])
+    return T.resampled_shape(zyx, spacing)  # type: ignore[arg-type]
+
+
+def _spacing(meta: VolumeMeta | None, header_zyx: tuple[float, float, float], path: Path) -> tuple[float, ...]:
+    csv = _csv_spacing(meta)
+    if csv is not None:
+        DECISIONS["spacing from metadata CSV"] += 1
+        return csv
     DECISIONS["spacing from NIfTI header pixdim (no CSV spacing)"] += 1
     log.debug("%s: no metadata spacing, using header pixdim (z, y, x) %s mm", path, header_zyx)
     return header_zyx
@@ -243,6 +214,18 @@ def save_cache(path: Path, fitted: torch.Tensor, spec: InputSpec) -> None:
     atomic.write_bytes(path, CACHE_MAGIC + struct.pack("<I", len(header)) + header + payload)
 
 
+def save_volume(path: Path, fmt: str, hu: torch.Tensor, spec: InputSpec, stage2_dtype: str = "float32") -> None:
+    """(z, y, x) HU at 3x1x1 mm -> the file of format `fmt` that `load_volume` decodes (preprocessing's encoder)."""
+    if fmt == "stage1":
+        return save_stage1(path, hu)
+    fitted = T.window_fit(hu, spec.size, spec.hu_min, spec.hu_max, spec.mode)
+    if fmt == "stage2":
+        return save_stage2(path, T.normalize(fitted).unsqueeze(0), getattr(torch, stage2_dtype))
+    if fmt == "cache":
+        return save_cache(path, fitted, spec)
+    raise ValueError(f"cannot write volume format {fmt!r} (stage1, stage2 or cache)")
+
+
 def read_cache_header(data: bytes | memoryview, path: Path) -> tuple[dict, int]:
     """(header dict, payload offset) of a cache file's bytes."""
     if bytes(data[:8]) != CACHE_MAGIC:
@@ -266,9 +249,7 @@ def _load_cache(path: Path, spec: InputSpec, meta: VolumeMeta | None) -> torch.T
     q = np.empty(n, dtype="<i2")
     pairs = q.view(np.uint8).reshape(n, 2)
     pairs[:, 0], pairs[:, 1] = planes[:n], planes[n:]
-    x = np.multiply(q, np.float32(1.0 / (header["levels"] * T.STD)), dtype=np.float32)  # numpy: 2x torch here
-    np.subtract(x, np.float32(T.MEAN / T.STD), out=x)
-    return torch.from_numpy(x).reshape(1, *spec.size)
+    return torch.from_numpy(T.normalize(q, divisor=header["levels"])).reshape(1, *spec.size)
 
 
 _LOADERS = {"ori": _load_ori, "stage1": _load_stage1, "stage2": _load_stage2, "cache": _load_cache}

@@ -90,15 +90,8 @@ class _Tables:
     meta_path: Path | None = None
 
 
-def read_split(
-    source: str | Path,
-    *,
-    data_root: str | Path | None = None,
-    fmt: str,
-    report_root: str | None = None,
-    skip_bad: bool = False,
-    require_labels: bool = False,
-) -> SplitData:
+def read_split(source: str | Path, *, data_root: str | Path | None = None, fmt: str, report_root: str | None = None,
+               skip_bad: bool = False, require_labels: bool = False) -> SplitData:
     """Read one split. source: a layout-B split folder (<root>/<split>/volumes/, reports/reports.json), a CT-RATE
     split folder (<root>/dataset/train[_fixed]) or a CT-RATE labels CSV; data_root overrides where the volume files
     live (a cache root mirroring the same relative paths); report_root (report JSON file or folder) overrides the
@@ -123,9 +116,8 @@ def read_split(
     if not samples:
         raise ReaderError(f"{src}: no usable samples ({len(problems.skipped)} skipped)")
     level = logging.WARNING if problems.skipped else logging.INFO
-    log.log(
-        level, "%s: %d samples, %d skipped, volumes under %s", src, len(samples), len(problems.skipped), tables.root
-    )
+    log.log(level, "%s: %d samples, %d skipped, volumes under %s", src, len(samples), len(problems.skipped),
+            tables.root)
     return SplitData(samples, tables.root, fmt, tables.labels is not None, str(src), problems.skipped)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -166,11 +167,21 @@ def fit(windowed: torch.Tensor, size: tuple[int, int, int], mode: str) -> torch.
     raise ValueError(f"unknown input mode {mode!r} (crop|resize)")
 
 
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    """(x - 0.449) / 0.226, any shape."""
-    return (x - MEAN) / STD
+def normalize(x: torch.Tensor | np.ndarray, divisor: int = 1) -> torch.Tensor | np.ndarray:
+    """(x / divisor - 0.449) / 0.226, any shape: the one normalisation. A numpy array (the cache decoder's integer
+    levels, divisor = the level count) comes back float32 in two fused passes, about twice torch's speed there."""
+    if isinstance(x, np.ndarray):
+        out = np.multiply(x, np.float32(1.0 / (divisor * STD)), dtype=np.float32)
+        np.subtract(out, np.float32(MEAN / STD), out=out)
+        return out
+    return (x - MEAN) / STD if divisor == 1 else (x / divisor - MEAN) / STD
+
+
+def window_fit(hu: torch.Tensor, size: tuple[int, int, int], hu_min: float, hu_max: float, mode: str) -> torch.Tensor:
+    """(z, y, x) HU at 3x1x1 mm -> (D, H, W) windowed to [0, 1] and brought to `size` by crop|resize."""
+    return fit(window(hu, hu_min, hu_max), size, mode)
 
 
 def model_input(hu: torch.Tensor, size: tuple[int, int, int], hu_min: float, hu_max: float, mode: str) -> torch.Tensor:
     """(z, y, x) HU at 3x1x1 mm -> (1, D, H, W) float32: window, crop|resize, normalise."""
-    return normalize(fit(window(hu, hu_min, hu_max), size, mode)).unsqueeze(0).contiguous()
+    return normalize(window_fit(hu, size, hu_min, hu_max, mode)).unsqueeze(0).contiguous()
