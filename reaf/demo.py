@@ -76,16 +76,15 @@ def make_data(args: argparse.Namespace, out: Path) -> Path:
 
 def train(args: argparse.Namespace, cache: Path, out: Path, name: str, model: str) -> Path:
     """Train through main.py's code path; returns the final checkpoint."""
+    from reaf.training.flags import TrainFlags
     from reaf.training.run import train_main
-    from reaf.training.settings import parse_args as train_args
 
-    flags = ["--model", model, "--data-root", str(cache), "--input-data-type", "cache", "--input-info", *INPUT_INFO,
-             "--batch-size", str(args.batch_size), "--epochs", str(args.epochs), "--lr", str(args.lr),
-             "--warmup", str(args.warmup), "--workers", str(args.workers), "--precision", "fp32",
-             "--device", "cpu", "--val-frequency", "0", "--zeroshot-frequency", "0", "--report-to", "none",
-             "--logs", str(out / "runs"), "--name", name, "--seed", str(args.seed), "--resume", "latest",
-             "--save-frequency", "0"]  # fmt: skip
-    run_dir = train_main(train_args(flags))
+    flags = TrainFlags.with_defaults(
+        model=model, data_root=str(cache), input_data_type="cache", input_info=list(INPUT_INFO),
+        batch_size=args.batch_size, epochs=args.epochs, lr=args.lr, warmup=args.warmup, workers=args.workers,
+        precision="fp32", device="cpu", val_frequency=0, zeroshot_frequency=0, report_to="none",
+        logs=str(out / "runs"), name=name, seed=args.seed, resume="latest", save_frequency=0)
+    run_dir = train_main(flags)
     return run_dir / "checkpoints" / "latest.pt"
 
 

@@ -1,8 +1,7 @@
-"""A training run from parsed flags: resolved settings, run folder, model, data, optimiser, the epoch loop."""
+"""A training run from its settings (TrainFlags): resolved settings, run folder, model, data, optimiser, the epoch loop."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -13,6 +12,7 @@ import torch
 
 from reaf import atomic, dist
 from reaf.training import state as train_state
+from reaf.training.flags import TrainFlags
 from reaf.training.optim import CosineSchedule, build_optimizer
 from reaf.training.run_log import LOG_FILE, RunLogger, setup_logging, teardown_logging
 from reaf.training.settings import RunSettings, resolve
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
 
 
-def model_overrides(args: argparse.Namespace, resumed: dict[str, Any] | None) -> dict[str, Any]:
+def model_overrides(args: TrainFlags, resumed: dict[str, Any] | None) -> dict[str, Any]:
     """Config fields the flags (or a resumed checkpoint's reference_compat switch) override."""
     overrides: dict[str, Any] = {"fusion_method": args.fusion_method, "lock": args.lock_text}
     if resumed is not None and resumed["config"]["model"]["vision"].get("reference_compat"):
@@ -31,7 +31,7 @@ def model_overrides(args: argparse.Namespace, resumed: dict[str, Any] | None) ->
     return {k: v for k, v in overrides.items() if v is not None}
 
 
-def build_model(args: argparse.Namespace, resumed: dict[str, Any] | None, device: torch.device) -> torch.nn.Module:
+def build_model(args: TrainFlags, resumed: dict[str, Any] | None, device: torch.device) -> torch.nn.Module:
     """create_model from --model and the overrides, then --vision-init, --load-checkpoint, grad checkpointing."""
     from reaf import create_model, load_checkpoint
 
@@ -90,7 +90,7 @@ class RunData:
         return self._loaders["val"]
 
 
-def build_data(args: argparse.Namespace, settings: RunSettings, model: torch.nn.Module) -> RunData:
+def build_data(args: TrainFlags, settings: RunSettings, model: torch.nn.Module) -> RunData:
     """read_split for the train / val / zero-shot sources and the InputSpec for the model's input size."""
     from reaf.data.formats import InputSpec
     from reaf.data.readers import read_split
@@ -108,12 +108,12 @@ def build_data(args: argparse.Namespace, settings: RunSettings, model: torch.nn.
                    workers=args.workers, seed=args.seed, sample_unit=args.sample_unit)
 
 
-def run_config(args: argparse.Namespace, settings: RunSettings, model: torch.nn.Module) -> dict[str, Any]:
+def run_config(args: TrainFlags, settings: RunSettings, model: torch.nn.Module) -> dict[str, Any]:
     """The resolved config stored in config.json and in every checkpoint."""
-    return {"model": model.cfg.to_dict(), "args": vars(args), "run": asdict(settings)}
+    return {"model": model.cfg.to_dict(), "args": args.to_dict(), "run": asdict(settings)}
 
 
-def locate_resume(args: argparse.Namespace) -> Path | None:
+def locate_resume(args: TrainFlags) -> Path | None:
     """The checkpoint --resume points at (rank 0 decides; every rank gets the same answer)."""
     if not args.resume:
         return None
@@ -137,10 +137,10 @@ def prepare_run_dir(run_dir: Path, resuming: bool) -> None:
 
 
 @dataclass
-class Fit:
+class TrainingRun:
     """The objects of one training run and the epoch loop over them."""
 
-    args: argparse.Namespace
+    args: TrainFlags
     env: dist.DistEnv
     settings: RunSettings
     model: torch.nn.Module  # bare (no DDP)
@@ -190,7 +190,7 @@ class Fit:
                                  template=self.args.zeroshot_template, seed=self.args.seed)
         return {k if k.startswith("zeroshot/") else f"zeroshot/{k}": v for k, v in summary_scalars(results).items()}
 
-    def run(self, pos: Position, rng: dict[str, Any] | None, steps_per_epoch: int) -> Position:
+    def train_epochs(self, pos: Position, rng: dict[str, Any] | None, steps_per_epoch: int) -> Position:
         """Epochs pos.epoch..epochs-1, resuming mid-epoch at pos.batches_done with this rank's saved RNG."""
         args = self.args
         every = args.save_every_n_steps
@@ -217,7 +217,7 @@ class Fit:
         return pos
 
 
-def restore(args: argparse.Namespace, env: dist.DistEnv, resume: Path, resumed: dict[str, Any],
+def restore(args: TrainFlags, env: dist.DistEnv, resume: Path, resumed: dict[str, Any],
             model: torch.nn.Module, optimizer: torch.optim.Optimizer,
             scaler: torch.amp.GradScaler) -> tuple[Position, dict | None]:
     """Restore a --resume checkpoint: our format fully (RNG when the world size matches), the reference's via
@@ -234,7 +234,7 @@ def restore(args: argparse.Namespace, env: dist.DistEnv, resume: Path, resumed: 
     return Position(pos.epoch, skip, pos.step), rng
 
 
-def _build(args: argparse.Namespace, env: dist.DistEnv) -> tuple[Fit, Position, dict | None, int]:
+def _build(args: TrainFlags, env: dist.DistEnv) -> tuple[TrainingRun, Position, dict | None, int]:
     train_state.seed_everything(args.seed + env.rank)
     resume = locate_resume(args)
     resumed = train_state.load_file(resume) if resume else None
@@ -269,10 +269,10 @@ def _build(args: argparse.Namespace, env: dist.DistEnv) -> tuple[Fit, Position, 
         atomic.write_json(config, run_dir / CONFIG_FILE, indent=2, default=str)
     logger = RunLogger(run_dir, settings.report_to, project=args.wandb_project_name, name=settings.name,
                        config=config, enabled=env.is_main)
-    return Fit(args, env, settings, model, data, ctx, logger, config), pos, rng, steps_per_epoch
+    return TrainingRun(args, env, settings, model, data, ctx, logger, config), pos, rng, steps_per_epoch
 
 
-def train_main(args: argparse.Namespace) -> Path:
+def train_main(args: TrainFlags) -> Path:
     """Train as the flags say (one process, or one of torchrun's); returns the run folder."""
     env = dist.init_distributed(args.device)
     fit = None
@@ -282,7 +282,7 @@ def train_main(args: argparse.Namespace) -> Path:
             log.info("nothing to do: the checkpoint already finished %d epoch(s)", pos.epoch)
         else:
             log.info("training from epoch %d, step %d (%d steps per epoch)", pos.epoch, pos.step, steps_per_epoch)
-            fit.run(pos, rng, steps_per_epoch)
+            fit.train_epochs(pos, rng, steps_per_epoch)
         return Path(fit.settings.run_dir)
     except Exception as err:
         log.error("training stopped: %s: %s", type(err).__name__, err, exc_info=True)

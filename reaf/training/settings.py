@@ -15,6 +15,7 @@ from reaf.data.formats import FORMATS, add_input_info_argument
 from reaf.data.loader import SAMPLE_UNITS
 from reaf.evaluation.prompts import TEMPLATE_MODES as ZEROSHOT_TEMPLATES
 from reaf.model.config import FUSION_METHODS
+from reaf.training.flags import TrainFlags
 
 PRECISIONS = ("amp", "amp_bf16", "fp32")
 REPORT_TARGETS = ("none", "wandb", "tensorboard")
@@ -108,35 +109,46 @@ def report_targets(value: str) -> tuple[str, ...]:
     return tuple(n for n in names if n != "none")
 
 
-def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def flag_problem(args: TrainFlags) -> str | None:
+    """What is wrong with a set of training flags (the first thing found), or None."""
     positive = ("batch_size", "epochs", "accum_freq")
     non_negative = ("warmup", "workers", "save_frequency", "save_every_n_steps", "val_frequency",
                     "zeroshot_frequency")
     for key in positive:
         if getattr(args, key) < 1:
-            p.error(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
+            return f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}"
     for key in non_negative:
         if getattr(args, key) < 0:
-            p.error(f"--{key.replace('_', '-')} must be >= 0, got {getattr(args, key)}")
+            return f"--{key.replace('_', '-')} must be >= 0, got {getattr(args, key)}"
     if args.log_every_n_steps < 1:
-        p.error("--log-every-n-steps must be >= 1")
+        return "--log-every-n-steps must be >= 1"
     if args.grad_clip_norm is not None and args.grad_clip_norm <= 0:
-        p.error("--grad-clip-norm must be > 0")
+        return "--grad-clip-norm must be > 0"
     try:
         report_targets(args.report_to)
     except ValueError as err:
-        p.error(str(err))
+        return str(err)
     if args.use_cxr_bert and not args.cxr_bert_path:
-        p.error("--use-cxr-bert needs --cxr-bert-path (a local CXR-BERT folder; nothing is downloaded)")
+        return "--use-cxr-bert needs --cxr-bert-path (a local CXR-BERT folder; nothing is downloaded)"
     if not (args.train_data or args.data_root):
-        p.error("give --train-data or --data-root")
+        return "give --train-data or --data-root"
+    return None
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse and validate the training flags; errors exit with argparse's message."""
+def check_flags(args: TrainFlags) -> None:
+    """ValueError when `flag_problem` finds something (the library's check; the CLI reports it through argparse)."""
+    problem = flag_problem(args)
+    if problem:
+        raise ValueError(problem)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> TrainFlags:
+    """Parse and validate the training flags into TrainFlags; errors exit with argparse's message."""
     p = build_parser()
-    args = p.parse_args(argv)
-    _check(p, args)
+    args = TrainFlags.from_mapping(vars(p.parse_args(argv)))
+    problem = flag_problem(args)
+    if problem:
+        p.error(problem)
     return args
 
 
@@ -166,7 +178,7 @@ def effective_precision(flag: str, device: torch.device) -> str:
     return "fp32" if device.type == "cpu" else "fp16"
 
 
-def find_data(args: argparse.Namespace) -> tuple[str, str | None, str | None]:
+def find_data(args: TrainFlags) -> tuple[str, str | None, str | None]:
     """(train, val, zero-shot) sources: the flags, or with no --train-data the splits found under --data-root."""
     if args.train_data:
         return args.train_data, args.val_data, args.zeroshot_ct_rate
@@ -178,7 +190,7 @@ def find_data(args: argparse.Namespace) -> tuple[str, str | None, str | None]:
     return found["train"], args.val_data or found.get("val"), args.zeroshot_ct_rate or found.get("test")
 
 
-def auto_name(args: argparse.Namespace, world: int) -> str:
+def auto_name(args: TrainFlags, world: int) -> str:
     """The reference's auto name: <date>-model_<m>-lr_<lr>-b_<global batch>-j_<workers>-p_<precision>."""
     stamp = dist.broadcast_object(time.strftime("%Y_%m_%d-%H_%M_%S"))
     model = Path(args.model).stem
@@ -186,7 +198,7 @@ def auto_name(args: argparse.Namespace, world: int) -> str:
            f"-p_{args.precision}"
 
 
-def resolve(args: argparse.Namespace, env: dist.DistEnv, resume: Path | None,
+def resolve(args: TrainFlags, env: dist.DistEnv, resume: Path | None,
             resume_name: str | None) -> RunSettings:
     """Derive the run's settings from the flags (and the checkpoint being resumed, for its run name)."""
     name = args.name or resume_name or auto_name(args, env.world_size)
