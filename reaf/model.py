@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+import reaf.timm_models  # noqa: F401  (registers the encoder in timm's registry)
 from reaf.config import ModelConfig, apply_overrides, load_model_config
 from reaf.text import TextTower, build_tokenizer, tokenize
 from reaf.vision import VisionTower
