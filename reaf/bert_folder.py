@@ -112,11 +112,14 @@ def load_bert(folder: str | Path) -> BertModel:
 
 def load_bert_tokenizer(folder: str | Path) -> BertTokenizer:
     """BERT's WordPiece over the folder's vocab.txt, with the options of its tokenizer_config.json (whatever
-    tokenizer_class it names: CXR-BERT's is a BertTokenizer subclass adding nothing)."""
+    tokenizer_class it names: CXR-BERT's is a BertTokenizer subclass adding nothing). A folder saved by
+    transformers 5 holds tokenizer.json instead of vocab.txt: BertTokenizer, named here, reads that."""
     folder = Path(folder)
     vocab = folder / "vocab.txt"
     if not vocab.is_file():
-        raise FileNotFoundError(f"{vocab}: the BERT folder has no vocab.txt")
+        if (folder / "tokenizer.json").is_file():
+            return BertTokenizer.from_pretrained(str(folder), local_files_only=True)
+        raise FileNotFoundError(f"{vocab}: the BERT folder has neither vocab.txt nor tokenizer.json")
     config_path = folder / "tokenizer_config.json"
     options = _read_json(config_path) if config_path.is_file() else {}
     kwargs = {k: options[k] for k in TOKENIZER_OPTIONS if options.get(k) is not None}

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 from safetensors.torch import save_file
-from transformers import BertConfig, BertForMaskedLM, BertModel
+from transformers import BertConfig, BertForMaskedLM, BertModel, BertTokenizer
 
 from reaf import create_model
 from reaf.bert_folder import load_bert, load_bert_tokenizer
@@ -83,14 +83,19 @@ def test_published_tokenizer_is_wordpiece_with_the_folders_lower_casing(tmp_path
     assert cased.convert_ids_to_tokens(cased(text)["input_ids"])[1:3] == ["[UNK]", "[UNK]"]  # vocab is lower case
 
 
-def test_plain_bert_folder_with_bare_keys_and_pooler_loads(tmp_path):
+def test_plain_bert_folder_saved_by_transformers_loads(tmp_path):
     torch.manual_seed(1)
     bert = BertModel(BertConfig(**TINY_BERT))  # save_pretrained of a BertModel: bare keys, a pooler
     bert.save_pretrained(tmp_path)
+    (tmp_path / "vocab.txt").write_text("\n".join(builtin_vocab()) + "\n")
+    BertTokenizer(str(tmp_path / "vocab.txt"), do_lower_case=True).save_pretrained(tmp_path)
+    (tmp_path / "vocab.txt").unlink(missing_ok=True)  # transformers 5 keeps only tokenizer.json
     loaded = load_bert(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "bert"
     for key, value in loaded.state_dict().items():
         torch.testing.assert_close(value, bert.state_dict()[key], rtol=0, atol=0)
+    tokenizer = load_bert_tokenizer(tmp_path)
+    assert tokenizer.tokenize("Left PLEURAL effusion") == ["left", "pleural", "effusion"]
 
 
 def test_bad_folders_name_the_file_and_cause(tmp_path):
