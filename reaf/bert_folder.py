@@ -9,6 +9,7 @@ the folder's vocab.txt with the lower-casing its tokenizer_config.json states.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ CONFIG_FIELDS = (
 # and buffers older transformers saved (position_ids / token_type_ids are non-persistent now)
 IGNORED_PREFIXES = ("cls.", "cls_projection_head.", "pooler.")
 IGNORED_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
+# what a tower built from a folder depends on besides weights a checkpoint replaces: the architecture and tokenizer
+DESCRIBED_FILES = ("config.json", "tokenizer_config.json", "vocab.txt", "tokenizer.json", "special_tokens_map.json")
 TOKENIZER_OPTIONS = ("do_lower_case", "strip_accents", "tokenize_chinese_chars", "do_basic_tokenize",
                      "model_max_length", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
@@ -127,3 +130,15 @@ def load_bert_tokenizer(folder: str | Path) -> BertTokenizer:
         if isinstance(value, dict):
             kwargs[key] = value.get("content")
     return BertTokenizer(str(vocab), **kwargs)
+
+
+def describe_folder(folder: str | Path | None) -> dict[str, Any]:
+    """{"folder", "files": {name: sha256}} of the config and tokenizer files of a BERT folder ({"folder": None}
+    without one): a changed --cxr-bert-path or tokenizer changes it. The weights file is left out, as a checkpoint
+    replaces those weights."""
+    if folder is None:
+        return {"folder": None}
+    folder = Path(folder).resolve()
+    files = {name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
+             for name in DESCRIBED_FILES if (folder / name).is_file()}
+    return {"folder": str(folder), "files": files}
