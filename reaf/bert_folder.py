@@ -103,14 +103,15 @@ def load_bert(folder: str | Path) -> BertModel:
     config = read_bert_config(folder)
     path = _weights_path(folder)
     weights = bert_state_dict(read_state_dict(path), str(path))
-    model = BertModel(config, add_pooling_layer=False)
+    with torch.random.fork_rng(devices=[]):  # its random init is overwritten: leave the global RNG as it was
+        model = BertModel(config, add_pooling_layer=False)
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
     if missing or unexpected:
         raise ValueError(f"{path}: weights do not match config.json's BERT: missing {missing[:5]} "
                          f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)})")
     model.load_state_dict(weights, strict=True)
-    return model
+    return model.eval()  # as from_pretrained returns it; training switches it with the rest of the model
 
 
 def load_bert_tokenizer(folder: str | Path) -> BertTokenizer:

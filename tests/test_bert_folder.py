@@ -116,3 +116,12 @@ def test_bad_folders_name_the_file_and_cause(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(FileNotFoundError, match="no BERT weights"):
         load_bert(tmp_path)
+
+
+def test_loading_leaves_the_global_rng_untouched(tmp_path):
+    write_published_folder(tmp_path)
+    torch.manual_seed(3)
+    load_bert(tmp_path)
+    after = torch.rand(3)
+    torch.manual_seed(3)
+    torch.testing.assert_close(after, torch.rand(3), rtol=0, atol=0)  # models built after it draw as before
