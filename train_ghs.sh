@@ -13,7 +13,7 @@
 #   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, RDZV_ID   multi-node: torchrun's c10d rendezvous on MASTER_ADDR.
 #   MAX_RESTARTS     torchrun restarts of a failed worker group (default 0); restarted workers resume latest.pt.
 #   REPORT_TO        none | wandb | tensorboard, comma list (default tensorboard); WANDB_PROJECT (default REAF).
-#   BATCH_SIZE, EPOCHS, LR, WARMUP, WORKERS, ZEROSHOT_FREQUENCY   recipe knobs (defaults below).
+#   BATCH_SIZE, EPOCHS, LR, WARMUP_EPOCHS, WORKERS, ZEROSHOT_FREQUENCY   recipe knobs (defaults below).
 #   PYTHON           the interpreter (default python); torchrun runs as `$PYTHON -m torch.distributed.run`.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -47,7 +47,7 @@ exec "$PYTHON" -m torch.distributed.run "${LAUNCH[@]}" --nproc-per-node="$NPROC"
     --batch-size "${BATCH_SIZE:-16}" \
     --epochs "${EPOCHS:-50}" \
     --lr "${LR:-5e-4}" \
-    --warmup "${WARMUP:-2}" \
+    --warmup-epochs "${WARMUP_EPOCHS:-2}" \
     --workers "${WORKERS:-8}" \
     --precision amp \
     --grad-checkpointing \

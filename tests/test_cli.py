@@ -41,6 +41,19 @@ def test_the_readme_custom_training_command_parses_to_its_values():
     assert (args.wandb_project_name, args.name, args.logs) == ("REAF", "REAF_experiment", "./logs")
 
 
+def test_warmup_takes_steps_or_epochs_not_both():
+    from reaf.training.optim import warmup_steps
+
+    args = parse_args(shlex.split(README_DISTRIBUTED) + ["--warmup-epochs", "2"])
+    assert warmup_steps(args.warmup, args.warmup_epochs, 800) == 1600  # the reference's two epochs
+    args = parse_args(shlex.split(README_DISTRIBUTED) + ["--warmup", "30"])
+    assert args.warmup_epochs is None and warmup_steps(args.warmup, args.warmup_epochs, 800) == 30
+    assert warmup_steps(0, 0.5, 7) == 4
+    for extra in (["--warmup", "3", "--warmup-epochs", "2"], ["--warmup-epochs", "-1"]):
+        with pytest.raises(SystemExit):
+            parse_args(shlex.split(README_DISTRIBUTED) + extra)
+
+
 def test_the_readme_distributed_command_parses():
     args = parse_args(shlex.split(README_DISTRIBUTED))
     assert args.data_root == "/path/to/ct_rate" and args.train_data is None and args.grad_checkpointing is False

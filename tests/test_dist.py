@@ -99,3 +99,4 @@ def test_train_ghs_runs_the_recipe_through_torchrun(data, bert, tmp_path_factory
     args = ckpt["config"]["args"]
     assert args["grad_checkpointing"] and args["lock_text"] and args["resume"] == "latest"
     assert ckpt["config"]["run"]["precision"] == "fp32" and ckpt["step"] == 2  # 8 volumes / 4
+    assert args["warmup_epochs"] == 2  # the reference's unit: its --warmup 2 meant two epochs

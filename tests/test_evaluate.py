@@ -185,3 +185,24 @@ def test_data_key_follows_volume_files_and_input(setup):
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the file was rewritten
     assert data_description(split, spec)["volume_files_sha256"] != before["volume_files_sha256"]
+
+
+def test_changed_bert_folder_is_not_reused(setup, tmp_path, monkeypatch):
+    """The checkpoint replaces BERT's weights but not its tokenizer or config: a changed --cxr-bert-path (or a
+    changed tokenizer file in it) encodes again."""
+    model, split, spec, ckpt = setup
+    folders = []
+    for lower in (True, False):
+        folder = tmp_path / f"bert_{lower}"
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"model_type": "cxr-bert", "hidden_size": 48}))
+        (folder / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")
+        (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": lower}))
+        folders.append(folder)
+    counter = Counter(model, monkeypatch)
+    reused = []
+    for folder in (folders[0], folders[0], folders[1], None):
+        monkeypatch.setattr(model, "bert_path", None if folder is None else str(folder))
+        reused.append(_run(model, split, spec, tmp_path / "out", ckpt)["timing"]["embeddings_reused"])
+    assert reused == [False, True, False, False]
+    assert counter.image_rows == 3 * len(NAMES)

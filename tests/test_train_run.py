@@ -127,3 +127,15 @@ def test_a_second_run_into_a_used_folder_is_refused(data, smoke, capsys):
     argv = train_argv(data, smoke.parent, "smoke", "--epochs", "1")
     assert cli.main(argv) == 1
     assert "--resume latest" in capsys.readouterr().err
+
+
+def test_warmup_epochs_warm_up_over_that_many_epochs_of_steps(data, tmp_path):
+    """--warmup-epochs 1 with 8 volumes in batches of 2: 4 warm-up steps, lr (k+1)/4 of the peak, then cosine."""
+    argv = train_argv(data, tmp_path, "warm", "--epochs", "2", "--batch-size", "2", "--save-frequency", "0")
+    argv[argv.index("--warmup"):argv.index("--warmup") + 2] = ["--warmup-epochs", "1"]
+    assert cli.main(argv) == 0
+    rows = [json.loads(line) for line in (tmp_path / "warm" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [row["train/lr"] for row in rows if "train/lr" in row]
+    assert lrs[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3]) and len(lrs) == 8
+    assert lrs[4] == pytest.approx(1e-3) and lrs[5] < lrs[4]
+    assert "warm-up: 4 optimiser step(s) (1 epoch(s) of 4)" in (tmp_path / "warm" / "train.log").read_text()

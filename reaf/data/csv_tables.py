@@ -174,12 +174,15 @@ def report_text(row: dict) -> str | None:
 
 def read_report_json(path: str | Path) -> dict[str, str | None]:
     """Reports from a JSON file, or every *.json in a folder: {name: text} or the reference's list format
-    [{"image": name, "conversations": [{"from": "gpt", "value": text}, ...]}] (gpt values joined)."""
+    [{"image": name, "conversations": [{"from": "gpt", "value": text}, ...]}]. As the reference does, the first
+    gpt text of an image is its report: later gpt turns and repeated images (in a file or across files) are left
+    out, and the repeats logged."""
     path = Path(path)
     files = sorted(path.glob("*.json")) if path.is_dir() else [path]
     if not files:
         raise ReaderError(f"{path}: no report JSON file found")
     reports: dict[str, str | None] = {}
+    repeats: list[str] = []
     for file in files:
         try:
             data = json.loads(file.read_text(encoding="utf-8"))
@@ -187,8 +190,12 @@ def read_report_json(path: str | Path) -> dict[str, str | None]:
             raise ReaderError(f"{file}: cannot read report JSON: {e}") from e
         for name, text in _report_items(data, file):
             if name in reports:
-                raise ReaderError(f"{file}: duplicate report for {name}")
+                repeats.append(name)
+                continue
             reports[name] = _clean(text)
+    if repeats:
+        log.warning("%s: %d repeated image(s) in the report JSON, the first report of each kept (e.g. %s)",
+                    path, len(repeats), ", ".join(sorted(set(repeats))[:5]))
     return reports
 
 
@@ -201,10 +208,8 @@ def _report_items(data, file: Path) -> list[tuple[str, object]]:
     for i, item in enumerate(data):
         if not isinstance(item, dict) or "image" not in item or not isinstance(item.get("conversations"), list):
             raise ReaderError(f"{file}: item {i} lacks 'image' and a 'conversations' list")
-        texts = [
-            _clean(c.get("value")) for c in item["conversations"] if isinstance(c, dict) and c.get("from") == "gpt"
-        ]
-        items.append((strip_suffix(item["image"]), " ".join(t for t in texts if t) or None))
+        texts = [c.get("value") for c in item["conversations"] if isinstance(c, dict) and c.get("from") == "gpt"]
+        items.append((strip_suffix(item["image"]), texts[0] if texts else None))
     return items
 
 

@@ -150,15 +150,19 @@ def encoded_split(
     """(encoded, reused): results_dir/embeddings.pt when checkpoint and data are unchanged (logged), else the split
     encoded by encode_split and written there with its key and meta (checkpoint, model config, `data` =
     data_description(split, spec))."""
+    from reaf.model.bert_folder import describe_folder
+
     config = unwrap(model).cfg.to_dict()
-    key = cache_key(checkpoint, config, data)
+    text = describe_folder(getattr(unwrap(model), "bert_path", None))
+    key = cache_key(checkpoint, config, data, text)
     path = results_dir / "embeddings.pt"
     cached = reusable_embeddings(path, key)
     if cached is not None:
         cached["labels"] = split_labels(split)  # labels are not part of the key: always the current ones
         return cached, True
     encoded = encode_split(model, split, spec, **loader_args)
-    save_embeddings(path, encoded, key=key, meta={"checkpoint": checkpoint, "model_config": config, "data": data})
+    save_embeddings(path, encoded, key=key, meta={"checkpoint": checkpoint, "model_config": config, "data": data,
+                                                        "text_tower": text})
     return encoded, False
 
 
@@ -181,11 +185,14 @@ def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
     return {"path": str(path.resolve()), "size": size, "sha256": digest.hexdigest(), "sha256_scope": scope}
 
 
-def cache_key(checkpoint: dict[str, Any] | None, model_config: dict, data: dict[str, Any]) -> str | None:
-    """The reuse key: sha256 over checkpoint hash, model config and data description; None without a checkpoint."""
+def cache_key(checkpoint: dict[str, Any] | None, model_config: dict, data: dict[str, Any],
+              text_tower: dict[str, Any] | None = None) -> str | None:
+    """The reuse key: sha256 over checkpoint hash, model config, data description and the text tower's BERT folder
+    (reaf.bert_folder.describe_folder); None without a checkpoint."""
     if checkpoint is None:
         return None
-    blob = json.dumps({"checkpoint": checkpoint["sha256"], "model": model_config, "data": data}, sort_keys=True)
+    blob = json.dumps({"checkpoint": checkpoint["sha256"], "model": model_config, "data": data, "text": text_tower},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+import reaf.model.timm_models  # noqa: F401  (registers the encoder in timm's registry)
 from reaf.model.config import ModelConfig, apply_overrides, load_model_config
 from reaf.model.text import TextTower, build_tokenizer, tokenize
 from reaf.model.vision import VisionTower

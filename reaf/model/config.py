@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+# reaf/configs: a link to the repository's configs/ in a checkout, the JSON files themselves in an installed wheel
+CONFIG_DIR = Path(str(resources.files("reaf") / "configs"))
 FUSION_METHODS = ("weighted_mean", "mean", "max", "inverse_weighted_mean", "learned")
 
 
@@ -112,7 +114,8 @@ def load_model_config(name_or_path: str, **overrides: Any) -> ModelConfig:
     if not path.suffix == ".json":
         path = CONFIG_DIR / f"{name_or_path}.json"
     if not path.is_file():
-        raise FileNotFoundError(f"model config {name_or_path!r} not found (known: {available_configs()})")
+        raise FileNotFoundError(f"model config {name_or_path!r} not found in {CONFIG_DIR} "
+                                f"(known: {available_configs()})")
     values = json.loads(path.read_text())
     cfg = config_from_dict(values, where=str(path))
     return apply_overrides(cfg, **overrides)

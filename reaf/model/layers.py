@@ -51,7 +51,11 @@ def sincos_3d(grid: Grid, dim: int) -> Tensor:
 
 
 class LayerFusion(nn.Module):
-    """Fuse the outputs of one level's blocks: (L, B, 1+N, C) -> (B, 1+N, C) by `method`."""
+    """Fuse the outputs of one level's blocks: (L, B, 1+N, C) -> (B, 1+N, C) by `method`.
+
+    Fixed weights live in a non-persistent buffer: they move with the module (no host-to-device copy per forward)
+    and stay out of the state dict, whose keys remain the reference's.
+    """
 
     def __init__(self, num_layers: int, method: str) -> None:
         super().__init__()
@@ -59,26 +63,33 @@ class LayerFusion(nn.Module):
         self.num_layers = num_layers
         if method == "learned":
             self.logits = nn.Parameter(torch.zeros(num_layers))
+        elif method != "max":
+            self.register_buffer("fixed_weights", self._fixed_weights(num_layers, method), persistent=False)
+
+    @staticmethod
+    def _fixed_weights(num_layers: int, method: str) -> Tensor:
+        steps = torch.arange(num_layers, dtype=torch.float32)
+        if method == "weighted_mean":
+            return steps.softmax(0)
+        if method == "inverse_weighted_mean":
+            return steps.flip(0).softmax(0)
+        if method == "mean":
+            return torch.full((num_layers,), 1.0 / num_layers)
+        raise ValueError(f"unknown fusion method {method!r}")
 
     def weights(self) -> Tensor:
         """(L,) layer weights summing to 1 (not used by `max`)."""
-        steps = torch.arange(self.num_layers, dtype=torch.float32)
-        if self.method == "weighted_mean":
-            return steps.softmax(0)
-        if self.method == "inverse_weighted_mean":
-            return steps.flip(0).softmax(0)
-        if self.method == "mean":
-            return torch.full((self.num_layers,), 1.0 / self.num_layers)
         if self.method == "learned":
             return self.logits.float().softmax(0)
-        raise ValueError(f"fusion method {self.method!r} has no weights")
+        if self.method == "max":
+            raise ValueError(f"fusion method {self.method!r} has no weights")
+        return self.fixed_weights
 
     def forward(self, outputs: list[Tensor]) -> Tensor:
         stacked = torch.stack(outputs)  # (L, B, 1+N, C)
         if self.method == "max":
             return stacked.amax(dim=0)
-        w = self.weights().to(device=stacked.device, dtype=stacked.dtype)
-        return torch.einsum("l,lbnc->bnc", w, stacked)
+        return torch.einsum("l,lbnc->bnc", self.weights().to(stacked.dtype), stacked)
 
 
 class RegionalSaliency(nn.Module):

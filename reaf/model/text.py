@@ -9,9 +9,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import AutoTokenizer, BertConfig, BertModel, BertTokenizer
+from transformers import BertConfig, BertModel, BertTokenizer
 
 from reaf import atomic
+from reaf.model.bert_folder import load_bert, load_bert_tokenizer
 from reaf.model.config import TextConfig
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -60,7 +61,7 @@ def _builtin_vocab_file() -> Path:
 def build_tokenizer(cfg: TextConfig, bert_path: str | None = None):
     """A HF tokenizer: from the local BERT folder when given, else the built-in vocabulary (tiny configs)."""
     if bert_path is not None:
-        return AutoTokenizer.from_pretrained(bert_path, local_files_only=True)
+        return load_bert_tokenizer(bert_path)
     if cfg.tokenizer != "builtin":
         raise ValueError(
             f"the text tower uses the {cfg.tokenizer!r} tokenizer: pass --cxr-bert-path (a local folder) "
@@ -97,11 +98,7 @@ class TextTower(nn.Module):
         super().__init__()
         self.cfg = cfg
         if bert_path is not None:
-            # CXR-BERT's weights load into a plain BertModel; no remote code, nothing fetched
-            config = BertConfig.from_pretrained(bert_path, local_files_only=True)
-            self.transformer = BertModel.from_pretrained(
-                bert_path, config=config, add_pooling_layer=False, local_files_only=True
-            )
+            self.transformer = load_bert(bert_path)  # CXR-BERT's code never runs; nothing is fetched
         else:
             self.transformer = BertModel(bert_config(cfg), add_pooling_layer=False)
         self.proj = nn.Linear(self.transformer.config.hidden_size, embed_dim, bias=False)

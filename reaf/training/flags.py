@@ -38,6 +38,7 @@ class TrainFlags:
     epochs: int
     lr: float
     warmup: int
+    warmup_epochs: float | None
     wd: float
     beta1: float
     beta2: float

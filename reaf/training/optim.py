@@ -48,6 +48,11 @@ def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float, betas: 
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps)
 
 
+def warmup_steps(steps: int, epochs: float | None, steps_per_epoch: int) -> int:
+    """The warm-up length in optimiser steps: `epochs` x steps per epoch (rounded) when given, else `steps`."""
+    return steps if epochs is None else round(epochs * steps_per_epoch)
+
+
 class CosineSchedule:
     """lr(step): linear warm-up (step+1)/warmup * base over `warmup` steps, then cosine decay to 0 at `total`."""
 

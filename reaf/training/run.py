@@ -13,7 +13,7 @@ import torch
 from reaf import atomic, dist
 from reaf.training import state as train_state
 from reaf.training.flags import TrainFlags
-from reaf.training.optim import CosineSchedule, build_optimizer
+from reaf.training.optim import CosineSchedule, build_optimizer, warmup_steps
 from reaf.training.run_log import LOG_FILE, RunLogger, setup_logging, teardown_logging
 from reaf.training.settings import RunSettings, resolve
 from reaf.training.state import Position
@@ -260,7 +260,10 @@ def _build(args: TrainFlags, env: dist.DistEnv) -> tuple[TrainingRun, Position, 
     if steps_per_epoch == 0:
         raise ValueError(f"the training split gives fewer than {args.accum_freq} batch(es) of "
                          f"{args.batch_size} x {env.world_size} rank(s): no optimiser step per epoch")
-    schedule = CosineSchedule(optimizer, args.lr, args.warmup, steps_per_epoch * args.epochs)
+    warmup = warmup_steps(args.warmup, args.warmup_epochs, steps_per_epoch)
+    log.info("warm-up: %d optimiser step(s)%s", warmup,
+             "" if args.warmup_epochs is None else f" ({args.warmup_epochs:g} epoch(s) of {steps_per_epoch})")
+    schedule = CosineSchedule(optimizer, args.lr, warmup, steps_per_epoch * args.epochs)
     ctx = StepContext(dist.wrap_model(model, env), optimizer, scaler, schedule,
                       autocast_factory(settings.precision, env.device), env.device, args.accum_freq,
                       args.grad_clip_norm)

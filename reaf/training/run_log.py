@@ -58,7 +58,7 @@ class RunLogger:
     def __init__(self, run_dir: Path, targets: tuple[str, ...], *, project: str, name: str,
                  config: dict[str, Any], enabled: bool) -> None:
         self.enabled = enabled
-        self.logger = logging.getLogger("reaf.train")
+        self.logger = logging.getLogger("reaf.training.step")
         self.bar: tqdm | None = None
         self.metrics_file = run_dir / METRICS_FILE
         self.wandb = self.tensorboard = None

@@ -58,7 +58,11 @@ def _optim(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=16, help="volumes per process per micro-batch")
     g.add_argument("--epochs", type=int, default=50)
     g.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
-    g.add_argument("--warmup", type=int, default=2, help="linear warm-up length in optimiser steps")
+    warmup = g.add_mutually_exclusive_group()
+    warmup.add_argument("--warmup", type=int, default=2, help="linear warm-up length in optimiser steps")
+    warmup.add_argument("--warmup-epochs", type=float,
+                        help="warm-up length in epochs (the reference's unit: its --warmup 2 meant two epochs); "
+                             "replaces --warmup")
     g.add_argument("--wd", type=float, default=0.2, help="AdamW weight decay (decayed group only)")
     g.add_argument("--beta1", type=float, default=0.9)
     g.add_argument("--beta2", type=float, default=0.98)
@@ -122,6 +126,8 @@ def flag_problem(args: TrainFlags) -> str | None:
             return f"--{key.replace('_', '-')} must be >= 0, got {getattr(args, key)}"
     if args.log_every_n_steps < 1:
         return "--log-every-n-steps must be >= 1"
+    if args.warmup_epochs is not None and args.warmup_epochs < 0:
+        return f"--warmup-epochs must be >= 0, got {args.warmup_epochs}"
     if args.grad_clip_norm is not None and args.grad_clip_norm <= 0:
         return "--grad-clip-norm must be > 0"
     try:
