@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from reaf.finite import require_finite
+
 log = logging.getLogger(__name__)
 
 REPORT_TEXT = (
@@ -43,7 +45,9 @@ def encode_texts(
     for start in range(0, len(texts), batch_size):
         input_ids, attention_mask = model.tokenize(texts[start : start + batch_size])
         chunks.append(model.encode_text(input_ids.to(device), attention_mask.to(device)).float().cpu())
-    return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)
+    out = torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)
+    require_finite(out, "text embeddings (a NaN in the text tower's weights?)", [t[:60] for t in texts])
+    return out
 
 
 @torch.inference_mode()
@@ -55,6 +59,7 @@ def encode_volumes(model: torch.nn.Module, loader: Any, names: list[str], *, dev
     seen = np.zeros(len(names), dtype=bool)
     for batch in tqdm(loader, desc="encode volumes", unit="batch", leave=False):
         emb = model.encode_image(batch["image"].to(device, non_blocking=True)).float().cpu().numpy()
+        require_finite(emb, "image embeddings (a NaN volume or NaN weights?)", batch["name"])
         rows = [position[name] for name in batch["name"]]
         if out is None:
             out = np.zeros((len(names), emb.shape[1]), np.float32)

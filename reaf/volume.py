@@ -209,6 +209,7 @@ def _load_stage2(path: Path, spec: InputSpec, meta: VolumeMeta | None) -> torch.
     if not isinstance(x, torch.Tensor) or x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"stage2 file must hold a float32/float16 tensor, got {getattr(x, 'dtype', type(x))}")
     _check_shape(path, tuple(x.shape), spec)
+    T.check_finite(x)
     return x.to(torch.float32)
 
 
