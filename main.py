@@ -9,16 +9,11 @@ from collections.abc import Sequence
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
     from reaf.args import parse_args
+    from reaf.cli import run_cli
     from reaf.run import train_main
 
     args = parse_args(argv)
-    try:
-        run_dir = train_main(args)
-    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as err:
-        print(f"main.py: error: {err}", file=sys.stderr)
-        return 1
-    print(f"run folder: {run_dir}")
-    return 0
+    return run_cli("main.py", lambda: print(f"run folder: {train_main(args)}"))
 
 
 if __name__ == "__main__":

@@ -195,4 +195,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from reaf.cli import run_cli
+
+    raise SystemExit(run_cli("python -m reaf.demo", main))

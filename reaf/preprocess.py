@@ -81,6 +81,10 @@ def _niftis(folder: Path) -> dict[str, Path]:
 def find_jobs(args: argparse.Namespace) -> tuple[Path, list[Job]]:
     """(source root, jobs sorted by relative path); layout A prefers <split>_fixed copies and reads the metadata CSV."""
     out = Path(args.out)
+    given = args.data_root or args.ct_rate_root
+    if not Path(given).is_dir():
+        flag = "--data-root" if args.data_root else "--ct-rate-root"
+        raise FileNotFoundError(f"{flag} {given}: no such folder")
     if args.data_root:
         root = Path(args.data_root)
         found, metas, meta_csv = _niftis(root / args.split / "volumes"), None, None
@@ -258,4 +262,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from reaf.cli import run_cli
+
+    sys.exit(run_cli("python -m reaf.preprocess", main))

@@ -131,7 +131,12 @@ def load_file(path: Path, mmap: bool = False) -> dict[str, Any]:
     """torch.load a checkpoint on the CPU with weights_only=True (mmap for big foreign files read once)."""
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # a foreign or cut file: say so, naming it
+        from reaf.checkpoint import not_a_checkpoint
+
+        raise ValueError(not_a_checkpoint(path, err)) from err
 
 
 def is_reaf_training_checkpoint(ckpt: dict[str, Any]) -> bool:
