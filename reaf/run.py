@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from reaf import dist, train_state
+from reaf import dist, skips, train_state
 from reaf.args import RunSettings, resolve
 from reaf.logger import LOG_FILE, RunLogger, setup_logging, teardown_logging
 from reaf.optim import CosineSchedule, build_optimizer
@@ -78,7 +78,7 @@ class DataPlan:
 
         loader = build_dataloader(self.train, self.spec, self.tokenize, batch_size=self.args.batch_size,
                                   workers=self.args.workers, seed=self.args.seed, train=True,
-                                  sample_unit=self.args.sample_unit, epoch=epoch)
+                                  sample_unit=self.args.sample_unit, epoch=epoch, skip_bad=self.args.skip_bad)
         loader.sampler.set_epoch(epoch)
         return loader
 
@@ -87,7 +87,8 @@ class DataPlan:
         from reaf.data import build_dataloader
 
         return build_dataloader(self.val, self.spec, self.tokenize, batch_size=self.args.batch_size,
-                                workers=self.args.workers, seed=self.args.seed, train=False, num_replicas=1, rank=0)
+                                workers=self.args.workers, seed=self.args.seed, train=False, num_replicas=1, rank=0,
+                                skip_bad=self.args.skip_bad)
 
 
 def build_data(args: argparse.Namespace, settings: RunSettings, model: torch.nn.Module) -> DataPlan:
@@ -147,6 +148,7 @@ class Fit:
     ctx: StepContext
     logger: RunLogger
     config: dict[str, Any]
+    skips: skips.SkipLog  # --skip-bad: volumes dropped from their batch, listed in <run>/skipped.jsonl
 
     def save(self, pos: Position, epoch_file: bool) -> None:
         """Every rank contributes its RNG state; rank 0 writes the checkpoint atomically."""
@@ -172,7 +174,8 @@ class Fit:
             metrics: dict[str, float] = {}
             if do_val:
                 scan_ids = {sample.name: sample.scan_id for sample in data.val.samples}
-                metrics.update(validate(self.model, data.val_loader(), self.ctx, scan_ids))
+                loader = skips.watch(data.val_loader(), self.skips, phase="val", epoch=epoch)
+                metrics.update(validate(self.model, loader, self.ctx, scan_ids))
             if do_zs:
                 metrics.update(self.zero_shot(epoch))
             self.logger.log({**metrics, "epoch": epoch}, step)
@@ -186,7 +189,10 @@ class Fit:
         results = run_evaluation(self.model, self.data.zeroshot, self.data.spec,
                                  results_dir=Path(self.settings.run_dir) / "zeroshot" / f"epoch_{epoch}",
                                  batch_size=self.args.batch_size, workers=self.args.workers, device=self.env.device,
-                                 template=self.args.zeroshot_template, seed=self.args.seed)
+                                 template=self.args.zeroshot_template, seed=self.args.seed,
+                                 skip_bad=self.args.skip_bad)
+        self.skips.record([(s["name"], s["cause"]) for s in results["data"]["skipped"]], phase="zeroshot",
+                          epoch=epoch)
         return {k if k.startswith("zeroshot/") else f"zeroshot/{k}": v for k, v in summary_scalars(results).items()}
 
     def run(self, pos: Position, rng: dict[str, Any] | None, steps_per_epoch: int) -> Position:
@@ -207,6 +213,8 @@ class Fit:
             if rng is not None:
                 train_state.restore_rng(rng, self.env.device)  # mid-epoch: the iterator existed when saved
                 rng = None
+            if args.skip_bad:
+                batches = skips.equalize(batches, self.skips, epoch=epoch, device=self.env.device)
             pos = train_one_epoch(self.ctx, batches, pos, steps_per_epoch=steps_per_epoch, logger=self.logger,
                                   log_every=args.log_every_n_steps, on_step=on_step)
             pos = Position(epoch + 1, 0, pos.step)
@@ -268,7 +276,8 @@ def _build(args: argparse.Namespace, env: dist.DistEnv) -> tuple[Fit, Position, 
         write_json(config, run_dir / CONFIG_FILE)
     logger = RunLogger(run_dir, settings.report_to, project=args.wandb_project_name, name=settings.name,
                        config=config, enabled=env.is_main)
-    return Fit(args, env, settings, model, data, ctx, logger, config), pos, rng, steps_per_epoch
+    skip_log = skips.SkipLog(run_dir / skips.SKIPPED_FILE)
+    return Fit(args, env, settings, model, data, ctx, logger, config, skip_log), pos, rng, steps_per_epoch
 
 
 def train_main(args: argparse.Namespace) -> Path:
@@ -282,6 +291,8 @@ def train_main(args: argparse.Namespace) -> Path:
         else:
             log.info("training from epoch %d, step %d (%d steps per epoch)", pos.epoch, pos.step, steps_per_epoch)
             fit.run(pos, rng, steps_per_epoch)
+        if fit.skips.count:
+            log.warning("--skip-bad: %d volume(s) skipped, listed in %s", fit.skips.count, fit.skips.path)
         return Path(fit.settings.run_dir)
     except Exception as err:
         log.error("training stopped: %s: %s", type(err).__name__, err, exc_info=True)
