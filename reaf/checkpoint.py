@@ -32,7 +32,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def not_a_checkpoint(path: str | Path, err: BaseException) -> str:
     """The message for a file torch.load cannot read: which file, that it is no checkpoint, torch's first line."""
-    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+    # torch's weights-only refusal opens with advice; its "Unsupported operand/global" line says what it met
+    first = next((line for line in lines if "Unsupported" in line), lines[0])[:160]
     size = Path(path).stat().st_size if Path(path).is_file() else 0
     return (f"checkpoint {path} is not a readable PyTorch checkpoint (damaged, truncated or another kind of file; "
             f"{size} bytes; torch.load: {type(err).__name__}: {first})")

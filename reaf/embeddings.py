@@ -271,6 +271,9 @@ def load_embeddings(path: Path) -> dict[str, Any]:
     for name in ("image", "text", "labels"):
         if payload.get(name) is not None:
             payload[name] = payload[name].float().numpy()
+    for name in ("image", "text"):  # a NaN row would otherwise just never be found (or always be)
+        if payload.get(name) is not None:
+            require_finite(payload[name], f"{path}: {name} embeddings", payload.get("names"))
     return payload
 
 

@@ -295,7 +295,8 @@ def train_main(args: argparse.Namespace) -> Path:
             log.warning("--skip-bad: %d volume(s) skipped, listed in %s", fit.skips.count, fit.skips.path)
         return Path(fit.settings.run_dir)
     except Exception as err:
-        log.error("training stopped: %s: %s", type(err).__name__, err, exc_info=True)
+        if logging.getLogger().hasHandlers():  # the run log (traceback in the file only); else main.py's one line
+            log.error("training stopped: %s: %s", type(err).__name__, err, exc_info=True)
         raise
     finally:
         if fit is not None:
