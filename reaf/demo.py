@@ -13,6 +13,8 @@ import json
 import time
 from pathlib import Path
 
+from reaf.embeddings import atomic_write_text
+
 INPUT_INFO = ["-1150", "350", "resize"]  # the synthetic chests are resized whole to the small model's input
 
 
@@ -161,7 +163,7 @@ def plain_config(model: str, out: Path) -> Path:
 
     cfg = load_model_config(model, fusion_saliency=False).to_dict()
     path = out / "plain_hierarchy.json"
-    path.write_text(json.dumps(cfg, indent=2))
+    atomic_write_text(path, json.dumps(cfg, indent=2))
     return path
 
 
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         results = evaluate(checkpoint, cache, out / "results" / name, args.workers, explain=name == "reaf")
         summary[name] = {**headline(results), "checkpoint": str(checkpoint)}
     summary["seconds"] = round(time.time() - start, 1)
-    (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "demo_summary.json", json.dumps(summary, indent=2))
     stage("demo summary")
     for name, row in summary.items():
         if isinstance(row, dict):

@@ -219,8 +219,10 @@ class Fit:
                                   log_every=args.log_every_n_steps, on_step=on_step)
             pos = Position(epoch + 1, 0, pos.step)
             last = epoch + 1 == args.epochs
-            self.save(pos, epoch_file=last or bool(args.save_frequency and (epoch + 1) % args.save_frequency == 0))
+            # evaluate first: a run killed during evaluation resumes before this epoch's end and evaluates again,
+            # instead of resuming past an evaluation that never finished (evaluation leaves the RNG as it was)
             self.evaluate(epoch + 1, pos.step)
+            self.save(pos, epoch_file=last or bool(args.save_frequency and (epoch + 1) % args.save_frequency == 0))
         return pos
 
 

@@ -167,8 +167,15 @@ def restore_training(ckpt: dict[str, Any], model: nn.Module, optimizer: torch.op
         raise ValueError("--resume: the checkpoint's optimiser covers other trainable parameters than this model "
                          "(different --lock-text or model config?); use --load-checkpoint to load weights only")
     optimizer.load_state_dict(ckpt["optimizer"])
+    saved = ckpt.get("config", {}).get("run", {}).get("precision", "unknown")
     if ckpt.get("scaler") and scaler.is_enabled():
         scaler.load_state_dict(ckpt["scaler"])
+    elif ckpt.get("scaler"):
+        log.warning("--resume: the checkpoint was trained with precision %s and its fp16 loss-scaler state; this run "
+                    "has no loss scaler (fp32/bf16), so that state is dropped", saved)
+    elif scaler.is_enabled():
+        log.warning("--resume: the checkpoint was trained with precision %s (no loss-scaler state); this run uses "
+                    "fp16, so the loss scaler starts from its initial scale", saved)
     return Position(epoch=int(ckpt["epoch"]), batches_done=int(ckpt.get("batches_done", 0)), step=int(ckpt["step"]))
 
 
