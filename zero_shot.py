@@ -61,6 +61,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         help="also draw the saliency picture of volume NAME (repeatable)",
     )
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out (count, log, list in results.json) samples or volume files that cannot be used",
+    )
     p.add_argument("--no-plots", dest="plots", action="store_false", help="skip the ROC/AUC/recall PNGs")
     return p.parse_args(argv)
 
@@ -83,7 +88,12 @@ def read_labelled_split(args: argparse.Namespace):
         if source is None:
             raise SystemExit(f"no test/valid split found under --data-root {args.data_root}")
     return read_split(
-        source, data_root=args.data_root, fmt=args.input_data_type, report_root=args.report_root, require_labels=True
+        source,
+        data_root=args.data_root,
+        fmt=args.input_data_type,
+        report_root=args.report_root,
+        require_labels=True,
+        skip_bad=args.skip_bad,
     )
 
 
@@ -123,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         n_boot=args.bootstrap,
         plots=args.plots,
+        skip_bad=args.skip_bad,
     )
     explain(model, split, spec, args.explain, Path(args.results_dir), args.device)
     print(summary_table(results))
@@ -131,4 +142,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from reaf.cli import run_cli
+
+    sys.exit(run_cli("zero_shot.py", main))

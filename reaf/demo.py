@@ -14,6 +14,8 @@ import logging
 import time
 from pathlib import Path
 
+from reaf import atomic
+
 INPUT_INFO = ("-1150", "350", "resize")  # the synthetic chests are resized whole to the small model's input
 
 
@@ -62,7 +64,7 @@ def make_data(args: argparse.Namespace, out: Path) -> Path:
                          "again")  # fmt: skip
     else:
         generate(raw, seed=args.seed, num_train=args.num_train, num_valid=args.num_valid, workers=args.workers)
-        marker.write_text(json.dumps(wanted))
+        atomic.write_text(marker, json.dumps(wanted))
     stage("2/4 preprocess into the fast cache")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")  # as the CLI sets it
     for split in ("train", "valid"):  # resumable: finished files are verified and skipped
@@ -145,7 +147,7 @@ def plain_config(model: str, out: Path) -> Path:
 
     cfg = load_model_config(model, fusion_saliency=False).to_dict()
     path = out / "plain_hierarchy.json"
-    path.write_text(json.dumps(cfg, indent=2))
+    atomic.write_text(path, json.dumps(cfg, indent=2))
     return path
 
 
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         results = evaluate(checkpoint, cache, out / "results" / name, args.workers, explain=name == "reaf")
         summary[name] = {**headline(results), "checkpoint": str(checkpoint)}
     summary["seconds"] = round(time.time() - start, 1)
-    (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
+    atomic.write_text(out / "demo_summary.json", json.dumps(summary, indent=2))
     stage("demo summary")
     for name, row in summary.items():
         if isinstance(row, dict):
@@ -179,4 +181,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from reaf.cli import run_cli
+
+    raise SystemExit(run_cli("python -m reaf.demo", main))

@@ -160,3 +160,13 @@ def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
     t = t.detach().clone()
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t / world_size()
+
+
+def min_over_ranks(values: list[int], device: torch.device | str = "cpu") -> list[int]:
+    """The element-wise minimum of small integer lists over all ranks (`device` must suit the backend: a GPU
+    for NCCL). The list itself for a single process."""
+    if not is_distributed():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.long, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t.tolist()

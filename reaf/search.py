@@ -75,6 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     store = load_embeddings(Path(args.embeddings))
+    if args.volume is not None and args.volume not in store["names"]:
+        raise KeyError(f"{args.embeddings}: volume {args.volume!r} is not in it (it holds {len(store['names'])} volumes)")
     if args.volume is not None:
         print(f"reports nearest volume {args.volume} ({len(set(store['reports']))} distinct reports):")
         for rank, (report, score, owners) in enumerate(search_reports(store, args.volume, args.k), start=1):
@@ -93,4 +95,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from reaf.cli import run_cli
+
+    sys.exit(run_cli("python -m reaf.search", main))

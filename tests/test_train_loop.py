@@ -14,9 +14,8 @@ from reaf.training.optim import CosineSchedule, build_optimizer, param_groups
 from reaf.training.state import capture_rng, reference_optimizer_names, restore_rng, skip_batches
 from reaf.training.step import NonFiniteLossError, StepContext, train_step
 
-# the team's shared reference facts, next to the checkout (absent on a plain clone: those tests skip)
-SHARED = next((p / "shared" / "reference" for p in Path(__file__).resolve().parents
-               if (p / "shared" / "reference").is_dir()), Path("shared/reference"))
+# the reference's key and optimizer-index lists, copied into the repository (tests/data/README.md says from where)
+SHARED = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +77,6 @@ def test_unlocked_bert_position_embeddings_are_not_decayed():
 
 def test_reference_optimizer_index_map_is_derived_from_the_state_dict():
     keys, index_map = SHARED / "reaf_checkpoint_keys.tsv", SHARED / "reaf_optimizer_index_map.tsv"
-    if not (keys.is_file() and index_map.is_file()):
-        pytest.skip(f"reference lists not found under {SHARED}")
     with keys.open() as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     shapes = {r["key"]: [] if r["shape"] == "scalar" else [int(s) for s in r["shape"].split("x")] for r in rows}

@@ -104,7 +104,9 @@ def read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, float], tuple[float
     stored = np.ndarray(shape, dtype, buffer=raw, offset=offset, order="F")
     slope, inter = hdr.get_slope_inter()
     scale = (1.0 if slope is None else float(slope), 0.0 if inter is None else float(inter))
-    zooms = tuple(float(z) for z in hdr.get_zooms()[:3])
+    # pixdim as stored: nibabel's header check quietly turns a zero spacing into 1 mm (abs() is its fix for < 0)
+    stored_pixdim = type(hdr).from_fileobj(io.BytesIO(raw), check=False)["pixdim"][1:4]
+    zooms = tuple(abs(float(z)) for z in stored_pixdim)
     return stored.transpose(2, 1, 0), scale, zooms[::-1]
 
 
@@ -127,6 +129,9 @@ def _spacing(meta: VolumeMeta | None, header_zyx: tuple[float, float, float], pa
     if csv is not None:
         DECISIONS["spacing from metadata CSV"] += 1
         return csv
+    if min(header_zyx) <= 0 or not np.isfinite(header_zyx).all():
+        raise ValueError(f"NIfTI header pixdim gives voxel spacing {header_zyx} mm (z, y, x), not all positive, and "
+                         "no metadata CSV spacing is given")
     DECISIONS["spacing from NIfTI header pixdim (no CSV spacing)"] += 1
     log.debug("%s: no metadata spacing, using header pixdim (z, y, x) %s mm", path, header_zyx)
     return header_zyx
@@ -183,6 +188,7 @@ def _load_stage2(path: Path, spec: InputSpec, meta: VolumeMeta | None) -> torch.
     if not isinstance(x, torch.Tensor) or x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"stage2 file must hold a float32/float16 tensor, got {getattr(x, 'dtype', type(x))}")
     _check_shape(path, tuple(x.shape), spec)
+    T.check_finite(x)
     return x.to(torch.float32)
 
 
@@ -272,4 +278,7 @@ def load_volume(path: Path, fmt: str, spec: InputSpec, meta: VolumeMeta | None =
     except VolumeError:
         raise
     except Exception as e:  # any failure to read or interpret a file is that file's fault: name it and the cause
-        raise VolumeError(f"{path}: {describe_error(e)}") from e
+        cause = describe_error(e)
+        if not str(e).strip():  # e.g. torch.load's bare EOFError on an empty or cut file
+            cause += f"file ended early ({path.stat().st_size} bytes: empty or truncated)"
+        raise VolumeError(f"{path}: {cause}") from e

@@ -20,10 +20,11 @@ SAMPLE_UNITS = ("volume", "scan")
 class VolumeDataset(Dataset):
     """Item i of a split -> {"image": (1, D, H, W) float32, "report": str, "name": str,
     "labels": (18,) float32, NaN when the split has no labels}. A volume that fails to load raises VolumeError
-    naming its file; no other sample is ever substituted."""
+    naming its file; with skip_bad it gives {"name", "skipped": cause} instead, which TokenizingCollate drops from
+    the batch and lists under "skipped". No other sample is ever substituted."""
 
-    def __init__(self, split: SplitData, spec: InputSpec) -> None:
-        self.split, self.spec = split, spec
+    def __init__(self, split: SplitData, spec: InputSpec, skip_bad: bool = False) -> None:
+        self.split, self.spec, self.skip_bad = split, spec, skip_bad
 
     def __len__(self) -> int:
         return len(self.split.samples)
@@ -33,10 +34,11 @@ class VolumeDataset(Dataset):
         path = volume_file(self.split.root, sample.rel, self.split.fmt)
         try:
             image = load_volume(path, self.split.fmt, self.spec, sample.meta)
-        except VolumeError:
-            raise
-        except Exception as e:  # anything else a reader throws still names the file
-            raise VolumeError(f"{path}: cannot load ({type(e).__name__}: {e})") from e
+        except Exception as e:  # anything a reader throws names the file (VolumeError already does)
+            error = e if isinstance(e, VolumeError) else VolumeError(f"{path}: cannot load ({type(e).__name__}: {e})")
+            if not self.skip_bad:
+                raise error from e
+            return {"name": sample.name, "skipped": str(error)}
         if sample.labels is None:
             labels = torch.full((len(CLASSES),), float("nan"))
         else:
@@ -46,12 +48,20 @@ class VolumeDataset(Dataset):
 
 class TokenizingCollate:
     """Items -> {"image": (B, 1, D, H, W) float32, "input_ids": (B, L) long, "attention_mask": (B, L) long,
-    "name": list[str], "report": list[str], "labels": (B, 18) float32}; tokenize(list[str]) -> (ids, mask)."""
+    "name": list[str], "report": list[str], "labels": (B, 18) float32, "skipped": [(name, cause)]};
+    tokenize(list[str]) -> (ids, mask). Items VolumeDataset skipped (skip_bad) are left out, so B may be smaller
+    than the batch size, or 0 (then every tensor is empty and "name" is [])."""
 
     def __init__(self, tokenize) -> None:
         self.tokenize = tokenize
 
     def __call__(self, items: list[dict]) -> dict:
+        skipped = [(item["name"], item["skipped"]) for item in items if "skipped" in item]
+        items = [item for item in items if "skipped" not in item]
+        if not items:
+            empty = torch.zeros(0, dtype=torch.long)
+            return {"image": torch.zeros(0), "input_ids": empty, "attention_mask": empty, "name": [], "report": [],
+                    "labels": torch.zeros(0, len(CLASSES)), "skipped": skipped}
         reports = [item["report"] for item in items]
         input_ids, attention_mask = self.tokenize(reports)
         return {
@@ -61,6 +71,7 @@ class TokenizingCollate:
             "name": [item["name"] for item in items],
             "report": reports,
             "labels": torch.stack([item["labels"] for item in items]),
+            "skipped": skipped,
         }
 
 
@@ -146,10 +157,12 @@ def build_dataloader(
     drop_last: bool | None = None,
     num_replicas: int | None = None,
     rank: int | None = None,
+    skip_bad: bool = False,
 ) -> DataLoader:
     """A loader of TokenizingCollate batches over `split`, sharded by UnitSampler over the distributed ranks
     (num_replicas/rank override them). Deterministic given seed and epoch; the caller calls
-    loader.sampler.set_epoch(epoch) before each later epoch. drop_last defaults to `train`."""
+    loader.sampler.set_epoch(epoch) before each later epoch. drop_last defaults to `train`. skip_bad: unreadable
+    volumes are dropped from their batch and listed in its "skipped" (see reaf.data.skips), else they raise."""
     drop_last = train if drop_last is None else drop_last
     if num_replicas is None:
         num_replicas, rank = _world()
@@ -166,7 +179,7 @@ def build_dataloader(
     if drop_last and len(sampler) < batch_size:
         raise ValueError(f"{split.source}: {len(sampler)} samples per rank < batch size {batch_size} with drop_last")
     return DataLoader(
-        VolumeDataset(split, spec),
+        VolumeDataset(split, spec, skip_bad),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,

@@ -83,6 +83,10 @@ def _niftis(folder: Path) -> dict[str, Path]:
 def find_jobs(settings: PreprocessSettings) -> tuple[Path, list[Job]]:
     """(source root, jobs sorted by relative path); layout A prefers <split>_fixed copies and reads the metadata CSV."""
     out = Path(settings.out)
+    given = settings.data_root or settings.ct_rate_root
+    if not Path(given).is_dir():
+        flag = "--data-root" if settings.data_root else "--ct-rate-root"
+        raise FileNotFoundError(f"{flag} {given}: no such folder")
     if settings.data_root:
         root = Path(settings.data_root)
         found, metas, meta_csv = _niftis(root / settings.split / "volumes"), None, None

@@ -52,7 +52,8 @@ class Sample:
 
 @dataclass
 class SplitData:
-    """The checked samples of one split; `skipped` lists (name, reason) dropped under skip_bad."""
+    """The checked samples of one split; `skipped` lists (name, reason) dropped under skip_bad; `unlisted` counts
+    the volume files found that the split's table (labels CSV, else metadata, else reports) does not list."""
 
     samples: list[Sample]
     root: Path
@@ -60,6 +61,7 @@ class SplitData:
     has_labels: bool
     source: str
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    unlisted: int = 0
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -88,6 +90,7 @@ class _Tables:
     labels_path: Path | None = None
     metas: dict[str, dict] | None = None
     meta_path: Path | None = None
+    unlisted: int = 0  # volume files found that the names table does not list (set by _build_samples)
 
 
 def read_split(source: str | Path, *, data_root: str | Path | None = None, fmt: str, report_root: str | None = None,
@@ -116,9 +119,10 @@ def read_split(source: str | Path, *, data_root: str | Path | None = None, fmt: 
     if not samples:
         raise ReaderError(f"{src}: no usable samples ({len(problems.skipped)} skipped)")
     level = logging.WARNING if problems.skipped else logging.INFO
-    log.log(level, "%s: %d samples, %d skipped, volumes under %s", src, len(samples), len(problems.skipped),
-            tables.root)
-    return SplitData(samples, tables.root, fmt, tables.labels is not None, str(src), problems.skipped)
+    log.log(level, "%s: %d samples, %d skipped, %d volume file(s) not listed, volumes under %s", src, len(samples),
+            len(problems.skipped), tables.unlisted, tables.root)
+    return SplitData(samples, tables.root, fmt, tables.labels is not None, str(src), problems.skipped,
+                     tables.unlisted)
 
 
 def find_splits(data_root: str | Path) -> dict[str, str | None]:
@@ -270,9 +274,11 @@ def _build_samples(t: _Tables, problems: Problems) -> list[Sample]:
         except ReaderError as e:
             problems.bad(name, str(e))
     listed = set(t.names)
-    for name, rel in t.files.items():
-        if name not in listed and name not in problems.names:
-            problems.bad(name, f"{t.root / (rel + t.suffix)}: volume file has no row in {t.names_path}")
+    unlisted = sorted((name for name in t.files if name not in listed), key=natural_key)
+    if unlisted:  # the table defines the split (a cleaned subset CSV is a normal thing): count, do not refuse
+        log.info("%s defines the split: %d volume file(s) under %s that it does not list are left out, e.g. %s",
+                 t.names_path, len(unlisted), t.root, unlisted[:3])
+    t.unlisted = len(unlisted)
     return sorted(samples, key=lambda s: natural_key(s.name))
 
 

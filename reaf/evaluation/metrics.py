@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from reaf.finite import require_finite
+
 DEFAULT_BOOTSTRAP = 1000
 CTCLIP_GRID = np.linspace(0.0, 1.0, 100)  # fVLM/CT-CLIP `find_threshold`: 100 candidate cut points, positive if p > t
 
@@ -39,10 +41,12 @@ def weighted_auroc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray |
     """AUROC of binary `labels` (N,) vs `scores` (N,) under per-row sample weights (B, N) -> (B,); NaN if degenerate.
 
     With integer weights this is the AUC of the data set in which volume j appears weights[b, j] times, so
-    bootstrap counts give the resampled AUC exactly; ties in score count one half.
+    bootstrap counts give the resampled AUC exactly; ties in score count one half. Non-finite scores raise
+    NonFiniteError (NaN would otherwise sort as its own top group and move the AUC).
     """
     labels = np.asarray(labels).astype(bool)
     scores = np.asarray(scores, dtype=np.float64)
+    require_finite(scores, "AUROC scores")
     w = np.ones((1, len(scores))) if weights is None else np.atleast_2d(np.asarray(weights, dtype=np.float64))
     order = np.argsort(scores, kind="stable")
     sorted_scores = scores[order]
@@ -175,6 +179,7 @@ def classification_subsets(
     labels, probs = np.asarray(labels, dtype=np.float64), np.asarray(probs, dtype=np.float64)
     if labels.shape != probs.shape or labels.shape[1] != len(classes):
         raise ValueError(f"labels {labels.shape} and probs {probs.shape} must both be (N, {len(classes)})")
+    require_finite(probs, "zero-shot probabilities")
     counts = bootstrap_counts(len(labels), n_boot, seed)
     per_class = {name: class_metrics(labels[:, c], probs[:, c], counts) for c, name in enumerate(classes)}
     resampled = {name: entry.pop("_resampled_auc", None) for name, entry in per_class.items()}

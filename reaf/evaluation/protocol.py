@@ -107,13 +107,15 @@ def run_evaluation(
     seed: int = 0,
     n_boot: int = metrics.DEFAULT_BOOTSTRAP,
     plots: bool = True,
+    skip_bad: bool = False,
 ) -> dict[str, Any]:
     """Zero-shot classification (18 and 16 classes) + retrieval on `split`; writes every output to results_dir.
 
     Called by zero_shot.py and by training every --zeroshot-frequency epochs, on one process (the loader must
     cover the whole split). `checkpoint` (a file path) is hashed into results.json and keys the reuse of
     results_dir/embeddings.pt; without it the embeddings are always recomputed. The model's train/eval mode is
-    restored on return. Returns the results.json dict.
+    restored on return. skip_bad: unreadable volumes are left out and listed in results["data"]["skipped"].
+    Returns the results.json dict.
     """
     inner, results_dir = unwrap(model), Path(results_dir)
     was_training = inner.training
@@ -122,7 +124,8 @@ def run_evaluation(
         fingerprint = file_fingerprint(checkpoint) if checkpoint is not None else None
         data = data_description(split, spec)
         start = time.perf_counter()
-        loader_args = {"batch_size": batch_size, "workers": workers, "device": device, "seed": seed}
+        loader_args = {"batch_size": batch_size, "workers": workers, "device": device, "seed": seed,
+                       "skip_bad": skip_bad}
         encoded, reused = encoded_split(
             inner, split, spec, results_dir=results_dir, checkpoint=fingerprint, data=data, **loader_args
         )
@@ -160,6 +163,7 @@ def assemble_results(
             "N": len(encoded["names"]),
             "N_scans": len(set(encoded["scan_ids"])),
             "has_labels": labels is not None,
+            "skipped": encoded.get("skipped", []),
             "report_text": REPORT_TEXT,
         },
         "logit_scale": encoded["logit_scale"],

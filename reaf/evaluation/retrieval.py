@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from reaf.finite import require_finite
+
 RECALL_KS = (1, 5, 10, 50, 100)
 MAP_KS = (5, 10, 50)
 CHUNK = 1024  # queries scored at a time, so memory stays (CHUNK, G) for any pool size
@@ -22,15 +24,17 @@ DEFINITIONS = {
 }
 
 
-def normalize(x: np.ndarray) -> np.ndarray:
-    """Rows of `x` (N, E) scaled to unit L2 norm (float32)."""
+def normalize(x: np.ndarray, what: str = "embeddings") -> np.ndarray:
+    """Rows of `x` (N, E) scaled to unit L2 norm (float32); NonFiniteError when `x` holds NaN/inf (a NaN
+    similarity would otherwise never be "greater" than the target's and give its query rank 1)."""
     x = np.asarray(x, dtype=np.float32)
+    require_finite(x, what)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def target_ranks(queries: np.ndarray, gallery: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """1-based rank of gallery item `targets[q]` for each query: queries (Q, E), gallery (G, E) -> (Q,) int64."""
-    queries, gallery = normalize(queries), normalize(gallery)
+    queries, gallery = normalize(queries, "retrieval queries"), normalize(gallery, "retrieval gallery")
     targets = np.asarray(targets, dtype=np.int64)
     positions = np.arange(len(gallery))
     ranks = np.empty(len(queries), dtype=np.int64)
@@ -128,6 +132,8 @@ def retrieval_metrics(
     image/text (N, E) paired by row; labels (N, C) or None (MAP is then skipped). Returns (metrics, ranks) with
     metrics[pool][direction] = rank_summary(...) and metrics[pool]["volume_to_volume"] = volume_map(...).
     """
+    require_finite(image, "image embeddings", names)
+    require_finite(text, "text embeddings", names)
     metrics: dict = {}
     ranks: dict = {}
     for pool, idx in pool_indices(scan_ids, names).items():

@@ -20,12 +20,25 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... for a foreign or cut file
+        raise ValueError(not_a_checkpoint(path, err)) from err
     if not isinstance(obj, dict):
         raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict")
     return obj
+
+
+def not_a_checkpoint(path: str | Path, err: BaseException) -> str:
+    """The message for a file torch.load cannot read: which file, that it is no checkpoint, torch's first line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+    # torch's weights-only refusal opens with advice; its "Unsupported operand/global" line says what it met
+    first = next((line for line in lines if "Unsupported" in line), lines[0])[:160]
+    size = Path(path).stat().st_size if Path(path).is_file() else 0
+    return (f"checkpoint {path} is not a readable PyTorch checkpoint (damaged, truncated or another kind of file; "
+            f"{size} bytes; torch.load: {type(err).__name__}: {first})")
 
 
 def is_reference_format(obj: dict[str, Any]) -> bool:

@@ -239,4 +239,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from reaf.cli import run_cli
+
+    sys.exit(run_cli("python -m reaf.synthetic", main))

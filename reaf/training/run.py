@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from reaf import atomic, dist
+from reaf.data import skips
 from reaf.training import state as train_state
 from reaf.training.flags import TrainFlags
 from reaf.training.optim import CosineSchedule, build_optimizer, warmup_steps
@@ -65,6 +66,7 @@ class RunData:
     workers: int
     seed: int
     sample_unit: str
+    skip_bad: bool
     _loaders: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def loader(self, epoch: int) -> Any:
@@ -74,7 +76,7 @@ class RunData:
         if "train" not in self._loaders:
             self._loaders["train"] = build_dataloader(
                 self.train, self.spec, self.tokenize, batch_size=self.batch_size, workers=self.workers,
-                seed=self.seed, train=True, sample_unit=self.sample_unit, epoch=epoch)
+                seed=self.seed, train=True, sample_unit=self.sample_unit, epoch=epoch, skip_bad=self.skip_bad)
         loader = self._loaders["train"]
         loader.sampler.set_epoch(epoch)
         return loader
@@ -86,7 +88,7 @@ class RunData:
         if "val" not in self._loaders:
             self._loaders["val"] = build_dataloader(
                 self.val, self.spec, self.tokenize, batch_size=self.batch_size, workers=self.workers,
-                seed=self.seed, train=False, num_replicas=1, rank=0)
+                seed=self.seed, train=False, num_replicas=1, rank=0, skip_bad=self.skip_bad)
         return self._loaders["val"]
 
 
@@ -105,7 +107,7 @@ def build_data(args: TrainFlags, settings: RunSettings, model: torch.nn.Module) 
     zeroshot = read(settings.zeroshot_data, labels=True) if args.zeroshot_frequency else None
     val = read(settings.val_data) if args.val_frequency else None
     return RunData(spec, model.tokenize, read(settings.train_data), val, zeroshot, batch_size=args.batch_size,
-                   workers=args.workers, seed=args.seed, sample_unit=args.sample_unit)
+                   workers=args.workers, seed=args.seed, sample_unit=args.sample_unit, skip_bad=args.skip_bad)
 
 
 def run_config(args: TrainFlags, settings: RunSettings, model: torch.nn.Module) -> dict[str, Any]:
@@ -148,6 +150,7 @@ class TrainingRun:
     ctx: StepContext
     logger: RunLogger
     config: dict[str, Any]
+    skips: skips.SkipLog  # --skip-bad: volumes dropped from their batch, listed in <run>/skipped.jsonl
 
     def save(self, pos: Position, epoch_file: bool) -> None:
         """Every rank contributes its RNG state; rank 0 writes the checkpoint atomically."""
@@ -173,7 +176,8 @@ class TrainingRun:
             metrics: dict[str, float] = {}
             if do_val:
                 scan_ids = {sample.name: sample.scan_id for sample in data.val.samples}
-                metrics.update(validate(self.model, data.val_loader(), self.ctx, scan_ids))
+                loader = skips.watch(data.val_loader(), self.skips, phase="val", epoch=epoch)
+                metrics.update(validate(self.model, loader, self.ctx, scan_ids))
             if do_zs:
                 metrics.update(self.zero_shot(epoch))
             self.logger.log({**metrics, "epoch": epoch}, step)
@@ -187,7 +191,10 @@ class TrainingRun:
         results = run_evaluation(self.model, self.data.zeroshot, self.data.spec,
                                  results_dir=Path(self.settings.run_dir) / "zeroshot" / f"epoch_{epoch}",
                                  batch_size=self.args.batch_size, workers=self.args.workers, device=self.env.device,
-                                 template=self.args.zeroshot_template, seed=self.args.seed)
+                                 template=self.args.zeroshot_template, seed=self.args.seed,
+                                 skip_bad=self.args.skip_bad)
+        self.skips.record([(s["name"], s["cause"]) for s in results["data"]["skipped"]], phase="zeroshot",
+                          epoch=epoch)
         return {k if k.startswith("zeroshot/") else f"zeroshot/{k}": v for k, v in summary_scalars(results).items()}
 
     def train_epochs(self, pos: Position, rng: dict[str, Any] | None, steps_per_epoch: int) -> Position:
@@ -208,12 +215,16 @@ class TrainingRun:
             if rng is not None:
                 train_state.restore_rng(rng, self.env.device)  # mid-epoch: the iterator existed when saved
                 rng = None
+            if args.skip_bad:
+                batches = skips.equalize(batches, self.skips, epoch=epoch, device=self.env.device)
             pos = train_one_epoch(self.ctx, batches, pos, steps_per_epoch=steps_per_epoch, logger=self.logger,
                                   log_every=args.log_every_n_steps, on_step=on_step)
             pos = Position(epoch + 1, 0, pos.step)
             last = epoch + 1 == args.epochs
-            self.save(pos, epoch_file=last or bool(args.save_frequency and (epoch + 1) % args.save_frequency == 0))
+            # evaluate first: a run killed during evaluation resumes before this epoch's end and evaluates again,
+            # instead of resuming past an evaluation that never finished (evaluation leaves the RNG as it was)
             self.evaluate(epoch + 1, pos.step)
+            self.save(pos, epoch_file=last or bool(args.save_frequency and (epoch + 1) % args.save_frequency == 0))
         return pos
 
 
@@ -272,7 +283,8 @@ def _build(args: TrainFlags, env: dist.DistEnv) -> tuple[TrainingRun, Position, 
         atomic.write_json(config, run_dir / CONFIG_FILE, indent=2, default=str)
     logger = RunLogger(run_dir, settings.report_to, project=args.wandb_project_name, name=settings.name,
                        config=config, enabled=env.is_main)
-    return TrainingRun(args, env, settings, model, data, ctx, logger, config), pos, rng, steps_per_epoch
+    skip_log = skips.SkipLog(run_dir / skips.SKIPPED_FILE)
+    return TrainingRun(args, env, settings, model, data, ctx, logger, config, skip_log), pos, rng, steps_per_epoch
 
 
 def train_main(args: TrainFlags) -> Path:
@@ -286,9 +298,12 @@ def train_main(args: TrainFlags) -> Path:
         else:
             log.info("training from epoch %d, step %d (%d steps per epoch)", pos.epoch, pos.step, steps_per_epoch)
             fit.train_epochs(pos, rng, steps_per_epoch)
+        if fit.skips.count:
+            log.warning("--skip-bad: %d volume(s) skipped, listed in %s", fit.skips.count, fit.skips.path)
         return Path(fit.settings.run_dir)
     except Exception as err:
-        log.error("training stopped: %s: %s", type(err).__name__, err, exc_info=True)
+        if logging.getLogger().hasHandlers():  # the run log (traceback in the file only); else main.py's one line
+            log.error("training stopped: %s: %s", type(err).__name__, err, exc_info=True)
         raise
     finally:
         if fit is not None:

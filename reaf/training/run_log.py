@@ -22,6 +22,18 @@ class _TqdmHandler(logging.StreamHandler):
         tqdm.write(self.format(record), file=sys.stderr)
 
 
+class _BriefFormatter(logging.Formatter):
+    """The console's formatter: tracebacks stay in the log file (REAF_DEBUG=1 shows them here too)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text
+        record.exc_info, record.exc_text = None, None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_info, record.exc_text = saved
+
+
 def setup_logging(log_file: Path | None, is_main: bool) -> None:
     """Root logging: INFO to the console and `log_file` on rank 0, warnings only on other ranks. Replaces the
     handlers of an earlier call only (an in-process caller keeps its own)."""
@@ -32,8 +44,11 @@ def setup_logging(log_file: Path | None, is_main: bool) -> None:
     if log_file is not None and is_main:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, mode="a"))
+    from reaf.cli import debug_enabled
+
     for handler in handlers:
-        handler.setFormatter(logging.Formatter(_FORMAT))
+        brief = isinstance(handler, _TqdmHandler) and not debug_enabled()
+        handler.setFormatter((_BriefFormatter if brief else logging.Formatter)(_FORMAT))
         handler.reaf_run = True  # type: ignore[attr-defined]
         root.addHandler(handler)
 

@@ -106,7 +106,12 @@ def load_file(path: Path, mmap: bool = False) -> dict[str, Any]:
     """torch.load a checkpoint on the CPU with weights_only=True (mmap for big foreign files read once)."""
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # a foreign or cut file: say so, naming it
+        from reaf.model.checkpoint import not_a_checkpoint
+
+        raise ValueError(not_a_checkpoint(path, err)) from err
 
 
 def is_reaf_training_checkpoint(ckpt: dict[str, Any]) -> bool:
@@ -137,8 +142,15 @@ def restore_training(ckpt: dict[str, Any], model: nn.Module, optimizer: torch.op
         raise ValueError("--resume: the checkpoint's optimiser covers other trainable parameters than this model "
                          "(different --lock-text or model config?); use --load-checkpoint to load weights only")
     optimizer.load_state_dict(ckpt["optimizer"])
+    saved = ckpt.get("config", {}).get("run", {}).get("precision", "unknown")
     if ckpt.get("scaler") and scaler.is_enabled():
         scaler.load_state_dict(ckpt["scaler"])
+    elif ckpt.get("scaler"):
+        log.warning("--resume: the checkpoint was trained with precision %s and its fp16 loss-scaler state; this run "
+                    "has no loss scaler (fp32/bf16), so that state is dropped", saved)
+    elif scaler.is_enabled():
+        log.warning("--resume: the checkpoint was trained with precision %s (no loss-scaler state); this run uses "
+                    "fp16, so the loss scaler starts from its initial scale", saved)
     return Position(epoch=int(ckpt["epoch"]), batches_done=int(ckpt.get("batches_done", 0)), step=int(ckpt["step"]))
 
 

@@ -142,7 +142,11 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[Batch], pos: Position, *
         micro.append(to_device(batch, ctx.device))
         if len(micro) < ctx.accum_freq:
             continue
-        loss, lr = train_step(ctx, micro, pos.step)
+        live = [b for b in micro if b["name"]]  # --skip-bad can empty a batch (on every rank alike, reaf.data.skips)
+        if not live:
+            pos, micro = Position(pos.epoch, pos.batches_done + len(micro), pos.step), []
+            continue
+        loss, lr = train_step(ctx, live, pos.step)
         pos = Position(pos.epoch, pos.batches_done + len(micro), pos.step + 1)
         samples = world * sum(len(b["name"]) for b in micro)
         elapsed, tic = time.perf_counter() - tic, time.perf_counter()

@@ -1,0 +1,59 @@
+"""Durability of an epoch's end: its evaluation runs before its checkpoint is final (a kill during evaluation
+resumes into the epoch and evaluates again), and a precision change on resume is logged, not silent."""
+
+import json
+import logging
+
+import pytest
+import torch
+from test_train_support import make_dataset, train_argv
+
+import main as cli
+from reaf import create_model, train_state
+from reaf.training.optim import build_optimizer
+from reaf.training.run import Fit
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data"))
+
+
+def test_a_failed_evaluation_leaves_no_checkpoint_past_it_and_resume_evaluates_again(data, tmp_path, monkeypatch):
+    real, calls = Fit.evaluate, []
+
+    def evaluate_once_failing(self, epoch, step):
+        calls.append(epoch)
+        if len(calls) == 1:
+            raise RuntimeError("killed during evaluation")
+        return real(self, epoch, step)
+
+    monkeypatch.setattr(Fit, "evaluate", evaluate_once_failing)
+    flags = ("--epochs", "1", "--batch-size", "2", "--save-every-n-steps", "1", "--val-frequency", "1")
+    assert cli.main(train_argv(data, tmp_path, "run", *flags)) == 1
+    latest = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=True)
+    assert (latest["epoch"], latest["step"]) == (0, 3)  # the last mid-epoch save, not the epoch's end
+    assert not (tmp_path / "run" / "checkpoints" / "epoch_1.pt").exists()
+    assert cli.main(train_argv(data, tmp_path, "run", *flags, "--resume", "latest")) == 0
+    assert calls == [1, 1]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows if "val/loss" in row] == [4]
+    final = torch.load(tmp_path / "run" / "checkpoints" / "epoch_1.pt", weights_only=True)
+    assert (final["epoch"], final["step"]) == (1, 4)
+
+
+@pytest.mark.parametrize("saved_fp16", [True, False])
+def test_a_precision_change_on_resume_is_logged(caplog, saved_fp16):
+    torch.manual_seed(0)
+    model = create_model("tiny")
+    optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.98), eps=1e-6)
+    saved = torch.amp.GradScaler("cpu", enabled=saved_fp16)
+    payload = train_state.checkpoint_payload(model, optimizer, saved, train_state.Position(1, 0, 4), name="x",
+                                             config={"run": {"precision": "fp16" if saved_fp16 else "fp32"}},
+                                             rng=[], sampler={})  # fmt: skip
+    now = torch.amp.GradScaler("cpu", enabled=not saved_fp16)
+    with caplog.at_level(logging.WARNING, logger="reaf.training.state"):
+        train_state.restore_training(payload, model, optimizer, now)
+    text = caplog.text
+    assert ("state is dropped" if saved_fp16 else "starts from its initial scale") in text
+    assert ("precision fp16" if saved_fp16 else "precision fp32") in text
