@@ -30,8 +30,11 @@ def test_demo_diagnostics_runs_every_learner(tmp_path):
     for key in ("mean_auc_positive_prompt_only", "mean_auc_negative_prompt_only"):
         assert 0.0 <= results["clip_label_image"][key] <= 1.0
     saliency = results["reaf_cls"]["saliency"]
+    # the demo's enhancer scale starts at zero (configs/demo.json): nothing is added at init (3 warm-up steps barely
+    # move it, so after training it may still round to 0)
+    assert saliency["at_init"]["fusion_add_norm"] == 0.0 and saliency["after_training"]["fusion_add_norm"] >= 0
     for when in ("at_init", "after_training"):
-        assert saliency[when]["cls_norm"] >= 0 and saliency[when]["fusion_add_norm"] > 0
+        assert saliency[when]["cls_norm"] >= 0
         for level in ("scan", "slice"):
             row = saliency[when][level]
             # demo grid 4x6x6 in regions of 2x3x3: 8 regions, top_k 2 kept -> a quarter of the tokens
