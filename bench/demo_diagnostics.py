@@ -128,8 +128,7 @@ def saliency_summary(trunk, x: torch.Tensor) -> dict:
     with torch.no_grad():
         for i in range(0, len(x), 50):
             last, outputs = trunk.run_blocks(trunk.embed(x[i : i + 50]))
-            pooled = trunk.pooled_levels(outputs)
-            added = trunk.fusion_layer(torch.cat([pooled["scan"], pooled["slice"]], dim=-1))
+            added = trunk.added_vector(outputs)
             cls_norm.append(last[:, 0].norm(dim=-1))
             add_norm.append(added.norm(dim=-1))
             for level, outs in outputs.items():

@@ -9,9 +9,10 @@ import torch
 from test_train_support import make_dataset, train_argv
 
 import main as cli
-from reaf import create_model, train_state
+from reaf import create_model
+from reaf.training import state as train_state
 from reaf.training.optim import build_optimizer
-from reaf.training.run import Fit
+from reaf.training.run import TrainingRun
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def data(tmp_path_factory):
 
 
 def test_a_failed_evaluation_leaves_no_checkpoint_past_it_and_resume_evaluates_again(data, tmp_path, monkeypatch):
-    real, calls = Fit.evaluate, []
+    real, calls = TrainingRun.evaluate, []
 
     def evaluate_once_failing(self, epoch, step):
         calls.append(epoch)
@@ -28,7 +29,7 @@ def test_a_failed_evaluation_leaves_no_checkpoint_past_it_and_resume_evaluates_a
             raise RuntimeError("killed during evaluation")
         return real(self, epoch, step)
 
-    monkeypatch.setattr(Fit, "evaluate", evaluate_once_failing)
+    monkeypatch.setattr(TrainingRun, "evaluate", evaluate_once_failing)
     flags = ("--epochs", "1", "--batch-size", "2", "--save-every-n-steps", "1", "--val-frequency", "1")
     assert cli.main(train_argv(data, tmp_path, "run", *flags)) == 1
     latest = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=True)

@@ -32,8 +32,8 @@ from test_readers_bad import (
 
 from reaf import create_model
 from reaf.cli import one_line, run_cli
-from reaf.data import TokenizingCollate, VolumeDataset
 from reaf.data.formats import FORMATS, InputSpec, VolumeError, VolumeMeta, load_volume, save_cache
+from reaf.data.loader import TokenizingCollate, VolumeDataset
 from reaf.data.readers import ReaderError, Sample, SplitData, read_split
 from reaf.evaluation.encoding import save_embeddings
 from reaf.model.config import config_from_dict, load_model_config
@@ -294,7 +294,7 @@ CLI_CASES = [
      lambda f, d: ["--embeddings", str(f), "--volume", "v1"], "image embeddings: 1 non-finite value(s) (NaN/inf) in 1 row(s), e.g. ['v2']"),
     ("search-unknown-volume", "python -m reaf.search", "reaf.search", good_embeddings,
      lambda f, d: ["--embeddings", str(f), "--volume", "v9"], "volume 'v9' is not in it"),
-    ("synthetic-out-is-a-file", "python -m reaf.synthetic", "reaf.synthetic", text_file,
+    ("synthetic-out-is-a-file", "python -m reaf.synthetic", "reaf.synthetic.dataset", text_file,
      lambda f, d: ["--out", str(f), "--num-train", "2", "--num-valid", "2"], "Not a directory"),
     ("demo-out-is-a-file", "python -m reaf.demo", "reaf.demo", text_file,
      lambda f, d: ["--out", str(f)], "File exists"),

@@ -12,6 +12,7 @@ from typing import Any
 # reaf/configs: a link to the repository's configs/ in a checkout, the JSON files themselves in an installed wheel
 CONFIG_DIR = Path(str(resources.files("reaf") / "configs"))
 FUSION_METHODS = ("weighted_mean", "mean", "max", "inverse_weighted_mean", "learned")
+SALIENCY_NORMS = ("raw", "mean")
 
 
 @dataclass
@@ -32,6 +33,10 @@ class VisionConfig:
     suppression: float = 0.1
     temperature: float = 1.0
     reference_compat: bool = False
+    # Options past the paper (their defaults are the reference's math and add no state-dict keys):
+    saliency_norm: str = "raw"  # "mean": token norms divided by the volume's mean patch norm before / temperature
+    pool_norm: bool = False  # a parameter-free LayerNorm on each pooled vector before fusion_layer
+    fusion_scale_init: float | None = None  # a learnable per-channel scale on the added vector, starting here
     fusion_saliency: bool = (
         True  # False: the plain scan/slice hierarchy (or a plain ViT when every block is scan level)
     )
@@ -46,6 +51,8 @@ class VisionConfig:
                 raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
         if self.width % 6:
             raise ValueError(f"width {self.width} must be divisible by 6 for the 3-D sin-cos position embedding")
+        if self.saliency_norm not in SALIENCY_NORMS:
+            raise ValueError(f"saliency_norm {self.saliency_norm!r} is not one of {SALIENCY_NORMS}")
         if self.fusion_method not in FUSION_METHODS:
             raise ValueError(f"fusion_method {self.fusion_method!r} is not one of {FUSION_METHODS}")
         bad = [i for i in self.scan_blocks if not 0 <= i < self.depth]

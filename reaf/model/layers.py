@@ -98,15 +98,29 @@ class RegionalSaliency(nn.Module):
     Token saliency s = ||F||_2 of the fused map; region scores are sums of s over `region` sub-blocks; tokens outside
     the k best regions have their saliency multiplied by `suppression`; softmax(s / temperature) over 1+N tokens
     weights the last block's output into one (B, C) vector.
+
+    `norm="mean"` divides s by the volume's mean patch saliency first, so the weights no longer depend on the scale
+    of the features (with raw norms, a randomly initialised trunk's norms of ~10 make softmax(s / 1) near one-hot).
+    The kept regions do not change: region sums rank the same under a positive per-volume factor.
     """
 
     def __init__(
-        self, grid: Grid, region: Grid, top_k: int, suppression: float, temperature: float, reference_compat: bool
+        self,
+        grid: Grid,
+        region: Grid,
+        top_k: int,
+        suppression: float,
+        temperature: float,
+        reference_compat: bool,
+        norm: str = "raw",
     ) -> None:
         super().__init__()
+        if norm not in ("raw", "mean"):
+            raise ValueError(f"saliency norm {norm!r} is not 'raw' or 'mean'")
         self.grid, self.region = grid, region
         self.top_k, self.suppression, self.temperature = top_k, suppression, temperature
         self.reference_compat = reference_compat
+        self.norm = norm
         if top_k > math.prod(self.region_grid):
             raise ValueError(f"top_k={top_k} exceeds the {math.prod(self.region_grid)} regions of grid {grid}")
 
@@ -138,6 +152,8 @@ class RegionalSaliency(nn.Module):
         """fused (B, 1+N, C) -> softmax weights (B, 1+N) and the keep mask (B, d, h, w)."""
         b = fused.shape[0]
         norms = fused.float().norm(dim=-1)  # (B, 1+N)
+        if self.norm == "mean":
+            norms = norms / norms[:, 1:].mean(dim=1, keepdim=True).clamp_min(1e-12)
         patch = norms[:, 1:].reshape(b, *self.grid)
         keep = self.keep_mask(patch)
         scaled = torch.where(keep, patch, patch * self.suppression).reshape(b, -1)

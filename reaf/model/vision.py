@@ -54,10 +54,19 @@ class VolumeEncoder(nn.Module):
                 {lvl: LayerFusion(self.levels.count(lvl), cfg.fusion_method) for lvl in ("scan", "slice")}
             )
             self.saliency = RegionalSaliency(
-                self.grid, cfg.region_size, cfg.top_k, cfg.suppression, cfg.temperature, cfg.reference_compat
+                self.grid,
+                cfg.region_size,
+                cfg.top_k,
+                cfg.suppression,
+                cfg.temperature,
+                cfg.reference_compat,
+                norm=cfg.saliency_norm,
             )
             # created after the timm-style init, as in the reference: PyTorch's default Linear init
             self.fusion_layer = nn.Linear(2 * c, c)
+            # LayerScale on the added vector: at 0 the model starts as the plain hierarchy and learns how much to add
+            if cfg.fusion_scale_init is not None:
+                self.fusion_scale = nn.Parameter(torch.full((c,), float(cfg.fusion_scale_init)))
 
     def _init_weights(self) -> None:
         nn.init.normal_(self.cls_token, std=1e-6)
@@ -118,9 +127,15 @@ class VolumeEncoder(nn.Module):
         last, outputs = self.run_blocks(self.embed(volume))
         if not self.cfg.fusion_saliency:
             return self.norm(last)[:, 0]
+        return self.norm(last + self.added_vector(outputs)[:, None, :])[:, 0]
+
+    def added_vector(self, outputs: dict[str, list[Tensor]]) -> Tensor:
+        """Each level's block outputs -> the (B, C) vector the enhancer adds to every token before the final norm."""
         pooled = self.pooled_levels(outputs)
+        if self.cfg.pool_norm:  # parameter-free: no state-dict keys, the pooled vectors enter at unit scale
+            pooled = {lvl: F.layer_norm(v, v.shape[-1:], eps=1e-6) for lvl, v in pooled.items()}
         fused = self.fusion_layer(torch.cat([pooled["scan"], pooled["slice"]], dim=-1))
-        return self.norm(last + fused[:, None, :])[:, 0]
+        return fused * self.fusion_scale if self.cfg.fusion_scale_init is not None else fused
 
     @torch.no_grad()
     def saliency_masks(self, volume: Tensor) -> dict[str, Tensor]:

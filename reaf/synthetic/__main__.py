@@ -1,5 +1,8 @@
 """`python -m reaf.synthetic`: write the synthetic CT-RATE dataset (reaf/synthetic/dataset.py)."""
 
+import sys
+
+from reaf.cli import run_cli
 from reaf.synthetic.dataset import main
 
-main()
+sys.exit(run_cli("python -m reaf.synthetic", main))

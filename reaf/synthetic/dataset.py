@@ -237,10 +237,3 @@ def main(argv: list[str] | None = None) -> dict:
           f"scans, {s['bytes'] / 1e6:.1f} MB, {s['seconds']:.1f} s, seed {s['seed']} -> {s['root']}")  # fmt: skip
     return s
 
-
-if __name__ == "__main__":
-    import sys
-
-    from reaf.cli import run_cli
-
-    sys.exit(run_cli("python -m reaf.synthetic", main))

@@ -69,14 +69,18 @@ def _pericardial_effusion(rng, a):
 
 
 def _coronary_calcification(rng, a):
+    # Calcified segments running along the heart surface (tram-track plaques, 25-40 mm long): single plaques of a
+    # few mm vanish at the demo's ~9x4x4 mm voxels.
     names = ["left anterior descending", "circumflex", "right coronary"]
     count = int(rng.integers(2, 5))
     shapes = []
     for _ in range(count):
         d = np.array([rng.uniform(-1, 1), rng.uniform(0.2, 1), rng.uniform(-0.3, 0.8)])
         d /= np.linalg.norm(d)
-        p = tuple(c + r * q for c, r, q in zip(a.heart_centre, a.heart_size, d))
-        shapes.append(Ellipsoid(900.0, centre=p, radii=(4.0, 4.0, 5.0)))
+        tangent = np.cross(d, rng.normal(size=3))
+        tangent *= rng.uniform(12, 20) / np.linalg.norm(tangent)
+        p = np.array([c + (r + 1.0) * q for c, r, q in zip(a.heart_centre, a.heart_size, d)])
+        shapes.append(Capsule(900.0, p0=tuple(p - tangent), p1=tuple(p + tangent), radius=2.5))
     artery = names[int(rng.integers(3))]
     return Finding(size="a few" if count < 4 else "extensive", detail={"artery": artery}, shapes=tuple(shapes))
 

@@ -46,11 +46,12 @@ def atelectasis(rng: np.random.Generator, a: Anatomy) -> Finding:
 
 
 def lung_nodule(rng: np.random.Generator, a: Anatomy) -> Finding:
-    """One or two round soft-tissue (30 HU) balls of 10-20 mm diameter."""
+    """One or two round soft-tissue (30 HU) balls of 16-28 mm diameter (under the 30 mm of a mass): at the demo's
+    ~9x4x4 mm voxels a smaller nodule changes no 8x16x16-voxel token by more than a few HU on average."""
     count = 1 + int(rng.random() < 0.35)
     sides = [["r", "l"][int(rng.integers(2))] for _ in range(count)]
     zone = _zone(rng, (0.45, 0.3, 0.25))
-    radii = rng.uniform(5, 10, count)
+    radii = rng.uniform(8, 14, count)
     shapes = []
     for s, r in zip(sides, radii):
         p = lung_point(rng, a, s, zone, r + 2)
@@ -74,17 +75,17 @@ def lung_opacity(rng: np.random.Generator, a: Anatomy) -> Finding:
 
 
 def fibrotic_sequela(rng: np.random.Generator, a: Anatomy) -> Finding:
-    """Reticular dense streaks: 3-5 soft-tissue (20 HU) rods of 4-5 mm diameter, 24-40 mm long."""
+    """Reticular dense streaks: 5-8 soft-tissue (20 HU) rods of 5-7 mm diameter, 24-40 mm long, in one cluster."""
     side, sides = draw_sides(rng, 0.3)
     zone = _zone(rng, (0.6, 0.3, 0.1))
     shapes = []
     for s in sides:
         centre = np.array(lung_point(rng, a, s, zone, 10.0))
-        for _ in range(int(rng.integers(3, 6))):
+        for _ in range(int(rng.integers(5, 9))):
             d = rng.normal(size=3) * np.array([1.0, 1.0, 0.4])
             d *= rng.uniform(12, 20) / np.linalg.norm(d)
             mid = centre + rng.uniform(-8, 8, 3)
-            shapes.append(Capsule(20.0, p0=tuple(mid - d), p1=tuple(mid + d), radius=rng.uniform(2.0, 2.6),
+            shapes.append(Capsule(20.0, p0=tuple(mid - d), p1=tuple(mid + d), radius=rng.uniform(2.5, 3.5),
                                   within=f"lung_{s}"))  # fmt: skip
     return Finding(side=side, size="", lobe=zone, shapes=tuple(shapes))
 

@@ -228,23 +228,6 @@ class TrainingRun:
         return pos
 
 
-def restore(args: TrainFlags, env: dist.DistEnv, resume: Path, resumed: dict[str, Any],
-            model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-            scaler: torch.amp.GradScaler) -> tuple[Position, dict | None]:
-    """Restore a --resume checkpoint: our format fully (RNG when the world size matches), the reference's via
-    `restore_reference`. Returns the position (batches to skip in the current geometry) and this rank's RNG."""
-    if not train_state.is_reaf_training_checkpoint(resumed):
-        return train_state.restore_reference(resume, resumed, model, optimizer), None
-    pos = train_state.restore_training(resumed, model, optimizer, scaler)
-    skip = train_state.batches_to_skip(resumed, args.batch_size, env.world_size)
-    states = resumed["rng"]
-    if len(states) != env.world_size:
-        log.warning("resuming %d saved ranks on %d ranks: RNG streams restart from the seed", len(states),
-                    env.world_size)
-    rng = states[env.rank] if len(states) == env.world_size else None
-    return Position(pos.epoch, skip, pos.step), rng
-
-
 def _build(args: TrainFlags, env: dist.DistEnv) -> tuple[TrainingRun, Position, dict | None, int]:
     train_state.seed_everything(args.seed + env.rank)
     resume = locate_resume(args)
@@ -266,7 +249,8 @@ def _build(args: TrainFlags, env: dist.DistEnv) -> tuple[TrainingRun, Position, 
     scaler = torch.amp.GradScaler(env.device.type, enabled=settings.precision == "fp16")
     pos, rng = Position(), None
     if resumed is not None:
-        pos, rng = restore(args, env, resume, resumed, model, optimizer, scaler)
+        pos, rng = train_state.restore_run(resume, resumed, model, optimizer, scaler, batch_size=args.batch_size,
+                                           world_size=env.world_size, rank=env.rank)
     steps_per_epoch = len(data.loader(0)) // args.accum_freq
     if steps_per_epoch == 0:
         raise ValueError(f"the training split gives fewer than {args.accum_freq} batch(es) of "

@@ -221,3 +221,19 @@ def restore_reference(path: Path, ckpt: dict[str, Any], model: nn.Module, optimi
     optimizer.load_state_dict({"state": state, "param_groups": groups})
     steps = [int(s["step"]) for s in state.values() if "step" in s]
     return Position(epoch=int(ckpt.get("epoch", 0)), batches_done=0, step=max(steps, default=0))
+
+
+def restore_run(resume: Path, resumed: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                scaler: torch.amp.GradScaler, *, batch_size: int, world_size: int,
+                rank: int) -> tuple[Position, dict | None]:
+    """Restore a --resume checkpoint: our format fully (RNG when the world size matches), the reference's via
+    `restore_reference`. Returns the position (batches to skip in the current geometry) and this rank's RNG."""
+    if not is_reaf_training_checkpoint(resumed):
+        return restore_reference(resume, resumed, model, optimizer), None
+    pos = restore_training(resumed, model, optimizer, scaler)
+    skip = batches_to_skip(resumed, batch_size, world_size)
+    states = resumed["rng"]
+    if len(states) != world_size:
+        log.warning("resuming %d saved ranks on %d ranks: RNG streams restart from the seed", len(states), world_size)
+    rng = states[rank] if len(states) == world_size else None
+    return Position(pos.epoch, skip, pos.step), rng
