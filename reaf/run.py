@@ -44,6 +44,7 @@ def model_overrides(args: argparse.Namespace, resumed: dict[str, Any] | None) ->
 def build_model(args: argparse.Namespace, resumed: dict[str, Any] | None, device: torch.device) -> torch.nn.Module:
     """create_model from --model and the overrides, then --vision-init, --load-checkpoint, grad checkpointing."""
     from reaf import create_model, load_checkpoint
+    from reaf.config import config_from_dict
 
     bert = args.cxr_bert_path if args.use_cxr_bert is not False else None
     model = create_model(args.model, cxr_bert_path=bert, **model_overrides(args, resumed))
@@ -54,7 +55,8 @@ def build_model(args: argparse.Namespace, resumed: dict[str, Any] | None, device
     if args.load_checkpoint:
         load_checkpoint(model, args.load_checkpoint)
         log.info("loaded weights from %s", args.load_checkpoint)
-    if resumed is not None and resumed["config"]["model"] != model.cfg.to_dict():
+    # compared after loading, so that a checkpoint written before a config field existed gets its default
+    if resumed is not None and config_from_dict(resumed["config"]["model"]).to_dict() != model.cfg.to_dict():
         raise ValueError(f"--resume: the checkpoint's model config {resumed['config']['model']} differs from "
                          f"this run's {model.cfg.to_dict()}; use --load-checkpoint to start from its weights")
     model.set_grad_checkpointing(args.grad_checkpointing)
@@ -78,7 +80,8 @@ class DataPlan:
 
         loader = build_dataloader(self.train, self.spec, self.tokenize, batch_size=self.args.batch_size,
                                   workers=self.args.workers, seed=self.args.seed, train=True,
-                                  sample_unit=self.args.sample_unit, epoch=epoch)
+                                  sample_unit=self.args.sample_unit, epoch=epoch,
+                                  text_sampling=self.args.text_sampling)
         loader.sampler.set_epoch(epoch)
         return loader
 
