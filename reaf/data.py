@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from reaf.readers import CLASSES, SplitData
+from reaf.text_sampling import sample_text
 from reaf.volume import InputSpec, VolumeError, load_volume, volume_file
 
 __all__ = ["SAMPLE_UNITS", "TokenizingCollate", "UnitSampler", "VolumeDataset", "build_dataloader", "seed_worker"]
@@ -18,12 +19,17 @@ SAMPLE_UNITS = ("volume", "scan")
 
 
 class VolumeDataset(Dataset):
-    """Item i of a split -> {"image": (1, D, H, W) float32, "report": str, "name": str,
-    "labels": (18,) float32, NaN when the split has no labels}. A volume that fails to load raises VolumeError
-    naming its file; no other sample is ever substituted."""
+    """Item i of a split -> {"image": (1, D, H, W) float32, "report": str, "text": str, "name": str,
+    "labels": (18,) float32, NaN when the split has no labels}. "text" is the text to encode: the report, or with
+    text_sampling 'sentence'/'both' (training) one drawn from (seed, epoch, i) by reaf.text_sampling. A volume that
+    fails to load raises VolumeError naming its file; no other sample is ever substituted."""
 
-    def __init__(self, split: SplitData, spec: InputSpec) -> None:
+    def __init__(
+        self, split: SplitData, spec: InputSpec, text_sampling: str = "report", seed: int = 0, epoch: int = 0
+    ) -> None:
         self.split, self.spec = split, spec
+        self.text_sampling, self.seed, self.epoch = text_sampling, seed, epoch
+        sample_text("", text_sampling, seed=seed, epoch=epoch, index=0)  # an unknown mode fails here, not in a worker
 
     def __len__(self) -> int:
         return len(self.split.samples)
@@ -41,19 +47,21 @@ class VolumeDataset(Dataset):
             labels = torch.full((len(CLASSES),), float("nan"))
         else:
             labels = torch.as_tensor(sample.labels, dtype=torch.float32)
-        return {"image": image, "report": sample.report, "name": sample.name, "labels": labels}
+        text = sample_text(sample.report, self.text_sampling, seed=self.seed, epoch=self.epoch, index=index)
+        return {"image": image, "report": sample.report, "text": text, "name": sample.name, "labels": labels}
 
 
 class TokenizingCollate:
     """Items -> {"image": (B, 1, D, H, W) float32, "input_ids": (B, L) long, "attention_mask": (B, L) long,
-    "name": list[str], "report": list[str], "labels": (B, 18) float32}; tokenize(list[str]) -> (ids, mask)."""
+    "name": list[str], "report": list[str], "labels": (B, 18) float32}; tokenize(list[str]) -> (ids, mask) is applied
+    to each item's "text" (its report unless text sampling chose a sentence)."""
 
     def __init__(self, tokenize) -> None:
         self.tokenize = tokenize
 
     def __call__(self, items: list[dict]) -> dict:
         reports = [item["report"] for item in items]
-        input_ids, attention_mask = self.tokenize(reports)
+        input_ids, attention_mask = self.tokenize([item.get("text", item["report"]) for item in items])
         return {
             "image": torch.stack([item["image"] for item in items]),
             "input_ids": input_ids.long(),
@@ -147,10 +155,14 @@ def build_dataloader(
     drop_last: bool | None = None,
     num_replicas: int | None = None,
     rank: int | None = None,
+    text_sampling: str = "report",
 ) -> DataLoader:
     """A loader of TokenizingCollate batches over `split`, sharded by UnitSampler over the distributed ranks
     (num_replicas/rank override them). Deterministic given seed and epoch; the caller calls
-    loader.sampler.set_epoch(epoch) before each later epoch. drop_last defaults to `train`."""
+    loader.sampler.set_epoch(epoch) before each later epoch. drop_last defaults to `train`. text_sampling
+    (training only) draws each sample's text from (seed, `epoch`, index): build one loader per epoch for it."""
+    if text_sampling != "report" and not train:
+        raise ValueError(f"text sampling {text_sampling!r} is for training; evaluation encodes the whole report")
     drop_last = train if drop_last is None else drop_last
     if num_replicas is None:
         num_replicas, rank = _world()
@@ -167,7 +179,7 @@ def build_dataloader(
     if drop_last and len(sampler) < batch_size:
         raise ValueError(f"{split.source}: {len(sampler)} samples per rank < batch size {batch_size} with drop_last")
     return DataLoader(
-        VolumeDataset(split, spec),
+        VolumeDataset(split, spec, text_sampling, seed, epoch),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
