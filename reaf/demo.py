@@ -28,6 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=50, help="warm-up steps")
     p.add_argument("--workers", type=int, default=2, help="processes for generation, preprocessing and loading")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--text-sampling", default="sentence", choices=("report", "sentence", "both"),
+                   help="main.py's --text-sampling (bench/text_side.py measures each with the demo's text tower)")
     p.add_argument(
         "--ablation",
         action=argparse.BooleanOptionalAction,
@@ -95,7 +97,7 @@ def train(args: argparse.Namespace, cache: Path, out: Path, name: str, model: st
              "--warmup", str(args.warmup), "--workers", str(args.workers), "--precision", "fp32",
              "--device", "cpu", "--val-frequency", "0", "--zeroshot-frequency", "0", "--report-to", "none",
              "--logs", str(out / "runs"), "--name", name, "--seed", str(args.seed), "--resume", "latest",
-             "--save-frequency", "0"]  # fmt: skip
+             "--save-frequency", "0", "--text-sampling", args.text_sampling]  # fmt: skip
     run_dir = train_main(train_args(flags))
     return run_dir / "checkpoints" / "latest.pt"
 

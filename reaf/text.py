@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoTokenizer, BertConfig, BertModel, BertTokenizer
+from transformers.utils import logging as hf_logging
 
 from reaf.config import TextConfig
 
@@ -96,7 +97,15 @@ def load_pretrained_bert(cfg: TextConfig) -> BertModel:
         raise ValueError(
             f"text.pretrained {cfg.pretrained!r}: the config's (text, {folder / 'config.json'}) values differ: {wrong}"
         )
-    return BertModel.from_pretrained(folder, config=config, add_pooling_layer=False, local_files_only=True)
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # its unused pooler weights are expected: no load report, no progress bar
+    hf_logging.disable_progress_bar()
+    try:
+        return BertModel.from_pretrained(folder, config=config, add_pooling_layer=False, local_files_only=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def build_tokenizer(cfg: TextConfig, bert_path: str | None = None):
