@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", help="write the JSON here instead of bench/results/text_side.json")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
+    info = machine_info()
     train, valid = text_split(args.seed, "train", args.num_train), text_split(args.seed, "valid", args.num_valid)
     demo_cfg = load_model_config("demo")
 
@@ -153,14 +154,15 @@ def main(argv: list[str] | None = None) -> None:
         results[name] = r
         extra = f", BERT {r['text_features_in_training']}" if "text_features_in_training" in r else ""
         print(f"{name:16s} mean AUC {r['mean_auc']:.3f}  R@5 {r['R@5']:.3f}  {r['seconds']:.0f} s{extra}", flush=True)
-    result = {
-        "what": "the demo's text side alone against a perfect image side (a learned label embedding), protocol v1 "
-        "prompt pairs (volume template, 18 classes) on the synthetic validation split",
-        "settings": {**vars(args), "batch_size": BATCH, "lr": 1e-3, "demo_text_config": vars(demo_cfg.text)},
-        "results": results,
-        "machine": machine_info(),
-    }
-    print(f"wrote {write_result('text_side', result, args.out)}")
+        result = {
+            "what": "the demo's text side alone against a perfect image side (a learned label embedding), protocol "
+            "v1 prompt pairs (volume template, 18 classes) on the synthetic validation split",
+            "settings": {**vars(args), "batch_size": BATCH, "lr": 1e-3, "demo_text_config": vars(demo_cfg.text)},
+            "results": results,
+            "machine": dict(info),
+        }
+        path = write_result("text_side", result, args.out)  # after every learner: a long run keeps what it measured
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
