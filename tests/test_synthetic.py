@@ -11,9 +11,9 @@ import torch
 
 from reaf.phantom import LUNG
 from reaf.phantom_findings import CLASSES
+from reaf.prompts import class_prompts
 from reaf.synthetic import generate, main, plan_split, scan_case, synth_volume, write_volume_nifti
 from reaf.synthetic_metadata import METADATA_COLUMNS
-from reaf.prompts import class_prompts
 from reaf.synthetic_reports import GENERIC_NEGATIVE, KEYWORDS, NAMES, NEGATIVE, write_report
 
 CSVS = {
