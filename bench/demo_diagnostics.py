@@ -216,7 +216,9 @@ def clip_with_label_side(
     CLS features computed once; only its projection trains.
     """
     torch.manual_seed(seed)
-    model = create_model("demo", cxr_bert_path=str(pretrained_text) if pretrained_text else None, fusion_saliency=False)
+    # the pretrained learner reads MiniLM's CLS, as it was recorded; the `demo` text tower itself mean-pools
+    extra = {"pooling": "cls", "cxr_bert_path": str(pretrained_text)} if pretrained_text else {}
+    model = create_model("demo", fusion_saliency=False, **extra)
     labels = nn.Linear(len(CLASSES), model.cfg.embed_dim)
 
     def label_features(y):

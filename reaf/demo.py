@@ -31,6 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=50, help="warm-up steps")
     p.add_argument("--workers", type=int, default=2, help="processes for generation, preprocessing and loading")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--text-sampling", default="sentence", choices=("report", "sentence", "both"),
+                   help="main.py's --text-sampling (bench/text_side.py measures each with the demo's text tower)")
     p.add_argument(
         "--ablation",
         action=argparse.BooleanOptionalAction,
@@ -85,7 +87,8 @@ def train(args: argparse.Namespace, cache: Path, out: Path, name: str, model: st
         model=model, data_root=str(cache), input_data_type="cache", input_info=list(INPUT_INFO),
         batch_size=args.batch_size, epochs=args.epochs, lr=args.lr, warmup=args.warmup, workers=args.workers,
         precision="fp32", device="cpu", val_frequency=0, zeroshot_frequency=0, report_to="none",
-        logs=str(out / "runs"), name=name, seed=args.seed, resume="latest", save_frequency=0)
+        logs=str(out / "runs"), name=name, seed=args.seed, resume="latest", save_frequency=0,
+        text_sampling=args.text_sampling)
     run_dir = train_main(flags)
     return run_dir / "checkpoints" / "latest.pt"
 

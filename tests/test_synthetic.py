@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
+from reaf.evaluation.prompts import class_prompts
 from reaf.synthetic.dataset import generate, main, plan_split, scan_case, synth_volume, write_volume_nifti
 from reaf.synthetic.findings import CLASSES
 from reaf.synthetic.metadata import METADATA_COLUMNS
 from reaf.synthetic.phantom import LUNG
-from reaf.synthetic.reports import KEYWORDS, write_report
+from reaf.synthetic.reports import GENERIC_NEGATIVE, KEYWORDS, NAMES, NEGATIVE, write_report
 
 CSVS = {
     "metadata/train_metadata.csv": METADATA_COLUMNS,
@@ -91,6 +92,37 @@ def test_labels_agree_with_report_text(data):
         _check_report(write_report(findings, np.random.default_rng(len(seen)), 1.5), present)
         seen |= present
     assert seen == set(CLASSES)
+
+
+def _negations(cls: str) -> set[str]:
+    """Every sentence that states class `cls` absent."""
+    noun, where = NAMES[cls]
+    fields = {"name": noun, "Name": noun.capitalize(), "where": where}
+    return set(NEGATIVE[cls]) | {t.format(**fields) for t in GENERIC_NEGATIVE}
+
+
+def test_reports_negate_absent_classes_in_their_own_words_never_in_the_prompts_sentences():
+    prompts = [s.lower() for t in ("volume", "organ") for pair in class_prompts(t).values() for s in pair]
+    forms: dict[str, set[str]] = {c: set() for c in CLASSES}
+    words = set()
+    for patient, scan, _ in plan_split(2, "train", 300):
+        _, findings = scan_case(2, patient, scan)
+        present = {f.cls for f in findings}
+        report = write_report(findings, np.random.default_rng(len(words)), 1.5)
+        text = report["Findings_EN"] + " " + report["Impressions_EN"]
+        sentences = set(re.split(r"(?<=\.)\s+", report["Findings_EN"]))
+        for cls in CLASSES:
+            said = sentences & _negations(cls)
+            assert not (said and cls in present), (cls, said)  # a present class is never negated
+            assert len(said) <= 1, said  # nor negated twice
+            forms[cls] |= said
+        assert not any(p in text.lower() for p in prompts), text  # the evaluation's sentences never appear
+        words |= set(re.findall(r"[a-z]+", text.lower()))
+    for cls in CLASSES:
+        assert len(forms[cls]) >= 4, (cls, forms[cls])  # several forms per class ...
+        assert any(NAMES[cls][0] in f.lower() for f in forms[cls]), cls  # ... some with the prompts' name
+        assert any(re.search(r"\bnot\b", f) for f in forms[cls]) and any(f.startswith("No ") for f in forms[cls])
+    assert {"shows", "volume", "pulmonary", "arterial", "atelectatic", "not"} <= words
 
 
 def _tree(root: Path) -> dict[str, bytes]:

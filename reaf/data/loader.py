@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from reaf import dist
 from reaf.data.formats import InputSpec, VolumeError, load_volume, volume_file
 from reaf.data.readers import CLASSES, SplitData
+from reaf.data.text_sampling import sample_text
 
 __all__ = ["SAMPLE_UNITS", "TokenizingCollate", "UnitSampler", "VolumeDataset", "build_dataloader", "seed_worker"]
 
@@ -18,18 +19,24 @@ SAMPLE_UNITS = ("volume", "scan")
 
 
 class VolumeDataset(Dataset):
-    """Item i of a split -> {"image": (1, D, H, W) float32, "report": str, "name": str,
-    "labels": (18,) float32, NaN when the split has no labels}. A volume that fails to load raises VolumeError
-    naming its file; with skip_bad it gives {"name", "skipped": cause} instead, which TokenizingCollate drops from
-    the batch and lists under "skipped". No other sample is ever substituted."""
+    """Item key -> {"image": (1, D, H, W) float32, "report": str, "text": str, "name": str,
+    "labels": (18,) float32, NaN when the split has no labels}. The key is a sample index, or (index, epoch) from a
+    UnitSampler with text sampling on. "text" is the text to encode: the report, or with text_sampling
+    'sentence'/'both' (training) one drawn from (seed, epoch, index) by reaf.data.text_sampling. A volume that fails
+    to load raises VolumeError naming its file; with skip_bad it gives {"name", "skipped": cause} instead, which
+    TokenizingCollate drops from the batch and lists under "skipped". No other sample is ever substituted."""
 
-    def __init__(self, split: SplitData, spec: InputSpec, skip_bad: bool = False) -> None:
+    def __init__(self, split: SplitData, spec: InputSpec, skip_bad: bool = False, text_sampling: str = "report",
+                 seed: int = 0) -> None:
         self.split, self.spec, self.skip_bad = split, spec, skip_bad
+        self.text_sampling, self.seed = text_sampling, seed
+        sample_text("", text_sampling, seed=seed, epoch=0, index=0)  # an unknown mode fails here, not in a worker
 
     def __len__(self) -> int:
         return len(self.split.samples)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
         sample = self.split.samples[index]
         path = volume_file(self.split.root, sample.rel, self.split.fmt)
         try:
@@ -43,14 +50,16 @@ class VolumeDataset(Dataset):
             labels = torch.full((len(CLASSES),), float("nan"))
         else:
             labels = torch.as_tensor(sample.labels, dtype=torch.float32)
-        return {"image": image, "report": sample.report, "name": sample.name, "labels": labels}
+        text = sample_text(sample.report, self.text_sampling, seed=self.seed, epoch=epoch, index=index)
+        return {"image": image, "report": sample.report, "text": text, "name": sample.name, "labels": labels}
 
 
 class TokenizingCollate:
     """Items -> {"image": (B, 1, D, H, W) float32, "input_ids": (B, L) long, "attention_mask": (B, L) long,
     "name": list[str], "report": list[str], "labels": (B, 18) float32, "skipped": [(name, cause)]};
-    tokenize(list[str]) -> (ids, mask). Items VolumeDataset skipped (skip_bad) are left out, so B may be smaller
-    than the batch size, or 0 (then every tensor is empty and "name" is [])."""
+    tokenize(list[str]) -> (ids, mask) is applied to each item's "text" (its report unless text sampling chose a
+    sentence). Items VolumeDataset skipped (skip_bad) are left out, so B may be smaller than the batch size, or 0
+    (then every tensor is empty and "name" is [])."""
 
     def __init__(self, tokenize) -> None:
         self.tokenize = tokenize
@@ -63,7 +72,7 @@ class TokenizingCollate:
             return {"image": torch.zeros(0), "input_ids": empty, "attention_mask": empty, "name": [], "report": [],
                     "labels": torch.zeros(0, len(CLASSES)), "skipped": skipped}
         reports = [item["report"] for item in items]
-        input_ids, attention_mask = self.tokenize(reports)
+        input_ids, attention_mask = self.tokenize([item.get("text", item["report"]) for item in items])
         return {
             "image": torch.stack([item["image"] for item in items]),
             "input_ids": input_ids.long(),
@@ -81,7 +90,8 @@ class UnitSampler(DistributedSampler):
     gives every rank the same count (drop_last truncates the remainder, otherwise the first units are repeated);
     evaluation keeps the split's order and shards it exactly once (ranks may differ by one sample).
     Call set_epoch(epoch) before each epoch for a new order and new reconstructions; skip_next(n) leaves out this
-    rank's first n samples of the next pass only (resuming mid-epoch without loading them)."""
+    rank's first n samples of the next pass only (resuming mid-epoch without loading them). keyed: yield
+    (index, epoch) pairs, so the dataset (in persistent workers too) knows the epoch of each item."""
 
     def __init__(
         self,
@@ -93,6 +103,7 @@ class UnitSampler(DistributedSampler):
         num_replicas: int,
         rank: int,
         drop_last: bool,
+        keyed: bool = False,
     ) -> None:
         if sample_unit not in SAMPLE_UNITS:
             raise ValueError(f"sample_unit must be one of {SAMPLE_UNITS}, got {sample_unit!r}")
@@ -100,7 +111,7 @@ class UnitSampler(DistributedSampler):
             range(len(split)), num_replicas=num_replicas, rank=rank, shuffle=train, seed=seed, drop_last=drop_last
         )
         self.groups = split.scan_groups() if sample_unit == "scan" else [[i] for i in range(len(split))]
-        self.skip = 0
+        self.skip, self.keyed = 0, keyed
 
     def skip_next(self, n: int) -> None:
         self.skip = max(0, n)
@@ -122,7 +133,8 @@ class UnitSampler(DistributedSampler):
         elif self.shuffle and len(units) % world:
             units = units + (units * world)[: world - len(units) % world]
         skip, self.skip = self.skip, 0
-        return iter(units[self.rank :: world][skip:])
+        mine = units[self.rank :: world][skip:]
+        return iter([(i, self.epoch) for i in mine] if self.keyed else mine)
 
     def __len__(self) -> int:
         n, world = len(self.groups), self.num_replicas
@@ -158,11 +170,16 @@ def build_dataloader(
     num_replicas: int | None = None,
     rank: int | None = None,
     skip_bad: bool = False,
+    text_sampling: str = "report",
 ) -> DataLoader:
     """A loader of TokenizingCollate batches over `split`, sharded by UnitSampler over the distributed ranks
     (num_replicas/rank override them). Deterministic given seed and epoch; the caller calls
     loader.sampler.set_epoch(epoch) before each later epoch. drop_last defaults to `train`. skip_bad: unreadable
-    volumes are dropped from their batch and listed in its "skipped" (see reaf.data.skips), else they raise."""
+    volumes are dropped from their batch and listed in its "skipped" (see reaf.data.skips), else they raise.
+    text_sampling (training only): each sample's text is drawn from (seed, epoch, index), the sampler handing the
+    epoch to the dataset with each index, so one loader (and its persistent workers) serves every epoch."""
+    if text_sampling != "report" and not train:
+        raise ValueError(f"text sampling {text_sampling!r} is for training; evaluation encodes the whole report")
     drop_last = train if drop_last is None else drop_last
     if num_replicas is None:
         num_replicas, rank = _world()
@@ -174,12 +191,13 @@ def build_dataloader(
         num_replicas=num_replicas,
         rank=rank or 0,
         drop_last=drop_last,
+        keyed=text_sampling != "report",
     )
     sampler.set_epoch(epoch)
     if drop_last and len(sampler) < batch_size:
         raise ValueError(f"{split.source}: {len(sampler)} samples per rank < batch size {batch_size} with drop_last")
     return DataLoader(
-        VolumeDataset(split, spec, skip_bad),
+        VolumeDataset(split, spec, skip_bad, text_sampling, seed),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,

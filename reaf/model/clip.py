@@ -34,7 +34,7 @@ class ReafCLIP(nn.Module):
         self.text = TextTower(cfg.text, cfg.embed_dim, bert_path)
         self._tokenizer = None  # built on first use: a random-init CXR-BERT tower has no tokenizer files
         if cfg.text.lock:
-            self.text.lock()
+            self.text.lock(whole=cfg.text.lock == "all")
 
     def encode_image(self, volume: Tensor) -> Tensor:
         return self.visual(volume)

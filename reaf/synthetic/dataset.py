@@ -131,8 +131,8 @@ def _render_job(job: VolumeJob) -> int:
     return job.path.stat().st_size
 
 
-def _plan_split_tables(seed: int, split: str, count: int, dataset: Path):
-    """Jobs and the three CSV tables (metadata, reports, labels) of one split."""
+def plan_split_tables(seed: int, split: str, count: int, dataset: Path):
+    """Jobs and the three CSV tables (metadata, reports, labels) of one split; nothing is rendered or written."""
     jobs, meta, reports, labels = [], [], [], []
     cases: dict[str, tuple] = {}
     for patient, scan, name in plan_split(seed, split, count):
@@ -200,7 +200,7 @@ def generate(out_dir: str | Path, seed: int = 0, num_train: int = 240, num_valid
     dataset = Path(out_dir) / "dataset"
     jobs, label_tables, counts = [], [], {}
     for split, count in (("train", num_train), ("valid", num_valid)):
-        split_jobs, (meta, reports, labels) = _plan_split_tables(seed, split, count, dataset)
+        split_jobs, (meta, reports, labels) = plan_split_tables(seed, split, count, dataset)
         prefix, label_prefix = SPLIT_FILES[split]
         _write_csv(meta, dataset / "metadata" / f"{prefix}_metadata.csv")
         _write_csv(reports, dataset / "radiology_text_reports" / f"{prefix}_reports.csv")

@@ -21,6 +21,7 @@ class TrainFlags:
     input_info: list[str]  # HU MIN, MAX and crop|resize, as given
     report_root: str | None
     sample_unit: str
+    text_sampling: str
     skip_bad: bool
     workers: int
     # model

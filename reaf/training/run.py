@@ -35,6 +35,7 @@ def model_overrides(args: TrainFlags, resumed: dict[str, Any] | None) -> dict[st
 def build_model(args: TrainFlags, resumed: dict[str, Any] | None, device: torch.device) -> torch.nn.Module:
     """create_model from --model and the overrides, then --vision-init, --load-checkpoint, grad checkpointing."""
     from reaf import create_model, load_checkpoint
+    from reaf.model.config import config_from_dict
 
     bert = args.cxr_bert_path if args.use_cxr_bert is not False else None
     model = create_model(args.model, cxr_bert_path=bert, **model_overrides(args, resumed))
@@ -45,7 +46,8 @@ def build_model(args: TrainFlags, resumed: dict[str, Any] | None, device: torch.
     if args.load_checkpoint:
         load_checkpoint(model, args.load_checkpoint)
         log.info("loaded weights from %s", args.load_checkpoint)
-    if resumed is not None and resumed["config"]["model"] != model.cfg.to_dict():
+    # compared after loading, so that a checkpoint written before a config field existed gets its default
+    if resumed is not None and config_from_dict(resumed["config"]["model"]).to_dict() != model.cfg.to_dict():
         raise ValueError(f"--resume: the checkpoint's model config {resumed['config']['model']} differs from "
                          f"this run's {model.cfg.to_dict()}; use --load-checkpoint to start from its weights")
     model.set_grad_checkpointing(args.grad_checkpointing)
@@ -67,6 +69,7 @@ class RunData:
     seed: int
     sample_unit: str
     skip_bad: bool
+    text_sampling: str
     _loaders: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def loader(self, epoch: int) -> Any:
@@ -76,7 +79,8 @@ class RunData:
         if "train" not in self._loaders:
             self._loaders["train"] = build_dataloader(
                 self.train, self.spec, self.tokenize, batch_size=self.batch_size, workers=self.workers,
-                seed=self.seed, train=True, sample_unit=self.sample_unit, epoch=epoch, skip_bad=self.skip_bad)
+                seed=self.seed, train=True, sample_unit=self.sample_unit, epoch=epoch, skip_bad=self.skip_bad,
+                text_sampling=self.text_sampling)
         loader = self._loaders["train"]
         loader.sampler.set_epoch(epoch)
         return loader
@@ -107,7 +111,8 @@ def build_data(args: TrainFlags, settings: RunSettings, model: torch.nn.Module) 
     zeroshot = read(settings.zeroshot_data, labels=True) if args.zeroshot_frequency else None
     val = read(settings.val_data) if args.val_frequency else None
     return RunData(spec, model.tokenize, read(settings.train_data), val, zeroshot, batch_size=args.batch_size,
-                   workers=args.workers, seed=args.seed, sample_unit=args.sample_unit, skip_bad=args.skip_bad)
+                   workers=args.workers, seed=args.seed, sample_unit=args.sample_unit, skip_bad=args.skip_bad,
+                   text_sampling=args.text_sampling)
 
 
 def run_config(args: TrainFlags, settings: RunSettings, model: torch.nn.Module) -> dict[str, Any]:

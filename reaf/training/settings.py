@@ -13,6 +13,7 @@ import torch
 from reaf import dist
 from reaf.data.formats import FORMATS, add_input_info_argument
 from reaf.data.loader import SAMPLE_UNITS
+from reaf.data.text_sampling import TEXT_SAMPLINGS
 from reaf.evaluation.prompts import TEMPLATE_MODES as ZEROSHOT_TEMPLATES
 from reaf.model.config import FUSION_METHODS
 from reaf.training.flags import TrainFlags
@@ -33,6 +34,9 @@ def _data(p: argparse.ArgumentParser) -> None:
     g.add_argument("--report-root", help="the reference's report JSON (or folder of them) to take report text from")
     g.add_argument("--sample-unit", default="volume", choices=SAMPLE_UNITS,
                    help="volume: every reconstruction each epoch; scan: one random reconstruction per scan")
+    g.add_argument("--text-sampling", default="report", choices=TEXT_SAMPLINGS,
+                   help="training text per sample (HLIP): the whole report, one of its sentences, or either with "
+                   "probability 1/2; validation and zero-shot always encode the whole report")
     g.add_argument("--skip-bad", action="store_true", help="skip (count and log) unreadable samples instead of failing")
     g.add_argument("--workers", type=int, default=4, help="data loader workers per process")
 

@@ -1,0 +1,58 @@
+"""The training text of each sample (HLIP's text sampling): the whole report, one of its sentences, or either.
+
+Sentences are split robustly enough for real CT-RATE text: section headings ("Findings:", "Impressions:") are
+dropped, decimals ("3.5 mm") and common abbreviations ("e.g.", "approx.") do not end a sentence, a missing space
+after a full stop ("normal.Heart") does, and numbered-list markers are not sentences. The choice is a pure function
+of (seed, epoch, sample index), so it is the same whatever the worker count, and a resumed run draws what the
+uninterrupted run drew.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+TEXT_SAMPLINGS = ("report", "sentence", "both")
+HEADING = re.compile(
+    r"^\s*(findings?|impressions?|conclusions?|clinical information|technique|comparison|history)\s*:\s*",
+    re.IGNORECASE,
+)
+# a sentence ends at . ! ? or ; followed by space or the end, at a full stop glued to a capital, or at a line break
+BOUNDARY = re.compile(r"(?<=[.!?;])\s+|(?<=[a-z)][.!?])(?=[A-Z])|\s*\n+\s*")
+ABBREVIATIONS = ("e.g.", "i.e.", "approx.", "vs.", "cf.", "dr.", "fig.", "nr.", "max.", "min.", "resp.")
+
+
+def split_sentences(report: str) -> list[str]:
+    """Report text -> its sentences, in order, without section headings; [] when it holds no words."""
+    pieces, carry = [], ""
+    for piece in BOUNDARY.split(report):
+        piece = (carry + " " + piece).strip() if carry else piece.strip()
+        carry = ""
+        if piece.lower().endswith(ABBREVIATIONS):
+            carry = piece  # "e.g." does not end a sentence: join the next piece
+            continue
+        pieces.append(piece)
+    if carry:
+        pieces.append(carry)
+    sentences = []
+    for piece in pieces:
+        while HEADING.match(piece):
+            piece = HEADING.sub("", piece, count=1)
+        if re.search(r"[A-Za-z]{2}", piece):  # "1." or "-" alone is a list marker, not a sentence
+            sentences.append(piece)
+    return sentences
+
+
+def sample_text(report: str, mode: str, *, seed: int, epoch: int, index: int) -> str:
+    """The training text of sample `index` in `epoch`: the report (`report`), one of its sentences drawn uniformly
+    (`sentence`), or either with probability 1/2 (`both`). A report without sentences is returned whole."""
+    if mode not in TEXT_SAMPLINGS:
+        raise ValueError(f"text sampling {mode!r} is not one of {TEXT_SAMPLINGS}")
+    if mode == "report":
+        return report
+    rng = np.random.default_rng([seed % 2**32, epoch, index])
+    if mode == "both" and rng.random() < 0.5:
+        return report
+    sentences = split_sentences(report)
+    return sentences[int(rng.integers(len(sentences)))] if sentences else report

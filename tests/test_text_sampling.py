@@ -1,0 +1,68 @@
+"""--text-sampling: robust sentence splitting, draws fixed by (seed, epoch, index), training loaders only."""
+
+import pytest
+from test_data import SPEC, split, tokenize  # noqa: F401  (module fixtures)
+
+from reaf.data.loader import build_dataloader
+from reaf.text_sampling import TEXT_SAMPLINGS, sample_text, split_sentences
+from reaf.training.settings import parse_args
+
+REPORT = "Findings: Trachea is open. A nodule of 3.5 mm, e.g. in the lingula, is seen.Heart is normal.\n1. No effusion."
+
+
+def test_split_sentences_handles_real_report_text():
+    assert split_sentences(REPORT) == [
+        "Trachea is open.",
+        "A nodule of 3.5 mm, e.g. in the lingula, is seen.",
+        "Heart is normal.",
+        "No effusion.",
+    ]
+    assert split_sentences("IMPRESSIONS: Emphysema; no consolidation") == ["Emphysema;", "no consolidation"]
+    assert split_sentences("  \n 1. ") == []
+
+
+def test_sampling_is_a_function_of_seed_epoch_and_index():
+    draws = {(e, i): sample_text(REPORT, "sentence", seed=3, epoch=e, index=i) for e in range(4) for i in range(8)}
+    assert set(draws.values()) == set(split_sentences(REPORT))  # every sentence drawn, nothing else
+    assert draws == {(e, i): sample_text(REPORT, "sentence", seed=3, epoch=e, index=i) for e, i in draws}
+    assert draws != {(e, i): sample_text(REPORT, "sentence", seed=4, epoch=e, index=i) for e, i in draws}
+    both = [sample_text(REPORT, "both", seed=0, epoch=e, index=i) for e in range(10) for i in range(10)]
+    assert 30 < both.count(REPORT) < 70 and all(t == REPORT or t in split_sentences(REPORT) for t in both)
+    assert sample_text(REPORT, "report", seed=0, epoch=0, index=0) == REPORT
+    assert sample_text("...", "sentence", seed=0, epoch=0, index=0) == "..."  # no sentence: the report whole
+    with pytest.raises(ValueError, match="not one of"):
+        sample_text(REPORT, "paragraph", seed=0, epoch=0, index=0)
+
+
+def test_training_loader_samples_sentences_and_evaluation_keeps_reports(split, tokenize):  # noqa: F811
+    def texts(**kw) -> tuple[dict, dict]:
+        """{name: token ids of its text} and {name: its report} over one epoch of a training loader."""
+        loader = build_dataloader(split, SPEC, tokenize, batch_size=2, workers=0, seed=1, train=True, **kw)
+        ids, reports = {}, {}
+        for b in loader:
+            for name, row, mask, report in zip(b["name"], b["input_ids"], b["attention_mask"], b["report"]):
+                ids[name], reports[name] = tuple(row[mask.bool()].tolist()), report
+        return ids, reports
+
+    def token_ids(text: str) -> tuple:
+        row, mask = tokenize([text])
+        return tuple(row[0][mask[0].bool()].tolist())
+
+    sent, reports = texts(text_sampling="sentence", epoch=0)
+    assert sent == texts(text_sampling="sentence", epoch=0)[0]  # deterministic
+    assert sent != texts(text_sampling="sentence", epoch=1)[0]  # a new draw each epoch
+    for name, ids in sent.items():
+        assert ids in {token_ids(s) for s in split_sentences(reports[name])}, reports[name]
+    assert all(s.report == reports[s.name] for s in split.samples if s.name in reports)  # "report" stays whole
+    whole, _ = texts(epoch=0)
+    assert all(ids == token_ids(reports[name]) for name, ids in whole.items())
+    with pytest.raises(ValueError, match="for training"):
+        build_dataloader(split, SPEC, tokenize, batch_size=2, workers=0, seed=0, train=False, text_sampling="both")
+
+
+def test_flag_defaults_to_report_and_rejects_unknown(capsys):
+    assert parse_args(["--data-root", "x"]).text_sampling == "report"
+    assert parse_args(["--data-root", "x", "--text-sampling", "both"]).text_sampling == "both"
+    assert set(TEXT_SAMPLINGS) == {"report", "sentence", "both"}
+    with pytest.raises(SystemExit):
+        parse_args(["--data-root", "x", "--text-sampling", "words"])

