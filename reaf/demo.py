@@ -31,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=50, help="warm-up steps")
     p.add_argument("--workers", type=int, default=2, help="processes for generation, preprocessing and loading")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--text-sampling", default="sentence", choices=("report", "sentence", "both"),
+    p.add_argument("--text-sampling", default="both", choices=("report", "sentence", "both"),
                    help="main.py's --text-sampling (bench/text_side.py measures each with the demo's text tower)")
     p.add_argument(
         "--ablation",
