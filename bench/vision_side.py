@@ -38,13 +38,13 @@ from ct_like import machine_info, write_result  # noqa: E402
 from demo_diagnostics import aucs, load_split, recall_at_5  # noqa: E402
 
 from reaf import create_model  # noqa: E402
-from reaf import transforms as T  # noqa: E402
+from reaf.data import transforms as T  # noqa: E402
 from reaf.data.formats import InputSpec  # noqa: E402
 from reaf.demo import INPUT_INFO, make_data  # noqa: E402
 from reaf.evaluation.prompts import CLASSES  # noqa: E402
 from reaf.model.config import load_model_config  # noqa: E402
 from reaf.model.loss import local_contrastive_loss  # noqa: E402
-from reaf.synthetic import plan_split, synth_volume  # noqa: E402
+from reaf.synthetic.dataset import plan_split, synth_volume  # noqa: E402
 from reaf.training.optim import CosineSchedule  # noqa: E402
 
 # REAF with the enhancer as the reference computes it

@@ -148,3 +148,35 @@ def test_drop_last_needs_a_full_batch(split, tokenize):
     with pytest.raises(ValueError, match="batch size"):
         build_dataloader(split, SPEC, tokenize, batch_size=7, workers=0, seed=0, train=True)
     assert np.isclose(len(build_dataloader(split, SPEC, tokenize, batch_size=7, workers=0, seed=0, train=False)), 1)
+
+
+def test_keep_in_memory_reads_each_file_once(split, tokenize, monkeypatch):
+    import reaf.data.loader as loader_module
+
+    reads = []
+    real = loader_module.load_volume
+    monkeypatch.setattr(loader_module, "load_volume", lambda path, *a: reads.append(path) or real(path, *a))
+    loader = build_dataloader(split, SPEC, tokenize, batch_size=2, workers=0, seed=0, train=True,
+                              keep_in_memory=True)
+    first = {name: img for b in loader for name, img in zip(b["name"], b["image"])}
+    loader.sampler.set_epoch(1)
+    second = {name: img for b in loader for name, img in zip(b["name"], b["image"])}
+    assert len(reads) == len(first) == len(set(reads))  # the second epoch read no file
+    assert all(torch.equal(second[name], first[name]) for name in second)
+    with pytest.raises(ValueError, match="--workers 0"):
+        build_dataloader(split, SPEC, tokenize, batch_size=2, workers=1, seed=0, train=True, keep_in_memory=True)
+
+
+def test_one_loader_with_a_persistent_worker_samples_new_sentences_each_epoch(split, tokenize):
+    from reaf.data.text_sampling import sample_text
+
+    loader = build_dataloader(split, SPEC, tokenize, batch_size=2, workers=1, seed=3, train=True,
+                              text_sampling="sentence")
+    index = {s.name: i for i, s in enumerate(split.samples)}
+    for epoch in (0, 1, 2):
+        loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            ids, _ = tokenize([sample_text(split.samples[index[n]].report, "sentence", seed=3, epoch=epoch,
+                                           index=index[n]) for n in batch["name"]])
+            assert torch.equal(batch["input_ids"][:, : ids.shape[1]], ids)
+    assert loader.persistent_workers

@@ -12,7 +12,7 @@ from reaf import create_model
 from reaf.data.formats import InputSpec, save_stage2
 from reaf.data.readers import read_split
 from reaf.evaluation.prompts import CLASSES, class_prompts
-from reaf.evaluation.protocol import evaluate_retrieval, run_evaluation, validate_results
+from reaf.evaluation.protocol import run_evaluation, validate_results
 
 # scan valid_1_a has two reconstructions sharing one report; valid_2_a and valid_2_b belong to one patient
 NAMES = ["valid_1_a_1", "valid_1_a_2", "valid_2_a_1", "valid_2_b_1", "valid_3_a_1", "valid_4_a_1", "valid_5_a_1"]
@@ -141,19 +141,6 @@ def test_results_schema_and_retrieval_pools(setup, tmp_path):
     del bad["retrieval"]["dedup"]["report_to_volume"]["R@5"]
     with pytest.raises(ValueError, match="R@5"):
         validate_results(bad)
-
-
-def test_evaluate_retrieval_restores_training_mode(setup):
-    model, split, spec, _ = setup
-    model.train()
-    try:
-        out = evaluate_retrieval(model, split, spec, batch_size=4, workers=0, device="cpu")
-        assert model.training
-    finally:
-        model.eval()
-    assert out["N"] == len(NAMES) and set(out["retrieval"]) == {"dup_all", "dedup"}
-    assert 0.0 <= out["retrieval"]["dedup"]["report_to_volume"]["R@1"] <= 1.0
-    assert "volume_to_volume" in out["retrieval"]["dup_all"]
 
 
 def test_fingerprint_of_a_huge_file_is_partial_and_says_so(tmp_path, monkeypatch):

@@ -24,12 +24,15 @@ class VolumeDataset(Dataset):
     UnitSampler with text sampling on. "text" is the text to encode: the report, or with text_sampling
     'sentence'/'both' (training) one drawn from (seed, epoch, index) by reaf.data.text_sampling. A volume that fails
     to load raises VolumeError naming its file; with skip_bad it gives {"name", "skipped": cause} instead, which
-    TokenizingCollate drops from the batch and lists under "skipped". No other sample is ever substituted."""
+    TokenizingCollate drops from the batch and lists under "skipped". No other sample is ever substituted.
+    keep_in_memory: each decoded volume is kept after its first load (in the process that loads it), so later epochs
+    read no file."""
 
     def __init__(self, split: SplitData, spec: InputSpec, skip_bad: bool = False, text_sampling: str = "report",
-                 seed: int = 0) -> None:
+                 seed: int = 0, keep_in_memory: bool = False) -> None:
         self.split, self.spec, self.skip_bad = split, spec, skip_bad
         self.text_sampling, self.seed = text_sampling, seed
+        self.memory: dict[int, torch.Tensor] | None = {} if keep_in_memory else None
         sample_text("", text_sampling, seed=seed, epoch=0, index=0)  # an unknown mode fails here, not in a worker
 
     def __len__(self) -> int:
@@ -40,7 +43,11 @@ class VolumeDataset(Dataset):
         sample = self.split.samples[index]
         path = volume_file(self.split.root, sample.rel, self.split.fmt)
         try:
-            image = load_volume(path, self.split.fmt, self.spec, sample.meta)
+            image = self.memory.get(index) if self.memory is not None else None
+            if image is None:
+                image = load_volume(path, self.split.fmt, self.spec, sample.meta)
+                if self.memory is not None:
+                    self.memory[index] = image
         except Exception as e:  # anything a reader throws names the file (VolumeError already does)
             error = e if isinstance(e, VolumeError) else VolumeError(f"{path}: cannot load ({type(e).__name__}: {e})")
             if not self.skip_bad:
@@ -171,6 +178,7 @@ def build_dataloader(
     rank: int | None = None,
     skip_bad: bool = False,
     text_sampling: str = "report",
+    keep_in_memory: bool = False,
 ) -> DataLoader:
     """A loader of TokenizingCollate batches over `split`, sharded by UnitSampler over the distributed ranks
     (num_replicas/rank override them). Deterministic given seed and epoch; the caller calls
@@ -178,6 +186,9 @@ def build_dataloader(
     volumes are dropped from their batch and listed in its "skipped" (see reaf.data.skips), else they raise.
     text_sampling (training only): each sample's text is drawn from (seed, epoch, index), the sampler handing the
     epoch to the dataset with each index, so one loader (and its persistent workers) serves every epoch."""
+    if keep_in_memory and workers > 0:
+        raise ValueError(f"keeping {split.source}'s volumes in memory needs --workers 0 (each loader worker would "
+                         "hold its own copy)")
     if text_sampling != "report" and not train:
         raise ValueError(f"text sampling {text_sampling!r} is for training; evaluation encodes the whole report")
     drop_last = train if drop_last is None else drop_last
@@ -197,7 +208,7 @@ def build_dataloader(
     if drop_last and len(sampler) < batch_size:
         raise ValueError(f"{split.source}: {len(sampler)} samples per rank < batch size {batch_size} with drop_last")
     return DataLoader(
-        VolumeDataset(split, spec, skip_bad, text_sampling, seed),
+        VolumeDataset(split, spec, skip_bad, text_sampling, seed, keep_in_memory),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,

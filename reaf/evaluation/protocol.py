@@ -20,7 +20,6 @@ from reaf.evaluation import metrics, retrieval
 from reaf.evaluation.encoding import (
     REPORT_TEXT,
     data_description,
-    encode_split,
     encode_texts,
     encoded_split,
     file_fingerprint,
@@ -175,25 +174,6 @@ def assemble_results(
         "definitions": {"classification": metrics.DEFINITIONS, "retrieval": retrieval.DEFINITIONS},
     }
     return results, ranks
-
-
-def evaluate_retrieval(model: torch.nn.Module, split: Any, spec: Any, **encode_options: Any) -> dict[str, Any]:
-    """Report<->volume retrieval over the whole split, encoded by `encode_split` (same options); writes nothing.
-
-    Returns {"retrieval": {pool: {direction: {...}}}, "N": N, "logit_scale": s}; MAP is included when the split
-    has labels. The model's train/eval mode is restored on return.
-    """
-    inner = unwrap(model)
-    was_training = inner.training
-    inner.eval()
-    try:
-        encoded = encode_split(inner, split, spec, **encode_options)
-    finally:
-        inner.train(was_training)
-    metrics_by_pool, _ = retrieval.retrieval_metrics(
-        encoded["image"], encoded["text"], encoded["scan_ids"], encoded["names"], encoded["labels"]
-    )
-    return {"retrieval": metrics_by_pool, "N": len(encoded["names"]), "logit_scale": encoded["logit_scale"]}
 
 
 def _jsonable(value: Any) -> Any:

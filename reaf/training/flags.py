@@ -24,6 +24,7 @@ class TrainFlags:
     text_sampling: str
     skip_bad: bool
     workers: int
+    keep_in_memory: bool
     # model
     model: str
     fusion_method: str | None

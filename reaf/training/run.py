@@ -12,6 +12,7 @@ import torch
 
 from reaf import atomic, dist
 from reaf.data import skips
+from reaf.data.loader import build_dataloader
 from reaf.training import state as train_state
 from reaf.training.flags import TrainFlags
 from reaf.training.optim import CosineSchedule, build_optimizer, warmup_steps
@@ -70,25 +71,22 @@ class RunData:
     sample_unit: str
     skip_bad: bool
     text_sampling: str
+    keep_in_memory: bool
     _loaders: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def loader(self, epoch: int) -> Any:
         """The training loader, sharded over the ranks, set to `epoch` (its sampler's set_epoch applied)."""
-        from reaf.data.loader import build_dataloader
-
         if "train" not in self._loaders:
             self._loaders["train"] = build_dataloader(
                 self.train, self.spec, self.tokenize, batch_size=self.batch_size, workers=self.workers,
                 seed=self.seed, train=True, sample_unit=self.sample_unit, epoch=epoch, skip_bad=self.skip_bad,
-                text_sampling=self.text_sampling)
+                text_sampling=self.text_sampling, keep_in_memory=self.keep_in_memory)
         loader = self._loaders["train"]
         loader.sampler.set_epoch(epoch)
         return loader
 
     def val_loader(self) -> Any:
         """The whole validation split on this one process (evaluation runs on rank 0 only)."""
-        from reaf.data.loader import build_dataloader
-
         if "val" not in self._loaders:
             self._loaders["val"] = build_dataloader(
                 self.val, self.spec, self.tokenize, batch_size=self.batch_size, workers=self.workers,
@@ -112,7 +110,7 @@ def build_data(args: TrainFlags, settings: RunSettings, model: torch.nn.Module) 
     val = read(settings.val_data) if args.val_frequency else None
     return RunData(spec, model.tokenize, read(settings.train_data), val, zeroshot, batch_size=args.batch_size,
                    workers=args.workers, seed=args.seed, sample_unit=args.sample_unit, skip_bad=args.skip_bad,
-                   text_sampling=args.text_sampling)
+                   text_sampling=args.text_sampling, keep_in_memory=args.keep_in_memory)
 
 
 def run_config(args: TrainFlags, settings: RunSettings, model: torch.nn.Module) -> dict[str, Any]:

@@ -39,6 +39,8 @@ def _data(p: argparse.ArgumentParser) -> None:
                    "probability 1/2; validation and zero-shot always encode the whole report")
     g.add_argument("--skip-bad", action="store_true", help="skip (count and log) unreadable samples instead of failing")
     g.add_argument("--workers", type=int, default=4, help="data loader workers per process")
+    g.add_argument("--keep-in-memory", action="store_true",
+                   help="keep each decoded training volume in memory after its first epoch (needs --workers 0)")
 
 
 def _model(p: argparse.ArgumentParser) -> None:
