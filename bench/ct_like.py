@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -10,6 +9,8 @@ import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from reaf import atomic
 
 SOURCE_SPACING = (1.5, 0.7, 0.7)  # (z, y, x) mm, typical of CT-RATE
 
@@ -96,7 +97,5 @@ def write_result(name: str, result: dict, out: Path | None = None) -> Path:
     out = Path(out) if out else Path(__file__).resolve().parent / "results" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     result["machine"]["load_average_at_end"] = os.getloadavg()
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out)
+    atomic.write_json(result, out, indent=1)
     return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -156,6 +157,17 @@ def headline(results: dict) -> dict:
     }
 
 
+def loss_record(checkpoint: Path, batch_size: int) -> dict:
+    """The run's logged training loss (means over 10-step windows, metrics.jsonl) against ln(B): the last window of
+    epoch 0 and of the run."""
+    rows = [json.loads(line) for line in (checkpoint.parent.parent / "metrics.jsonl").read_text().splitlines()]
+    losses = [(row["epoch"], row["train/loss"]) for row in rows if "train/loss" in row]
+    ln_b = math.log(batch_size)
+    epoch0 = [loss for epoch, loss in losses if epoch == 0][-1]
+    return {"ln_B": round(ln_b, 4), "loss_end_of_epoch_0": round(epoch0, 4), "epoch_0_over_ln_B": round(epoch0 / ln_b, 3),
+            "loss_last": round(losses[-1][1], 4), "last_over_ln_B": round(losses[-1][1] / ln_b, 3)}
+
+
 def plain_config(model: str, out: Path) -> Path:
     """The same architecture with fusion and saliency switched off, as a JSON main.py can take."""
     from reaf.model.config import load_model_config
@@ -181,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = train(args, cache, out, name, model)
         stage(f"4/4 zero-shot classification and retrieval: {name}")
         results = evaluate(checkpoint, cache, out / "results" / name, args.workers, explain=name == "reaf")
-        summary[name] = {**headline(results), "checkpoint": str(checkpoint)}
+        summary[name] = {**headline(results), **loss_record(checkpoint, args.batch_size), "checkpoint": str(checkpoint)}
     summary["seconds"] = round(time.time() - start, 1)
     atomic.write_text(out / "demo_summary.json", json.dumps(summary, indent=2))
     stage("demo summary")
@@ -189,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(row, dict):
             print(
                 f"{name:16s} mean AUC (18) {row['mean_auc_18']:.3f}   report->volume R@5 "
-                f"{row['report_to_volume_R@5']:.3f} (chance {row['R@5_chance']:.3f}, N={row['N']})"
+                f"{row['report_to_volume_R@5']:.3f} (chance {row['R@5_chance']:.3f}, N={row['N']})   loss/ln(B) end of "
+                f"epoch 0 {row['epoch_0_over_ln_B']:.3f}, last {row['last_over_ln_B']:.3f}"
             )
     print(f"total {summary['seconds']:.0f} s; results, plots and checkpoints under {out}")
     return 0
