@@ -109,10 +109,8 @@ def read_split(source: str | Path, *, data_root: str | Path | None = None, fmt: 
     elif src.suffix == ".csv" or (src.is_dir() and _CT_RATE_SPLIT.fullmatch(src.name)):
         tables = _layout_a(src, data_root, suffix, report_root, problems)
     else:
-        raise ReaderError(
-            f"{src}: neither a split folder with volumes/ or reports/ (layout B) nor a CT-RATE "
-            "labels CSV or dataset/train[_fixed]|valid[_fixed] folder (layout A)"
-        )
+        raise ReaderError(f"{src}: neither a split folder with volumes/ or reports/ (layout B) nor a CT-RATE labels "
+                          "CSV or dataset/train[_fixed]|valid[_fixed] folder (layout A)")
     if require_labels and tables.labels is None:
         raise ReaderError(f"{src}: labels are required here but no labels CSV was found")
     samples = _build_samples(tables, problems)

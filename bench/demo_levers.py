@@ -1,0 +1,170 @@
+"""What each lever does to the demo's joint training (REAF `demo` config, frozen MiniLM text), measured in memory.
+
+On the demo's own data (a finished demo folder: its fast cache, held in memory) each variant trains both towers
+together as the demo does (AdamW as main.py sets it, 50 warm-up steps, cosine decay, batch 32, the demo's text
+sampling drawn by reaf.data.text_sampling, MiniLM features computed once per distinct text) and records the training
+loss against ln(B) (steps 65-74 = the end of epoch 0, steps 140-149, the last 10), then the protocol's zero-shot AUC
+(18 classes, "volume" prompt pairs) and report->volume R@5 on the validation split. Variants change one thing: the
+text sampling, a BatchNorm (no affine) before either projection (centring the features that start near-constant),
+the learning rate, the logit scale's start, the number of steps, the plain hierarchy instead of REAF.
+
+    python bench/demo_levers.py --demo-dir demo_runs/seed_0 [--only reaf plain ...]
+
+Writes bench/results/demo_levers.json (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ct_like import machine_info, write_result  # noqa: E402
+from demo_diagnostics import aucs, load_split, recall_at_5  # noqa: E402
+
+from reaf import create_model  # noqa: E402
+from reaf.data.formats import InputSpec  # noqa: E402
+from reaf.data.readers import find_splits  # noqa: E402
+from reaf.data.text_sampling import sample_text, split_sentences  # noqa: E402
+from reaf.demo import INPUT_INFO  # noqa: E402
+from reaf.evaluation.prompts import class_prompts  # noqa: E402
+from reaf.model.config import load_model_config  # noqa: E402
+from reaf.model.loss import local_contrastive_loss  # noqa: E402
+from reaf.training.optim import CosineSchedule  # noqa: E402
+
+BATCH = 32
+# name -> settings; every key not given keeps the demo's value
+VARIANTS = {
+    "reaf": {},
+    "plain": {"overrides": {"fusion_saliency": False}},
+    "reaf_text_report": {"sampling": "report"},
+    "reaf_text_sentence": {"sampling": "sentence"},
+    "reaf_batchnorm_image": {"image_bn": True},
+    "reaf_batchnorm_text": {"text_bn": True},
+    "reaf_batchnorm_both": {"image_bn": True, "text_bn": True},
+    "reaf_lr_3e-3": {"lr": 3e-3},
+    "reaf_logit_scale_30": {"logit_scale": 30.0},
+    "reaf_1500_steps": {"steps": 1500},
+    "reaf_1500_steps_text_report": {"steps": 1500, "sampling": "report"},
+    "plain_1500_steps": {"steps": 1500, "overrides": {"fusion_saliency": False}},
+}
+
+
+def text_features(data: dict, prompts: dict) -> dict[str, torch.Tensor]:
+    """MiniLM features (the demo text tower's, before its projection) of every text any variant can draw."""
+    texts = set(data["train"]["reports"]) | set(data["valid"]["reports"])
+    for report in data["train"]["reports"]:
+        texts.update(split_sentences(report))
+    for pair in prompts.values():
+        texts.update(pair)
+    model = create_model("demo").eval()
+    ordered, feats = sorted(texts, key=len), {}
+    with torch.no_grad():
+        for i in range(0, len(ordered), 64):
+            chunk = ordered[i : i + 64]
+            for text, feature in zip(chunk, model.text.features(*model.tokenize(chunk))):
+                feats[text] = feature.clone()
+    return feats
+
+
+def train_variant(data: dict, feats: dict, prompts: dict, settings: dict, seed: int) -> dict:
+    steps, lr, sampling = settings.get("steps", 300), settings.get("lr", 1e-3), settings.get("sampling", "both")
+    torch.manual_seed(seed)
+    model = create_model(load_model_config("demo"), **settings.get("overrides", {}))
+    if "logit_scale" in settings:
+        model.logit_scale.data.fill_(math.log(settings["logit_scale"]))
+    image_bn = nn.BatchNorm1d(model.visual.head.proj.in_features, affine=False) if settings.get("image_bn") else None
+    text_bn = nn.BatchNorm1d(model.text.proj.in_features, affine=False) if settings.get("text_bn") else None
+
+    def encode_image(x: torch.Tensor) -> torch.Tensor:
+        if image_bn is None:
+            return model.encode_image(x)
+        return F.normalize(model.visual.head.proj(image_bn(model.visual.trunk(x))), dim=-1)
+
+    def encode_text(texts: list[str]) -> torch.Tensor:
+        f = torch.stack([feats[t] for t in texts])
+        return F.normalize(model.text.proj(f if text_bn is None else text_bn(f)), dim=-1)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.2, betas=(0.9, 0.98), eps=1e-6)
+    schedule = CosineSchedule(opt, lr, 50, steps)
+    train, n = data["train"], len(data["train"]["x"])
+    g = torch.Generator().manual_seed(seed)
+    order, losses, start_time = torch.randperm(n, generator=g), [], time.time()
+    model.train()
+    for step in range(steps):
+        start = (step * BATCH) % (n - n % BATCH)
+        if start == 0 and step:
+            order = torch.randperm(n, generator=g)
+        schedule.apply(step)
+        idx, epoch = order[start : start + BATCH], step // (n // BATCH)
+        texts = [sample_text(train["reports"][i], sampling, seed=seed, epoch=epoch, index=int(i)) for i in idx]
+        loss = local_contrastive_loss(encode_image(train["x"][idx]), encode_text(texts), model.logit_scale.exp())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.clamp_logit_scale()
+        losses.append(float(loss.detach()))
+    model.eval()
+    for bn in (image_bn, text_bn):
+        if bn is not None:
+            bn.eval()
+    valid = data["valid"]
+    with torch.no_grad():
+        image = torch.cat([encode_image(valid["x"][i : i + 50]) for i in range(0, len(valid["x"]), 50)])
+        text = encode_text(valid["reports"])
+        neg, pos = encode_text([p[0] for p in prompts.values()]), encode_text([p[1] for p in prompts.values()])
+        scale = model.logit_scale.exp()
+        prob = torch.softmax(scale * torch.stack([image @ neg.T, image @ pos.T], dim=-1), dim=-1)[..., 1]
+    ln_b = math.log(BATCH)
+    return {
+        "steps": steps, "lr": lr, "text_sampling": sampling, "settings": {k: v for k, v in settings.items()},
+        "loss_over_lnB_steps_65_74": round(float(np.mean(losses[65:75])) / ln_b, 3),
+        "loss_over_lnB_steps_140_149": round(float(np.mean(losses[140:150])) / ln_b, 3),
+        "loss_over_lnB_last_10": round(float(np.mean(losses[-10:])) / ln_b, 3),
+        "mean_auc_18": round(float(np.mean(aucs(valid["y"], prob.numpy()))), 4),
+        "R@5": recall_at_5(text, image), "seconds": round(time.time() - start_time, 1),
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--demo-dir", default="demo_runs/demo", help="a finished demo folder (its cache/ is read)")
+    p.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="run these variants only")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    machine = machine_info()
+    cache = Path(args.demo_dir) / "cache"
+    spec = InputSpec.from_args(list(INPUT_INFO), load_model_config("demo").vision.img_size)
+    splits = find_splits(cache)
+    data = {"train": load_split(cache, "train", spec), "valid": load_split(cache, "val" if splits.get("val") else
+                                                                              "test", spec)}  # fmt: skip
+    prompts = class_prompts("volume")
+    start = time.time()
+    feats = text_features(data, prompts)
+    feature_seconds = round(time.time() - start, 1)
+    results = {}
+    for name in args.only or VARIANTS:
+        results[name] = train_variant(data, feats, prompts, VARIANTS[name], args.seed)
+        print(name, results[name], flush=True)
+    out = write_result("demo_levers", {
+        "settings": {"demo_dir": str(args.demo_dir), "seed": args.seed, "batch": BATCH, "chance_R@5": 5 / len(
+            data["valid"]["x"]), "distinct_texts": len(feats), "text_feature_seconds": feature_seconds},
+        "machine": {**machine, "note": "one process; other jobs may share the cores (see load averages)"},
+        "results": results}, args.out)  # fmt: skip
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
