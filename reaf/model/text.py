@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import BertConfig, BertModel, BertTokenizer
-from transformers.utils import logging as hf_logging
 
 from reaf import atomic
 from reaf.model.bert_folder import load_bert, load_bert_tokenizer
@@ -85,25 +84,17 @@ def pretrained_folder(name: str) -> Path:
 
 
 def load_pretrained_bert(cfg: TextConfig) -> BertModel:
-    """The package's BERT, offline; its shape must be the one the model config states."""
+    """The package's BERT, offline, read as any local BERT folder is (bert_folder.load_bert); its shape must be the
+    one the model config states."""
     folder = pretrained_folder(cfg.pretrained)
-    config = BertConfig.from_pretrained(folder, local_files_only=True)
-    wrong = {
-        k: (getattr(cfg, k), getattr(config, k)) for k in BERT_SHAPE_FIELDS if getattr(cfg, k) != getattr(config, k)
-    }
+    model = load_bert(folder)
+    wrong = {k: (getattr(cfg, k), getattr(model.config, k)) for k in BERT_SHAPE_FIELDS
+             if getattr(cfg, k) != getattr(model.config, k)}  # fmt: skip
     if wrong:
         raise ValueError(
             f"text.pretrained {cfg.pretrained!r}: the config's (text, {folder / 'config.json'}) values differ: {wrong}"
         )
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()  # its unused pooler weights are expected: no load report, no progress bar
-    hf_logging.disable_progress_bar()
-    try:
-        return BertModel.from_pretrained(folder, config=config, add_pooling_layer=False, local_files_only=True)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
+    return model
 
 
 def build_tokenizer(cfg: TextConfig, bert_path: str | None = None):
@@ -112,7 +103,7 @@ def build_tokenizer(cfg: TextConfig, bert_path: str | None = None):
     if bert_path is not None:
         return load_bert_tokenizer(bert_path)
     if cfg.pretrained is not None:
-        return BertTokenizer.from_pretrained(pretrained_folder(cfg.pretrained), local_files_only=True)
+        return load_bert_tokenizer(pretrained_folder(cfg.pretrained))
     if cfg.tokenizer != "builtin":
         raise ValueError(
             f"the text tower uses the {cfg.tokenizer!r} tokenizer: pass --cxr-bert-path (a local folder) "
