@@ -35,7 +35,12 @@ def run_seed(seed: int, root: Path, rerun: bool) -> dict:
         subprocess.run([sys.executable, "-m", "reaf.demo", "--seed", str(seed), "--out", str(out)], cwd=REPO,
                        check=True)
         print(f"seed {seed}: {time.time() - start:.0f} s", flush=True)
-    return json.loads(summary.read_text())
+    result = json.loads(summary.read_text())
+    for model, row in result.items():  # each model's per-class AUCs from its results.json
+        if isinstance(row, dict):
+            classes = json.loads((out / "results" / model / "results.json").read_text())["classification"]["18"]
+            row["auc_per_class"] = {name: round(c["auc"], 3) for name, c in classes["per_class"].items()}
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:
