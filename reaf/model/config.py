@@ -13,6 +13,7 @@ from typing import Any
 CONFIG_DIR = Path(str(resources.files("reaf") / "configs"))
 FUSION_METHODS = ("weighted_mean", "mean", "max", "inverse_weighted_mean", "learned")
 SALIENCY_NORMS = ("raw", "mean")
+GLOBAL_POOLS = ("token", "avg", "max")  # timm ViT's global_pool names
 TEXT_POOLINGS = ("cls", "mean")
 
 
@@ -38,6 +39,9 @@ class VisionConfig:
     saliency_norm: str = "raw"  # "mean": token norms divided by the volume's mean patch norm before / temperature
     pool_norm: bool = False  # a parameter-free LayerNorm on each pooled vector before fusion_layer
     fusion_scale_init: float | None = None  # a learnable per-channel scale on the added vector, starting here
+    # the feature read out of the normed tokens (timm's global_pool): "token" the CLS (the paper's), "avg" / "max"
+    # the mean / per-channel maximum over the patch tokens (a small finding anywhere in the volume sets a maximum)
+    global_pool: str = "token"
     fusion_saliency: bool = (
         True  # False: the plain scan/slice hierarchy (or a plain ViT when every block is scan level)
     )
@@ -54,6 +58,8 @@ class VisionConfig:
             raise ValueError(f"width {self.width} must be divisible by 6 for the 3-D sin-cos position embedding")
         if self.saliency_norm not in SALIENCY_NORMS:
             raise ValueError(f"saliency_norm {self.saliency_norm!r} is not one of {SALIENCY_NORMS}")
+        if self.global_pool not in GLOBAL_POOLS:
+            raise ValueError(f"global_pool {self.global_pool!r} is not one of {GLOBAL_POOLS}")
         if self.fusion_method not in FUSION_METHODS:
             raise ValueError(f"fusion_method {self.fusion_method!r} is not one of {FUSION_METHODS}")
         bad = [i for i in self.scan_blocks if not 0 <= i < self.depth]

@@ -123,11 +123,18 @@ class VolumeEncoder(nn.Module):
         return {lvl: self.saliency(self.fusion[lvl](outs), outs[-1]) for lvl, outs in outputs.items()}
 
     def forward(self, volume: Tensor) -> Tensor:
-        """(B, 1, D, H, W) -> CLS feature (B, C) after fusion and the final norm."""
+        """(B, 1, D, H, W) -> feature (B, C): the enhancer's vector added to every token, the final norm, the pool."""
         last, outputs = self.run_blocks(self.embed(volume))
-        if not self.cfg.fusion_saliency:
-            return self.norm(last)[:, 0]
-        return self.norm(last + self.added_vector(outputs)[:, None, :])[:, 0]
+        if self.cfg.fusion_saliency:
+            last = last + self.added_vector(outputs)[:, None, :]
+        return self.pool(self.norm(last))
+
+    def pool(self, tokens: Tensor) -> Tensor:
+        """Normed (B, 1+N, C) -> (B, C): the CLS token, or the mean / per-channel max over the patch tokens."""
+        if self.cfg.global_pool == "token":
+            return tokens[:, 0]
+        patches = tokens[:, 1:]
+        return patches.mean(dim=1) if self.cfg.global_pool == "avg" else patches.amax(dim=1)
 
     def added_vector(self, outputs: dict[str, list[Tensor]]) -> Tensor:
         """Each level's block outputs -> the (B, C) vector the enhancer adds to every token before the final norm."""
