@@ -14,7 +14,7 @@ from results_check import check_against_outputs
 
 from reaf import create_model
 from reaf.data.readers import read_split
-from reaf.evaluation.encoding import load_embeddings
+from reaf.evaluation.embeddings import load_embeddings
 from reaf.evaluation.protocol import validate_results
 
 REPO = Path(__file__).resolve().parent.parent

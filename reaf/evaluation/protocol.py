@@ -17,14 +17,8 @@ from scipy.special import expit
 
 from reaf import atomic
 from reaf.evaluation import metrics, retrieval
-from reaf.evaluation.encoding import (
-    REPORT_TEXT,
-    data_description,
-    encode_texts,
-    encoded_split,
-    file_fingerprint,
-    unwrap,
-)
+from reaf.evaluation.embeddings import REPORT_TEXT, data_description, encoded_split, file_fingerprint
+from reaf.evaluation.encoding import encode_texts, unwrap
 from reaf.evaluation.plots import write_plots
 from reaf.evaluation.prompts import CLASSES, CLASSES_16, class_prompts, templates_for
 
