@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from reaf import atomic
+from reaf import atomic, dist
 from reaf.evaluation.encoding import encode_split, split_labels, unwrap
 from reaf.finite import require_finite
 
@@ -59,24 +59,30 @@ def encoded_split(
     results_dir: Path,
     checkpoint: dict | None,
     data: dict,
+    encoded: dict | None = None,
     **loader_args: Any,
-) -> tuple[dict, bool]:
+) -> tuple[dict | None, bool]:
     """(encoded, reused): results_dir/embeddings.pt when checkpoint and data are unchanged (logged), else the split
-    encoded by encode_split and written there with its key and meta (checkpoint, model config, `data` =
-    data_description(split, spec))."""
+    encoded by encode_split (every rank takes part) and written there by rank 0 with its key and meta (checkpoint,
+    model config, `data` = data_description(split, spec)); rank 0 decides the reuse, the other ranks get
+    (None, reused). `encoded`: the split already encoded by the caller: only written (no collective, no reuse)."""
     from reaf.model.bert_folder import describe_folder
 
     config = unwrap(model).cfg.to_dict()
     text = describe_folder(getattr(unwrap(model), "bert_path", None))
     key = cache_key(checkpoint, config, data, text)
     path = results_dir / "embeddings.pt"
-    cached = reusable_embeddings(path, key)
-    if cached is not None:
-        labels, row = split_labels(split), {s.name: i for i, s in enumerate(split.samples)}
-        # labels are not part of the key: always the current ones, for the volumes encoded (--skip-bad may drop some)
-        cached["labels"] = None if labels is None else labels[[row[name] for name in cached["names"]]]
-        return cached, True
-    encoded = encode_split(model, split, spec, **loader_args)
+    if encoded is None:  # no collective otherwise: training's rank 0 calls this alone with its encoding
+        cached = reusable_embeddings(path, key) if dist.is_main() else None
+        if dist.broadcast_object(cached is not None):
+            if cached is not None:
+                labels, row = split_labels(split), {s.name: i for i, s in enumerate(split.samples)}
+                # not in the key: always the current labels, for the volumes encoded (--skip-bad may drop some)
+                cached["labels"] = None if labels is None else labels[[row[name] for name in cached["names"]]]
+            return cached, True
+        encoded = encode_split(model, split, spec, **loader_args)
+    if not dist.is_main():
+        return None, False
     save_embeddings(path, encoded, key=key, meta={"checkpoint": checkpoint, "model_config": config, "data": data,
                                                         "text_tower": text})
     return encoded, False

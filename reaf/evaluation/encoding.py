@@ -1,14 +1,25 @@
-"""Encoding a split for evaluation: every volume and every distinct report once."""
+"""Encoding a split for evaluation: every volume and every distinct report once, sharded over the ranks.
+
+Under torch.distributed each rank encodes its share (volumes r, r+W, r+2W, ... of the split's order, and likewise
+the distinct reports) and the shares are gathered, so that every rank holds the whole split's embeddings in the
+split's order; with one process this is the plain loop over the split.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from reaf import dist
 from reaf.finite import require_finite
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -43,7 +54,8 @@ def encode_volumes(
     """Unit-norm image embeddings (N, E) float32 in the order of `names`; each volume of `loader` encoded once.
 
     With `skipped` (a dict to fill: name -> cause of volumes the loader dropped under --skip-bad) the rows of
-    the skipped volumes are left out: (N - len(skipped), E) in the order of the remaining names."""
+    the skipped volumes are left out: (N - len(skipped), E) in the order of the remaining names; (0, 0) when no
+    volume was encoded (every one skipped, or `names` empty)."""
     model = unwrap(model)
     position = {name: i for i, name in enumerate(names)}
     out: np.ndarray | None = None
@@ -61,28 +73,52 @@ def encode_volumes(
         out[rows] = emb
         seen[rows] = True
     dropped = np.array([name in (skipped or {}) for name in names], dtype=bool)
-    if out is None or not (seen | dropped).all():
+    if not (seen | dropped).all():
         missing = [names[i] for i in np.flatnonzero(~seen & ~dropped)[:5]]
-        if out is None and dropped.all():
-            raise RuntimeError(f"--skip-bad: every one of the {len(names)} volume(s) was unreadable, e.g. "
-                               f"{list(skipped.items())[:2]}")
         raise RuntimeError(f"the loader did not yield {int((~seen).sum())} volume(s) of the split, e.g. {missing}")
-    return out[~dropped]
+    return np.zeros((0, 0), np.float32) if out is None else out[~dropped]
 
 
 def _loader(
     split: Any, spec: Any, tokenize: Any, *, batch_size: int, workers: int, seed: int, skip_bad: bool = False
 ) -> Any:
-    """The whole split in order on this process (one replica), whatever torch.distributed says."""
+    """This rank's share of the split, in the split's order (the whole split on a single process)."""
     from reaf.data.loader import build_dataloader
 
     return build_dataloader(split, spec, tokenize, batch_size=batch_size, workers=workers, seed=seed, train=False,
-                            num_replicas=1, rank=0, skip_bad=skip_bad)
+                            skip_bad=skip_bad)
 
 
 def split_labels(split: Any) -> np.ndarray | None:
     """(N, 18) float32 labels of the split (NaN = unknown), or None when it has none."""
     return np.stack([s.labels for s in split.samples]).astype(np.float32) if split.has_labels else None
+
+
+def on_every_rank(work: Callable[[], T]) -> list[T]:
+    """Every rank's work() result, in rank order, on every rank. When work() raised on any rank, every rank
+    raises (that rank its own error, the others a RuntimeError naming it), so that no rank waits for one that
+    stopped. One process: [work()], its error unchanged."""
+    try:
+        result, error = work(), None
+    except Exception as err:  # re-raised below, after the other ranks have heard of it
+        result, error = None, err
+    gathered = dist.all_gather_object((result, None if error is None else f"{type(error).__name__}: {error}"))
+    if error is not None:
+        raise error
+    failed = [(rank, cause) for rank, (_, cause) in enumerate(gathered) if cause is not None]
+    if failed:
+        raise RuntimeError(f"evaluation stopped on rank {failed[0][0]}: {failed[0][1]}")
+    return [part for part, _ in gathered]
+
+
+def _in_index_order(parts: list[tuple[list[int], np.ndarray]], wanted: list[int], what: str) -> np.ndarray:
+    """Rows gathered from the ranks, each part (split indices, (len, E) rows), in increasing index order; the
+    indices must be exactly `wanted` (increasing): (len(wanted), E)."""
+    order = [i for indices, _ in parts for i in indices]
+    arrays = [rows for indices, rows in parts if indices]
+    if sorted(order) != list(wanted) or not arrays:
+        raise RuntimeError(f"{what}: the ranks' shares hold {len(order)} row(s), expected {len(wanted)}")
+    return np.concatenate(arrays)[np.argsort(order, kind="stable")]
 
 
 def encode_split(
@@ -95,32 +131,52 @@ def encode_split(
     device: str | torch.device,
     seed: int = 0,
     skip_bad: bool = False,
+    loader: Any = None,
 ) -> dict[str, Any]:
-    """Encode every volume once and every distinct report once.
+    """Encode every volume once and every distinct report once; every rank must call it (see the module doc).
 
-    Returns {"names", "scan_ids", "reports" (N lists), "image" (N, E), "text" (N, E) (row i = report of volume i;
-    identical reports share one encoding), "labels" (N, 18) float or None, "logit_scale" float, "skipped"}.
-    skip_bad: volumes that cannot be read are left out of every field and listed in "skipped" ([{name, cause}]).
+    Returns, on every rank, {"names", "scan_ids", "reports" (N lists), "image" (N, E), "text" (N, E) (row i =
+    report of volume i; identical reports share one encoding), "labels" (N, 18) float or None, "logit_scale" float,
+    "skipped"} in the split's order. skip_bad: volumes that cannot be read are left out of every field and listed
+    in "skipped" ([{name, cause}], split order). `loader`: this rank's share (built here when None; training
+    passes its own so that persistent workers live across epochs).
     """
     inner = unwrap(model)
-    loader = _loader(split, spec, inner.tokenize, batch_size=batch_size, workers=workers, seed=seed,
-                     skip_bad=skip_bad)
-    skipped: dict[str, str] = {}
-    image = encode_volumes(inner, loader, [s.name for s in split.samples], device=device, skipped=skipped)
-    kept = [i for i, s in enumerate(split.samples) if s.name not in skipped]
-    names = [split.samples[i].name for i in kept]
+    names = [s.name for s in split.samples]
+    if loader is None:
+        loader = _loader(split, spec, inner.tokenize, batch_size=batch_size, workers=workers, seed=seed,
+                         skip_bad=skip_bad)
+    share = list(loader.sampler)  # split indices of this rank's volumes, in the split's order
+
+    def encode_share() -> tuple[list[int], np.ndarray, dict[str, str]]:
+        skipped: dict[str, str] = {}
+        image = encode_volumes(inner, loader, [names[i] for i in share], device=device, skipped=skipped)
+        return [i for i in share if names[i] not in skipped], image, skipped
+
+    volumes = on_every_rank(encode_share)
+    causes = {name: cause for _, _, skipped in volumes for name, cause in skipped.items()}
+    kept = [i for i, name in enumerate(names) if name not in causes]
+    if not kept:
+        raise RuntimeError(f"--skip-bad: every one of the {len(names)} volume(s) was unreadable, e.g. "
+                           f"{list(causes.items())[:2]}")
+    image = _in_index_order([(indices, rows) for indices, rows, _ in volumes], kept, "image embeddings")
     reports = [split.samples[i].report for i in kept]
-    labels = split_labels(split)
     unique = list(dict.fromkeys(reports))
-    row = {text: i for i, text in enumerate(unique)}
-    text = encode_texts(inner, unique, batch_size=batch_size, device=device)[[row[r] for r in reports]]
+    mine = list(range(dist.rank(), len(unique), dist.world_size()))
+    texts = on_every_rank(lambda: (mine, encode_texts(inner, [unique[j] for j in mine], batch_size=batch_size,
+                                                      device=device)))
+    row = {text: j for j, text in enumerate(unique)}
+    text = _in_index_order(texts, list(range(len(unique))), "report embeddings")[[row[r] for r in reports]]
+    labels = split_labels(split)
+    log.debug("rank %d encoded %d of %d volume(s) and %d of %d report(s)", dist.rank(), len(share), len(names),
+              len(mine), len(unique))
     return {
-        "names": names,
+        "names": [names[i] for i in kept],
         "scan_ids": [split.samples[i].scan_id for i in kept],
         "reports": reports,
         "image": image,
         "text": text,
         "labels": None if labels is None else labels[kept],
         "logit_scale": float(inner.logit_scale.detach().float().exp().cpu()),
-        "skipped": [{"name": name, "cause": cause} for name, cause in skipped.items()],
+        "skipped": [{"name": names[i], "cause": causes[names[i]]} for i in range(len(names)) if names[i] in causes],
     }
