@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from reaf.data.formats import add_input_info_argument
+from reaf.dist import init_distributed, shutdown
 from reaf.evaluation.plots import explain_volume, summary_table
 from reaf.evaluation.prompts import TEMPLATE_MODES
 from reaf.evaluation.protocol import run_evaluation
@@ -70,10 +71,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def build_model(args: argparse.Namespace) -> torch.nn.Module:
+def build_model(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
     """The model described by --model or by the checkpoint, with the checkpoint's weights loaded (strictly)."""
     bert = args.cxr_bert_path if args.use_cxr_bert else None
-    return model_from_checkpoint(args.resume, model=args.model, cxr_bert_path=bert).to(args.device)
+    return model_from_checkpoint(args.resume, model=args.model, cxr_bert_path=bert).to(device)
 
 
 def read_labelled_split(args: argparse.Namespace):
@@ -97,7 +98,7 @@ def read_labelled_split(args: argparse.Namespace):
     )
 
 
-def explain(model: torch.nn.Module, split, spec, names: list[str], results_dir: Path, device: str) -> None:
+def explain(model: torch.nn.Module, split, spec, names: list[str], results_dir: Path, device: torch.device) -> None:
     """Saliency PNGs results_dir/plots/saliency_<NAME>.png for the named volumes."""
     from reaf.data.loader import VolumeDataset
 
@@ -113,31 +114,37 @@ def explain(model: torch.nn.Module, split, spec, names: list[str], results_dir: 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    env = init_distributed(args.device)  # under torchrun each rank encodes its share of the split
+    logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.manual_seed(args.seed)
     from reaf.data.formats import InputSpec
 
-    model = build_model(args)
-    spec = InputSpec.from_args(args.input_info, model.cfg.vision.img_size)
-    split = read_labelled_split(args)
-    results = run_evaluation(
-        model,
-        split,
-        spec,
-        results_dir=args.results_dir,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=args.device,
-        template=args.zeroshot_template,
-        checkpoint=args.resume,
-        seed=args.seed,
-        n_boot=args.bootstrap,
-        plots=args.plots,
-        skip_bad=args.skip_bad,
-    )
-    explain(model, split, spec, args.explain, Path(args.results_dir), args.device)
-    print(summary_table(results))
-    print(f"\nresults: {Path(args.results_dir) / 'results.json'}")
+    try:
+        model = build_model(args, env.device)
+        spec = InputSpec.from_args(args.input_info, model.cfg.vision.img_size)
+        split = read_labelled_split(args)
+        results = run_evaluation(
+            model,
+            split,
+            spec,
+            results_dir=args.results_dir,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            device=env.device,
+            template=args.zeroshot_template,
+            checkpoint=args.resume,
+            seed=args.seed,
+            n_boot=args.bootstrap,
+            plots=args.plots,
+            skip_bad=args.skip_bad,
+        )
+        if env.is_main:
+            explain(model, split, spec, args.explain, Path(args.results_dir), env.device)
+            print(summary_table(results))
+            print(f"\nresults: {Path(args.results_dir) / 'results.json'}")
+    finally:
+        shutdown()
     return 0
 
 

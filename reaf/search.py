@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from reaf.evaluation.encoding import encode_texts, load_embeddings
+from reaf.evaluation.embeddings import load_embeddings
+from reaf.evaluation.encoding import encode_texts
 from reaf.evaluation.retrieval import normalize
 
 

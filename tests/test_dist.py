@@ -1,6 +1,8 @@
 """torchrun with 2 gloo processes equals one process on the same global batch: losses and parameters (DDP, the
-all-gather with gradient, gradient accumulation under no_sync, rank sharding of the sampler)."""
+all-gather with gradient, gradient accumulation under no_sync, rank sharding of the sampler), and the last epoch's
+validation + zero-shot, whose split the two ranks encode together."""
 
+import json
 import os
 import subprocess
 import sys
@@ -28,7 +30,8 @@ def bert(tmp_path_factory):
 @pytest.fixture(scope="module")
 def runs(data, bert, tmp_path_factory):
     logs = tmp_path_factory.mktemp("logs")
-    common = ("--epochs", str(EPOCHS), "--lr", "1e-4", "--use-cxr-bert", "--cxr-bert-path", str(bert))
+    common = ("--epochs", str(EPOCHS), "--lr", "1e-4", "--use-cxr-bert", "--cxr-bert-path", str(bert),
+              "--val-frequency", str(EPOCHS), "--zeroshot-frequency", str(EPOCHS))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # also on: activation checkpointing, and --precision amp (fp32 on a CPU); the single run has neither
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "--", "main.py",
@@ -55,6 +58,18 @@ def test_parameters_equal_a_single_process(runs, epoch):
     assert ddp["state_dict"].keys() == single["state_dict"].keys()  # no `module.` prefix
     for name, value in single["state_dict"].items():
         torch.testing.assert_close(ddp["state_dict"][name], value, atol=1e-5, rtol=0)
+
+
+def test_the_last_epochs_evaluation_equals_a_single_process(runs):
+    """val/loss is left out: it is the loss of each evaluation batch of --batch-size volumes (2 vs 8 here)."""
+    ddp, single = ([json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines() if "val/loss" in r]
+                   for run in runs)
+    assert len(ddp) == len(single) == 1 and ddp[0]["epoch"] == EPOCHS and "zeroshot/auc_18" in single[0]
+    assert ddp[0].keys() == single[0].keys() and single[0]["val/dup_all/report_to_volume/N"] == 4
+    for key, value in single[0].items():
+        if key != "val/loss":
+            assert ddp[0][key] == pytest.approx(value, abs=1e-4), key
+    assert (runs[0] / "zeroshot" / f"epoch_{EPOCHS}" / "results.json").is_file()
 
 
 def test_the_ddp_checkpoint_records_both_ranks(runs):

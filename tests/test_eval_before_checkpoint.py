@@ -1,14 +1,17 @@
-"""Durability of an epoch's end: its evaluation runs before its checkpoint is final (a kill during evaluation
-resumes into the epoch and evaluates again), and a precision change on resume is logged, not silent."""
+"""An epoch's end: its evaluation reads a split that serves validation and zero-shot once, and runs before the
+epoch's checkpoint is final (a kill during evaluation resumes into the epoch and evaluates again); a precision
+change on resume is logged, not silent."""
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
-from test_train_support import make_dataset, train_argv
+from test_train_support import NUM_VALID, make_dataset, train_argv
 
 import main as cli
+import reaf.data.loader as loader_module
 from reaf import create_model
 from reaf.training import state as train_state
 from reaf.training.optim import build_optimizer
@@ -41,6 +44,26 @@ def test_a_failed_evaluation_leaves_no_checkpoint_past_it_and_resume_evaluates_a
     assert [row["step"] for row in rows if "val/loss" in row] == [4]
     final = torch.load(tmp_path / "run" / "checkpoints" / "epoch_1.pt", weights_only=True)
     assert (final["epoch"], final["step"]) == (1, 4)
+
+
+def test_a_split_serving_validation_and_zero_shot_is_read_once_per_epoch(data, tmp_path, monkeypatch):
+    """With only --data-root, CT-RATE's valid split is both the validation and the zero-shot split."""
+    read, real = [], loader_module.load_volume
+
+    def load_volume(path, *args, **kwargs):
+        read.append(Path(path).name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(loader_module, "load_volume", load_volume)
+    flags = ("--epochs", "2", "--batch-size", "4", "--val-frequency", "1", "--zeroshot-frequency", "2")
+    assert cli.main(train_argv(data, tmp_path, "once", *flags)) == 0
+    valid = [name for name in read if name.startswith("valid_")]
+    assert len(valid) == 2 * NUM_VALID and len(set(valid)) == NUM_VALID  # epoch 1: validation; epoch 2: both
+    rows = [json.loads(line) for line in (tmp_path / "once" / "metrics.jsonl").read_text().splitlines()]
+    evaluated = [(row["epoch"], "val/loss" in row, "zeroshot/auc_18" in row) for row in rows if "epoch" in row
+                 and ("val/loss" in row or "zeroshot/auc_18" in row)]
+    assert evaluated == [(1, True, False), (2, True, True)]
+    assert (tmp_path / "once" / "zeroshot" / "epoch_2" / "embeddings.pt").is_file()
 
 
 @pytest.mark.parametrize("saved_fp16", [True, False])

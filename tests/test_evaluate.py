@@ -89,7 +89,7 @@ def test_each_volume_and_prompt_encoded_once_and_reused(setup, tmp_path, monkeyp
     assert results["timing"]["embeddings_reused"] is False
     validate_results(results)
     counter.image_rows = counter.text_rows = 0
-    with caplog.at_level(logging.INFO, logger="reaf.evaluation.encoding"):
+    with caplog.at_level(logging.INFO, logger="reaf.evaluation.embeddings"):
         again = _run(model, split, spec, tmp_path, ckpt, template="both")
     assert counter.image_rows == 0 and counter.text_rows == len(sentences)
     assert again["timing"]["embeddings_reused"] is True and "reusing embeddings" in caplog.text
@@ -146,7 +146,7 @@ def test_results_schema_and_retrieval_pools(setup, tmp_path):
 def test_fingerprint_of_a_huge_file_is_partial_and_says_so(tmp_path, monkeypatch):
     import hashlib
 
-    import reaf.evaluation.encoding as embeddings
+    import reaf.evaluation.embeddings as embeddings
 
     path = tmp_path / "big.pt"
     path.write_bytes(bytes(range(256)) * 4)
@@ -163,7 +163,7 @@ def test_data_key_follows_volume_files_and_input(setup):
     import os
 
     from reaf.data.formats import volume_file
-    from reaf.evaluation.encoding import data_description
+    from reaf.evaluation.embeddings import data_description
 
     _, split, spec, _ = setup
     before = data_description(split, spec)

@@ -1,4 +1,5 @@
-"""zero_shot.py end to end on synthetic CT-RATE: a reference-format checkpoint, and a checkpoint trained by main.py."""
+"""zero_shot.py end to end on synthetic CT-RATE: a reference-format checkpoint, and a checkpoint trained by main.py
+evaluated by zero_shot.py under torchrun on 2 ranks (each encodes its share; rank 0 writes and prints)."""
 
 import json
 import os
@@ -14,7 +15,7 @@ from results_check import check_against_outputs
 
 from reaf import create_model
 from reaf.data.readers import read_split
-from reaf.evaluation.encoding import load_embeddings
+from reaf.evaluation.embeddings import load_embeddings
 from reaf.evaluation.protocol import validate_results
 
 REPO = Path(__file__).resolve().parent.parent
@@ -89,13 +90,16 @@ def test_main_py_checkpoint_then_zero_shot_cli(synthetic, tmp_path):
     assert main.main(train_args) == 0
     ckpt = tmp_path / "logs" / "run" / "checkpoints" / "latest.pt"
     out = tmp_path / "zs"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "--"]
     proc = subprocess.run(
-        [sys.executable, "zero_shot.py", *zero_shot_args(labels_csv, ckpt, out, names[-1])],
+        [*torchrun, "zero_shot.py", *zero_shot_args(labels_csv, ckpt, out, names[-1])],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "zero-shot, 16 classes" in proc.stdout and "volume_to_volume" in proc.stdout
+    assert proc.stdout.count("results: ") == 1  # printed by rank 0 alone
     results = check_outputs(out, names, names[-1])
     assert results["checkpoint"]["path"] == str(ckpt.resolve())
     assert results["model_config"]["vision"]["reference_compat"] is False

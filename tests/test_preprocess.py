@@ -73,14 +73,17 @@ def test_layout_b_with_header_spacing(tmp_path):
             "--input-info", "-1000", "400", "resize", "--workers", "1"]  # fmt: skip
     assert main(argv) == 0
     spec = InputSpec((32, 96, 96), -1000, 400, "resize")
-    for name, src in vols.items():
+    for name, src in vols.items():  # the fixtures' RAS affines: layout B brings them to CT-RATE's LPS
         cache = load_volume(out / "val" / "volumes" / f"{name}.vol.zst", "cache", spec)
-        assert (cache - load_volume(src, "ori", spec)).abs().max() <= 0.5 / (4095 * 0.226) + 1e-5
+        assert (cache - load_volume(src, "ori", spec, orientation="header")).abs().max() <= 0.5 / (4095 * 0.226) + 1e-5
     assert (out / "val" / "reports" / "reports.json").is_file()
     assert main([*argv[:-2], "--workers", "1", "--limit", "1", "--format", "stage1"]) == 0
     assert _manifest(out, "stage1", "val")["written"] == ["val/volumes/a"]
-    assert _manifest(out, "cache", "val")["decisions"] == {"HU from stored values as HU": 2,
-                                                          "spacing from NIfTI header pixdim (no CSV spacing)": 2}  # fmt: skip
+    manifest = _manifest(out, "cache", "val")
+    assert manifest["decisions"] == {"HU from stored values as HU": 2, "orientation RAS (sform): reoriented to LPS": 2,
+                                     "spacing from NIfTI header pixdim (no CSV spacing)": 2}  # fmt: skip
+    assert [(entry["file"], entry["orientation"]) for entry in manifest["reoriented"]] == [
+        (str(vols[name]), "orientation RAS (sform): reoriented to LPS") for name in ("a", "b")]
 
 
 def _valid_outputs(out: Path, fmt: str) -> list[Path]:

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from reaf import create_model
-from reaf.evaluation.encoding import encode_texts, file_fingerprint, save_embeddings
+from reaf.evaluation.embeddings import file_fingerprint, save_embeddings
+from reaf.evaluation.encoding import encode_texts
 from reaf.search import main
 
 QUERY = "bilateral pleural effusion"

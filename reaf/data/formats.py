@@ -19,6 +19,7 @@ import zstandard
 from reaf import atomic
 from reaf.data import transforms as T
 from reaf.data.input_spec import InputSpec, add_input_info_argument  # noqa: F401  (the flag goes with the formats)
+from reaf.data.orientation import OrientationError, read_orientation
 
 try:
     from isal.igzip import decompress as gunzip
@@ -67,7 +68,7 @@ def decision_summary() -> str:
 
 def describe_error(e: BaseException) -> str:
     """The cause of a failure as shown to users: the message, prefixed by the type unless it is a ValueError."""
-    return str(e) if type(e) in (ValueError, VolumeError) else f"{type(e).__name__}: {e}"
+    return str(e) if type(e) in (ValueError, VolumeError, OrientationError) else f"{type(e).__name__}: {e}"
 
 
 def _nifti_header(raw: bytes) -> nib.Nifti1Header:
@@ -78,12 +79,13 @@ def _nifti_header(raw: bytes) -> nib.Nifti1Header:
     raise ValueError("not a NIfTI file (no NIfTI-1/2 header size at its start)")
 
 
-def read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, float], tuple[float, float, float]]:
+def read_nifti(path: Path, orientation: str = "ct-rate") -> tuple[np.ndarray, tuple[float, float], tuple[float, ...]]:
     """NIfTI -> (stored values (z, y, x) read-only view, header (scl_slope, scl_inter), header spacing (z, y, x) mm).
 
     Decompressed in one call (ISA-L when installed: ~2.5x zlib), header parsed by nibabel, voxels viewed in place:
     nibabel's data[i, j, k] = (x, y, z) in Fortran order, so the (z, y, x) transpose is C-contiguous. Values are
-    unscaled so the HU decision sees the header scaling apart.
+    unscaled so the HU decision sees the header scaling apart. orientation: "ct-rate" keeps the stored voxel order,
+    "header" first brings it to CT-RATE's from the header's affine (reaf.data.orientation); logged and counted.
     """
     try:
         raw = path.read_bytes()
@@ -91,6 +93,7 @@ def read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, float], tuple[float
     except Exception as e:  # gzip/zlib/ISA-L raise many types for a damaged file
         raise ValueError(f"not a readable gzip file ({describe_error(e)})") from e
     hdr = _nifti_header(raw)
+    found = read_orientation(hdr, orientation)
     shape, dtype, offset = hdr.get_data_shape(), hdr.get_data_dtype(), int(hdr.get_data_offset())
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
@@ -106,8 +109,10 @@ def read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, float], tuple[float
     scale = (1.0 if slope is None else float(slope), 0.0 if inter is None else float(inter))
     # pixdim as stored: nibabel's header check quietly turns a zero spacing into 1 mm (abs() is its fix for < 0)
     stored_pixdim = type(hdr).from_fileobj(io.BytesIO(raw), check=False)["pixdim"][1:4]
-    zooms = tuple(abs(float(z)) for z in stored_pixdim)
-    return stored.transpose(2, 1, 0), scale, zooms[::-1]
+    zooms = found.permute(tuple(abs(float(z)) for z in stored_pixdim))
+    DECISIONS[found.describe()] += 1
+    log.debug("%s: %s", path, found.describe())
+    return found.apply(stored).transpose(2, 1, 0), scale, zooms[::-1]
 
 
 def _csv_spacing(meta: VolumeMeta | None) -> tuple[float, float, float] | None:
@@ -116,11 +121,12 @@ def _csv_spacing(meta: VolumeMeta | None) -> tuple[float, float, float] | None:
     return None
 
 
-def stage1_shape(path: Path, meta: VolumeMeta | None = None) -> tuple[int, int, int]:
+def stage1_shape(path: Path, meta: VolumeMeta | None = None, orientation: str = "ct-rate") -> tuple[int, int, int]:
     """(z, y, x) of the stage1 tensor `nifti_to_hu` makes of this NIfTI, from its header alone (no voxels read)."""
     img = nib.load(path)
-    zyx = tuple(int(n) for n in img.shape[:3][::-1])
-    spacing = _csv_spacing(meta) or tuple(float(z) for z in img.header.get_zooms()[:3][::-1])
+    found = read_orientation(img.header, orientation)
+    zyx = tuple(int(n) for n in found.permute(img.shape[:3])[::-1])
+    spacing = _csv_spacing(meta) or tuple(float(z) for z in found.permute(img.header.get_zooms()[:3])[::-1])
     return T.resampled_shape(zyx, spacing)  # type: ignore[arg-type]
 
 
@@ -137,13 +143,15 @@ def _spacing(meta: VolumeMeta | None, header_zyx: tuple[float, float, float], pa
     return header_zyx
 
 
-def nifti_to_hu(path: Path, meta: VolumeMeta | None = None) -> tuple[torch.Tensor, T.HUDecision]:
-    """NIfTI -> ((z', y', x') float32 HU at 3x1x1 mm, the HU decision); ValueError on unusable content.
+def nifti_to_hu(path: Path, meta: VolumeMeta | None = None,
+                orientation: str = "ct-rate") -> tuple[torch.Tensor, T.HUDecision]:
+    """NIfTI -> ((z', y', x') float32 HU at 3x1x1 mm, the HU decision); ValueError on unusable content. orientation:
+    "ct-rate" (layout A) or "header" (layout B), see read_nifti.
 
     The affine HU = slope * stored + intercept is applied after resampling: trilinear weights sum to one, so the
     result is the same and the full-resolution volume is touched once (int -> float32) instead of three times.
     """
-    stored, header_scale, header_spacing = read_nifti(path)
+    stored, header_scale, header_spacing = read_nifti(path, orientation)
     csv = None
     if meta is not None and meta.slope is not None and meta.intercept is not None:
         csv = (float(meta.slope), float(meta.intercept))
@@ -158,8 +166,8 @@ def nifti_to_hu(path: Path, meta: VolumeMeta | None = None) -> tuple[torch.Tenso
     return T.to_hu(resampled, decision), decision
 
 
-def _load_ori(path: Path, spec: InputSpec, meta: VolumeMeta | None) -> torch.Tensor:
-    hu, _ = nifti_to_hu(path, meta)
+def _load_ori(path: Path, spec: InputSpec, meta: VolumeMeta | None, orientation: str = "ct-rate") -> torch.Tensor:
+    hu, _ = nifti_to_hu(path, meta, orientation)
     return T.model_input(hu, spec.size, spec.hu_min, spec.hu_max, spec.mode)
 
 
@@ -261,12 +269,14 @@ def _load_cache(path: Path, spec: InputSpec, meta: VolumeMeta | None) -> torch.T
 _LOADERS = {"ori": _load_ori, "stage1": _load_stage1, "stage2": _load_stage2, "cache": _load_cache}
 
 
-def load_volume(path: Path, fmt: str, spec: InputSpec, meta: VolumeMeta | None = None) -> torch.Tensor:
+def load_volume(path: Path, fmt: str, spec: InputSpec, meta: VolumeMeta | None = None,
+                orientation: str = "ct-rate") -> torch.Tensor:
     """Volume file in format `fmt` -> (1, D, H, W) float32 normalised model input; VolumeError naming the file.
 
     ori: NIfTI -> HU (decided per file, see reaf.data.transforms.decide_hu) -> 3x1x1 mm -> window -> crop|resize -> norm;
     stage1: .pt HU at 3x1x1 mm -> window -> crop|resize -> norm; stage2: .pt.gz final tensor as stored;
-    cache: windowed tensor quantised to 4095 levels (error <= 1.2e-4 of the window) -> norm. `meta` is used by `ori` only.
+    cache: windowed tensor quantised to 4095 levels (error <= 1.2e-4 of the window) -> norm. `meta` and `orientation`
+    ("ct-rate" for layout A, "header" for layout B: reaf.data.orientation) are used by `ori` only.
     """
     if fmt not in _LOADERS:
         raise ValueError(f"unknown --input-data-type {fmt!r} (one of {sorted(_LOADERS)})")
@@ -274,6 +284,8 @@ def load_volume(path: Path, fmt: str, spec: InputSpec, meta: VolumeMeta | None =
     if not path.is_file():
         raise VolumeError(f"{path}: volume file not found")
     try:
+        if fmt == "ori":
+            return _load_ori(path, spec, meta, orientation)
         return _LOADERS[fmt](path, spec, meta)
     except VolumeError:
         raise

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from reaf import dist
 from reaf.data.formats import InputSpec, VolumeError, load_volume, volume_file
+from reaf.data.orientation import LAYOUT_POLICY
 from reaf.data.readers import CLASSES, SplitData
 from reaf.data.text_sampling import sample_text
 
@@ -45,7 +46,7 @@ class VolumeDataset(Dataset):
         try:
             image = self.memory.get(index) if self.memory is not None else None
             if image is None:
-                image = load_volume(path, self.split.fmt, self.spec, sample.meta)
+                image = load_volume(path, self.split.fmt, self.spec, sample.meta, LAYOUT_POLICY[self.split.layout])
                 if self.memory is not None:
                     self.memory[index] = image
         except Exception as e:  # anything a reader throws names the file (VolumeError already does)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from reaf import atomic
 from reaf.data import csv_tables as tables
 from reaf.data import formats as V
+from reaf.data.orientation import file_orientation
 from reaf.model.config import load_model_config
 
 log = logging.getLogger("reaf.preprocess")
@@ -53,13 +54,15 @@ class PreprocessSettings:
 
 @dataclass
 class Job:
-    """One volume to convert: source NIfTI, output path, its metadata, and a problem found before reading it."""
+    """One volume to convert: source NIfTI, output path, its metadata, a problem found before reading it, and the
+    orientation policy of its layout (reaf.data.orientation: "ct-rate" for A, "header" for B)."""
 
     src: Path
     out: Path
     rel: str
     meta: V.VolumeMeta | None
     problem: str | None = None
+    orientation: str = "ct-rate"
 
 
 def read_metadata(path: Path) -> dict[str, V.VolumeMeta]:
@@ -105,7 +108,8 @@ def find_jobs(settings: PreprocessSettings) -> tuple[Path, list[Job]]:
         rel = rel[: -len(next(s for s in V.NIFTI_SUFFIXES if rel.endswith(s)))]
         meta = None if metas is None else metas.get(name)
         problem = f"no row for {name} in metadata CSV {meta_csv}" if metas is not None and meta is None else None
-        jobs.append(Job(src, V.volume_file(out, rel, settings.format), rel, meta, problem))
+        policy = "header" if settings.data_root else "ct-rate"
+        jobs.append(Job(src, V.volume_file(out, rel, settings.format), rel, meta, problem, policy))
     jobs.sort(key=lambda j: j.rel)
     return root, jobs[: settings.limit] if settings.limit is not None else jobs
 
@@ -114,7 +118,7 @@ def verify(job: Job, fmt: str, spec: V.InputSpec) -> str | None:
     """None when the existing output is readable and has the right shape, else why it must be redone."""
     try:
         if fmt == "stage1":
-            shape, want = tuple(V.read_stage1(job.out).shape), V.stage1_shape(job.src, job.meta)
+            shape, want = tuple(V.read_stage1(job.out).shape), V.stage1_shape(job.src, job.meta, job.orientation)
             return None if shape == want else f"stage1 shape {shape}, expected {want}"
         V.load_volume(job.out, fmt, spec)
         return None
@@ -123,7 +127,8 @@ def verify(job: Job, fmt: str, spec: V.InputSpec) -> str | None:
 
 
 def convert(job: Job, fmt: str, spec: V.InputSpec, stage2_dtype: str) -> dict:
-    """Worker: verify or (re)write one output. Returns {"status": written|existing|bad, "reason", "decisions"}."""
+    """Worker: verify or (re)write one output. Returns {"status": written|existing|bad, "reason", "decisions",
+    "orientation", "reoriented"}."""
     result: dict = {"rel": job.rel, "src": str(job.src), "out": str(job.out), "status": "written"}
     if job.problem:
         return {**result, "status": "bad", "reason": job.problem}
@@ -134,7 +139,9 @@ def convert(job: Job, fmt: str, spec: V.InputSpec, stage2_dtype: str) -> dict:
         result["redone"] = invalid
     before = Counter(V.DECISIONS)
     try:
-        hu, _ = V.nifti_to_hu(job.src, job.meta)
+        hu, _ = V.nifti_to_hu(job.src, job.meta, job.orientation)
+        found = file_orientation(job.src, job.orientation)  # what nifti_to_hu did, for the manifest
+        result.update(orientation=found.describe(), reoriented=found.transform is not None)
         V.save_volume(job.out, fmt, hu, spec, stage2_dtype)
     except Exception as e:  # a bad input is reported with its file and cause; the caller fails or skips
         return {**result, "status": "bad", "reason": V.describe_error(e)}
@@ -200,12 +207,14 @@ def build_manifest(settings: PreprocessSettings, spec: V.InputSpec, jobs: list[J
     counts = {"volumes": len(jobs), "written": len(by["written"]), "redone_invalid": len(redone),
               "skipped_existing": len(by["existing"]), "skipped_bad": len(by["bad"]),
               "not_reached": len(jobs) - len(results)}  # fmt: skip
+    reoriented = [{"file": r["src"], "orientation": r["orientation"]} for r in by["written"] if r.get("reoriented")]
     return {
         "format": settings.format, "split": settings.split, "source_root": settings.ct_rate_root or settings.data_root,
         "out": str(settings.out), "model": settings.model, "spec": spec.describe(), "stage2_dtype": settings.stage2_dtype,
         "workers": settings.workers, "counts": counts, "decisions": dict(sorted(decisions.items())), **extra,
         "written": [r["rel"] for r in by["written"]], "skipped_existing": [r["rel"] for r in by["existing"]],
         "skipped_bad": [{"file": r["src"], "reason": r["reason"]} for r in by["bad"]], "redone_invalid": redone,
+        "reoriented": reoriented,
     }  # fmt: skip
 
 

@@ -62,6 +62,7 @@ class SplitData:
     source: str
     skipped: list[tuple[str, str]] = field(default_factory=list)
     unlisted: int = 0
+    layout: str = "A"  # "A": CT-RATE as published, "B": split folders (NIfTI orientation: reaf.data.orientation)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -105,9 +106,9 @@ def read_split(source: str | Path, *, data_root: str | Path | None = None, fmt: 
     if not src.exists():
         raise ReaderError(f"{src}: does not exist")
     if src.is_dir() and ((src / "volumes").is_dir() or (src / "reports").is_dir()):
-        tables = _layout_b(src, data_root, suffix, report_root, problems)
+        layout, tables = "B", _layout_b(src, data_root, suffix, report_root, problems)
     elif src.suffix == ".csv" or (src.is_dir() and _CT_RATE_SPLIT.fullmatch(src.name)):
-        tables = _layout_a(src, data_root, suffix, report_root, problems)
+        layout, tables = "A", _layout_a(src, data_root, suffix, report_root, problems)
     else:
         raise ReaderError(f"{src}: neither a split folder with volumes/ or reports/ (layout B) nor a CT-RATE labels "
                           "CSV or dataset/train[_fixed]|valid[_fixed] folder (layout A)")
@@ -120,7 +121,7 @@ def read_split(source: str | Path, *, data_root: str | Path | None = None, fmt: 
     log.log(level, "%s: %d samples, %d skipped, %d volume file(s) not listed, volumes under %s", src, len(samples),
             len(problems.skipped), tables.unlisted, tables.root)
     return SplitData(samples, tables.root, fmt, tables.labels is not None, str(src), problems.skipped,
-                     tables.unlisted)
+                     tables.unlisted, layout)
 
 
 def find_splits(data_root: str | Path) -> dict[str, str | None]:
@@ -195,20 +196,8 @@ def _layout_a(src: Path, data_root, suffix: str, report_root, problems: Problems
         raise ReaderError(f"{base}: no {split}_fixed/ or {split}/ volume folder")
     names, names_path = (list(labels), labels_path) if labels is not None else (list(metas), meta_path)
     files = find_files(volume_dirs, 2, suffix, root)
-    return _Tables(
-        names,
-        names_path,
-        files,
-        volume_dirs,
-        root,
-        suffix,
-        reports,
-        reports_path,
-        labels,
-        labels_path,
-        metas,
-        meta_path,
-    )
+    return _Tables(names, names_path, files, volume_dirs, root, suffix, reports, reports_path, labels, labels_path,
+                   metas, meta_path)
 
 
 def _reports_a(homes: list[Path], name: str, report_root, problems: Problems) -> tuple[dict, Path]:
@@ -245,20 +234,8 @@ def _layout_b(src: Path, data_root, suffix: str, report_root, problems: Problems
         names, names_path = list(reports), reports_path
     else:
         names, names_path = list(files), volume_dir
-    return _Tables(
-        names,
-        names_path,
-        files,
-        [volume_dir],
-        root,
-        suffix,
-        reports,
-        reports_path,
-        labels,
-        labels_path if labels is not None else None,
-        metas,
-        meta_path if metas is not None else None,
-    )
+    return _Tables(names, names_path, files, [volume_dir], root, suffix, reports, reports_path, labels,
+                   labels_path if labels is not None else None, metas, meta_path if metas is not None else None)
 
 
 def _build_samples(t: _Tables, problems: Problems) -> list[Sample]:

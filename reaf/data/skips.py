@@ -59,11 +59,3 @@ def equalize(
         if smallest < len(batch["name"]):
             log.debug("batch cut from %d to %d volume(s) to match the other ranks", len(batch["name"]), smallest)
         yield truncate(batch, smallest)
-
-
-def watch(batches: Iterable[dict[str, Any]], skips: SkipLog, *, phase: str, epoch: int) -> Iterator[dict[str, Any]]:
-    """Batches of a one-process loader (validation) with their skipped volumes recorded; empty ones dropped."""
-    for batch in batches:
-        skips.record(batch.get("skipped", []), phase=phase, epoch=epoch)
-        if batch["name"]:
-            yield batch

@@ -1,31 +1,25 @@
-"""Embeddings files: image + report embeddings of a split, keyed by checkpoint hash + data, reused when unchanged."""
+"""Encoding a split for evaluation: every volume and every distinct report once, sharded over the ranks.
+
+Under torch.distributed each rank encodes its share (volumes r, r+W, r+2W, ... of the split's order, and likewise
+the distinct reports) and the shares are gathered, so that every rank holds the whole split's embeddings in the
+split's order; with one process this is the plain loop over the split.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from reaf import atomic
+from reaf import dist
 from reaf.finite import require_finite
 
 log = logging.getLogger(__name__)
-
-REPORT_TEXT = (
-    "Sample.report as reaf.data.readers reads it for training: 'Findings: ... Impressions: ...' from the "
-    "reports CSV, or the reference's report JSON when --report-root is given"
-)
-
-EMBEDDINGS_VERSION = 1
-FULL_HASH_LIMIT = 512 * 2**20  # files above this are hashed on their first and last MiB plus their size
-PARTIAL_BLOCK = 2**20
+T = TypeVar("T")
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -60,7 +54,8 @@ def encode_volumes(
     """Unit-norm image embeddings (N, E) float32 in the order of `names`; each volume of `loader` encoded once.
 
     With `skipped` (a dict to fill: name -> cause of volumes the loader dropped under --skip-bad) the rows of
-    the skipped volumes are left out: (N - len(skipped), E) in the order of the remaining names."""
+    the skipped volumes are left out: (N - len(skipped), E) in the order of the remaining names; (0, 0) when no
+    volume was encoded (every one skipped, or `names` empty)."""
     model = unwrap(model)
     position = {name: i for i, name in enumerate(names)}
     out: np.ndarray | None = None
@@ -78,28 +73,52 @@ def encode_volumes(
         out[rows] = emb
         seen[rows] = True
     dropped = np.array([name in (skipped or {}) for name in names], dtype=bool)
-    if out is None or not (seen | dropped).all():
+    if not (seen | dropped).all():
         missing = [names[i] for i in np.flatnonzero(~seen & ~dropped)[:5]]
-        if out is None and dropped.all():
-            raise RuntimeError(f"--skip-bad: every one of the {len(names)} volume(s) was unreadable, e.g. "
-                               f"{list(skipped.items())[:2]}")
         raise RuntimeError(f"the loader did not yield {int((~seen).sum())} volume(s) of the split, e.g. {missing}")
-    return out[~dropped]
+    return np.zeros((0, 0), np.float32) if out is None else out[~dropped]
 
 
 def _loader(
     split: Any, spec: Any, tokenize: Any, *, batch_size: int, workers: int, seed: int, skip_bad: bool = False
 ) -> Any:
-    """The whole split in order on this process (one replica), whatever torch.distributed says."""
+    """This rank's share of the split, in the split's order (the whole split on a single process)."""
     from reaf.data.loader import build_dataloader
 
     return build_dataloader(split, spec, tokenize, batch_size=batch_size, workers=workers, seed=seed, train=False,
-                            num_replicas=1, rank=0, skip_bad=skip_bad)
+                            skip_bad=skip_bad)
 
 
 def split_labels(split: Any) -> np.ndarray | None:
     """(N, 18) float32 labels of the split (NaN = unknown), or None when it has none."""
     return np.stack([s.labels for s in split.samples]).astype(np.float32) if split.has_labels else None
+
+
+def on_every_rank(work: Callable[[], T]) -> list[T]:
+    """Every rank's work() result, in rank order, on every rank. When work() raised on any rank, every rank
+    raises (that rank its own error, the others a RuntimeError naming it), so that no rank waits for one that
+    stopped. One process: [work()], its error unchanged."""
+    try:
+        result, error = work(), None
+    except Exception as err:  # re-raised below, after the other ranks have heard of it
+        result, error = None, err
+    gathered = dist.all_gather_object((result, None if error is None else f"{type(error).__name__}: {error}"))
+    if error is not None:
+        raise error
+    failed = [(rank, cause) for rank, (_, cause) in enumerate(gathered) if cause is not None]
+    if failed:
+        raise RuntimeError(f"evaluation stopped on rank {failed[0][0]}: {failed[0][1]}")
+    return [part for part, _ in gathered]
+
+
+def _in_index_order(parts: list[tuple[list[int], np.ndarray]], wanted: list[int], what: str) -> np.ndarray:
+    """Rows gathered from the ranks, each part (split indices, (len, E) rows), in increasing index order; the
+    indices must be exactly `wanted` (increasing): (len(wanted), E)."""
+    order = [i for indices, _ in parts for i in indices]
+    arrays = [rows for indices, rows in parts if indices]
+    if sorted(order) != list(wanted) or not arrays:
+        raise RuntimeError(f"{what}: the ranks' shares hold {len(order)} row(s), expected {len(wanted)}")
+    return np.concatenate(arrays)[np.argsort(order, kind="stable")]
 
 
 def encode_split(
@@ -112,158 +131,52 @@ def encode_split(
     device: str | torch.device,
     seed: int = 0,
     skip_bad: bool = False,
+    loader: Any = None,
 ) -> dict[str, Any]:
-    """Encode every volume once and every distinct report once.
+    """Encode every volume once and every distinct report once; every rank must call it (see the module doc).
 
-    Returns {"names", "scan_ids", "reports" (N lists), "image" (N, E), "text" (N, E) (row i = report of volume i;
-    identical reports share one encoding), "labels" (N, 18) float or None, "logit_scale" float, "skipped"}.
-    skip_bad: volumes that cannot be read are left out of every field and listed in "skipped" ([{name, cause}]).
+    Returns, on every rank, {"names", "scan_ids", "reports" (N lists), "image" (N, E), "text" (N, E) (row i =
+    report of volume i; identical reports share one encoding), "labels" (N, 18) float or None, "logit_scale" float,
+    "skipped"} in the split's order. skip_bad: volumes that cannot be read are left out of every field and listed
+    in "skipped" ([{name, cause}], split order). `loader`: this rank's share (built here when None; training
+    passes its own so that persistent workers live across epochs).
     """
     inner = unwrap(model)
-    loader = _loader(split, spec, inner.tokenize, batch_size=batch_size, workers=workers, seed=seed,
-                     skip_bad=skip_bad)
-    skipped: dict[str, str] = {}
-    image = encode_volumes(inner, loader, [s.name for s in split.samples], device=device, skipped=skipped)
-    kept = [i for i, s in enumerate(split.samples) if s.name not in skipped]
-    names = [split.samples[i].name for i in kept]
+    names = [s.name for s in split.samples]
+    if loader is None:
+        loader = _loader(split, spec, inner.tokenize, batch_size=batch_size, workers=workers, seed=seed,
+                         skip_bad=skip_bad)
+    share = list(loader.sampler)  # split indices of this rank's volumes, in the split's order
+
+    def encode_share() -> tuple[list[int], np.ndarray, dict[str, str]]:
+        skipped: dict[str, str] = {}
+        image = encode_volumes(inner, loader, [names[i] for i in share], device=device, skipped=skipped)
+        return [i for i in share if names[i] not in skipped], image, skipped
+
+    volumes = on_every_rank(encode_share)
+    causes = {name: cause for _, _, skipped in volumes for name, cause in skipped.items()}
+    kept = [i for i, name in enumerate(names) if name not in causes]
+    if not kept:
+        raise RuntimeError(f"--skip-bad: every one of the {len(names)} volume(s) was unreadable, e.g. "
+                           f"{list(causes.items())[:2]}")
+    image = _in_index_order([(indices, rows) for indices, rows, _ in volumes], kept, "image embeddings")
     reports = [split.samples[i].report for i in kept]
-    labels = split_labels(split)
     unique = list(dict.fromkeys(reports))
-    row = {text: i for i, text in enumerate(unique)}
-    text = encode_texts(inner, unique, batch_size=batch_size, device=device)[[row[r] for r in reports]]
+    mine = list(range(dist.rank(), len(unique), dist.world_size()))
+    texts = on_every_rank(lambda: (mine, encode_texts(inner, [unique[j] for j in mine], batch_size=batch_size,
+                                                      device=device)))
+    row = {text: j for j, text in enumerate(unique)}
+    text = _in_index_order(texts, list(range(len(unique))), "report embeddings")[[row[r] for r in reports]]
+    labels = split_labels(split)
+    log.debug("rank %d encoded %d of %d volume(s) and %d of %d report(s)", dist.rank(), len(share), len(names),
+              len(mine), len(unique))
     return {
-        "names": names,
+        "names": [names[i] for i in kept],
         "scan_ids": [split.samples[i].scan_id for i in kept],
         "reports": reports,
         "image": image,
         "text": text,
         "labels": None if labels is None else labels[kept],
         "logit_scale": float(inner.logit_scale.detach().float().exp().cpu()),
-        "skipped": [{"name": name, "cause": cause} for name, cause in skipped.items()],
+        "skipped": [{"name": names[i], "cause": causes[names[i]]} for i in range(len(names)) if names[i] in causes],
     }
-
-
-def _files_digest(split: Any) -> str:
-    """sha256 over (relative path, size, mtime) of every volume file: a changed file changes the digest."""
-    from reaf.data.formats import volume_file
-
-    digest = hashlib.sha256()
-    for sample in split.samples:
-        stat = volume_file(Path(split.root), sample.rel, split.fmt).stat()
-        digest.update(f"{sample.rel}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
-
-
-def data_description(split: Any, spec: Any) -> dict[str, Any]:
-    """What the embeddings depend on besides the model: source, format, input spec, names, reports, file stats."""
-    return {
-        "source": str(split.source),
-        "root": str(split.root),
-        "format": split.fmt,
-        "input": {"size": list(spec.size), "hu_min": spec.hu_min, "hu_max": spec.hu_max, "mode": spec.mode},
-        "volumes": [s.name for s in split.samples],
-        "reports_sha256": hashlib.sha256("\x00".join(s.report for s in split.samples).encode()).hexdigest(),
-        "volume_files_sha256": _files_digest(split),
-    }
-
-
-def encoded_split(
-    model: torch.nn.Module,
-    split: Any,
-    spec: Any,
-    *,
-    results_dir: Path,
-    checkpoint: dict | None,
-    data: dict,
-    **loader_args: Any,
-) -> tuple[dict, bool]:
-    """(encoded, reused): results_dir/embeddings.pt when checkpoint and data are unchanged (logged), else the split
-    encoded by encode_split and written there with its key and meta (checkpoint, model config, `data` =
-    data_description(split, spec))."""
-    from reaf.model.bert_folder import describe_folder
-
-    config = unwrap(model).cfg.to_dict()
-    text = describe_folder(getattr(unwrap(model), "bert_path", None))
-    key = cache_key(checkpoint, config, data, text)
-    path = results_dir / "embeddings.pt"
-    cached = reusable_embeddings(path, key)
-    if cached is not None:
-        labels, row = split_labels(split), {s.name: i for i, s in enumerate(split.samples)}
-        # labels are not part of the key: always the current ones, for the volumes encoded (--skip-bad may drop some)
-        cached["labels"] = None if labels is None else labels[[row[name] for name in cached["names"]]]
-        return cached, True
-    encoded = encode_split(model, split, spec, **loader_args)
-    save_embeddings(path, encoded, key=key, meta={"checkpoint": checkpoint, "model_config": config, "data": data,
-                                                        "text_tower": text})
-    return encoded, False
-
-
-def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
-    """{"path", "size", "sha256", "sha256_scope"} of a file; huge files hash first+last MiB and the size (said so)."""
-    path = Path(path)
-    size = path.stat().st_size
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        if size <= FULL_HASH_LIMIT:
-            for block in iter(lambda: f.read(2**24), b""):
-                digest.update(block)
-            scope = "full file"
-        else:
-            digest.update(f.read(PARTIAL_BLOCK))
-            f.seek(size - PARTIAL_BLOCK)
-            digest.update(f.read(PARTIAL_BLOCK))
-            digest.update(str(size).encode())
-            scope = f"first and last {PARTIAL_BLOCK} bytes + size (file larger than {FULL_HASH_LIMIT} bytes)"
-    return {"path": str(path.resolve()), "size": size, "sha256": digest.hexdigest(), "sha256_scope": scope}
-
-
-def cache_key(checkpoint: dict[str, Any] | None, model_config: dict, data: dict[str, Any],
-              text_tower: dict[str, Any] | None = None) -> str | None:
-    """The reuse key: sha256 over checkpoint hash, model config, data description and the text tower's BERT folder
-    (reaf.bert_folder.describe_folder); None without a checkpoint."""
-    if checkpoint is None:
-        return None
-    blob = json.dumps({"checkpoint": checkpoint["sha256"], "model": model_config, "data": data, "text": text_tower},
-                      sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def save_embeddings(path: Path, encoded: dict[str, Any], *, key: str | None, meta: dict[str, Any]) -> None:
-    """Write `encoded` ({"names", "scan_ids", "reports", "image" (N,E), "text" (N,E), "logit_scale", ...}) + meta."""
-    payload = {"version": EMBEDDINGS_VERSION, "key": key, "meta": meta}
-    for name, value in encoded.items():
-        payload[name] = torch.as_tensor(value) if name in ("image", "text", "labels") and value is not None else value
-    atomic.torch_save(payload, path)
-
-
-def load_embeddings(path: Path) -> dict[str, Any]:
-    """Read an embeddings file (weights_only); image/text come back as float32 numpy arrays (N, E)."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for a truncated or foreign file
-        raise ValueError(f"{path}: not a readable REAF embeddings file ({err})") from err
-    if not isinstance(payload, dict) or payload.get("version") != EMBEDDINGS_VERSION:
-        raise ValueError(f"{path}: not a REAF embeddings file of version {EMBEDDINGS_VERSION}")
-    for name in ("image", "text", "labels"):
-        if payload.get(name) is not None:
-            payload[name] = payload[name].float().numpy()
-    for name in ("image", "text"):  # a NaN row would otherwise just never be found (or always be)
-        if payload.get(name) is not None:
-            require_finite(payload[name], f"{path}: {name} embeddings", payload.get("names"))
-    return payload
-
-
-def reusable_embeddings(path: Path, key: str | None) -> dict[str, Any] | None:
-    """The embeddings stored at `path` if their key equals `key` (same checkpoint and data), else None; logged."""
-    if key is None or not path.is_file():
-        return None
-    try:
-        payload = load_embeddings(path)
-    except ValueError as err:
-        log.warning("not reusing embeddings: %s", err)
-        return None
-    if payload.get("key") != key:
-        log.info("embeddings at %s were made from another checkpoint or data; encoding again", path)
-        return None
-    log.info("reusing embeddings from %s (same checkpoint sha256 and data; key %s)", path, key[:12])
-    return payload

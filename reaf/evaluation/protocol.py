@@ -15,16 +15,10 @@ import pandas as pd
 import torch
 from scipy.special import expit
 
-from reaf import atomic
+from reaf import atomic, dist
 from reaf.evaluation import metrics, retrieval
-from reaf.evaluation.encoding import (
-    REPORT_TEXT,
-    data_description,
-    encode_texts,
-    encoded_split,
-    file_fingerprint,
-    unwrap,
-)
+from reaf.evaluation.embeddings import REPORT_TEXT, data_description, encoded_split, file_fingerprint
+from reaf.evaluation.encoding import encode_texts, unwrap
 from reaf.evaluation.plots import write_plots
 from reaf.evaluation.prompts import CLASSES, CLASSES_16, class_prompts, templates_for
 
@@ -107,28 +101,33 @@ def run_evaluation(
     n_boot: int = metrics.DEFAULT_BOOTSTRAP,
     plots: bool = True,
     skip_bad: bool = False,
-) -> dict[str, Any]:
+    encoded: dict | None = None,
+) -> dict[str, Any] | None:
     """Zero-shot classification (18 and 16 classes) + retrieval on `split`; writes every output to results_dir.
 
-    Called by zero_shot.py and by training every --zeroshot-frequency epochs, on one process (the loader must
-    cover the whole split). `checkpoint` (a file path) is hashed into results.json and keys the reuse of
-    results_dir/embeddings.pt; without it the embeddings are always recomputed. The model's train/eval mode is
-    restored on return. skip_bad: unreadable volumes are left out and listed in results["data"]["skipped"].
-    Returns the results.json dict.
+    Called by zero_shot.py and by training every --zeroshot-frequency epochs. Under torch.distributed every rank
+    calls it and encodes its share of the split (reaf.evaluation.encoding); rank 0 scores, writes and returns the
+    results, the other ranks return None. `encoded`: the split as encode_split gave it (training encodes a split
+    once for validation and zero-shot); nothing is encoded then, and rank 0 alone may call it. `checkpoint` (a file
+    path) is hashed into results.json and keys the reuse of results_dir/embeddings.pt; without it the embeddings
+    are always recomputed. The model's train/eval mode is restored on return. skip_bad: unreadable volumes are left
+    out and listed in results["data"]["skipped"]. Returns the results.json dict.
     """
     inner, results_dir = unwrap(model), Path(results_dir)
-    was_training = inner.training
+    was_training, given = inner.training, encoded is not None
     inner.eval()
     try:
-        fingerprint = file_fingerprint(checkpoint) if checkpoint is not None else None
-        data = data_description(split, spec)
+        main = dist.is_main()
+        fingerprint = file_fingerprint(checkpoint) if checkpoint is not None and main else None
+        data = data_description(split, spec) if main else {}
         start = time.perf_counter()
         loader_args = {"batch_size": batch_size, "workers": workers, "device": device, "seed": seed,
                        "skip_bad": skip_bad}
-        encoded, reused = encoded_split(
-            inner, split, spec, results_dir=results_dir, checkpoint=fingerprint, data=data, **loader_args
-        )
-        timing = {"encode_s": time.perf_counter() - start, "embeddings_reused": reused}
+        encoded, reused = encoded_split(inner, split, spec, results_dir=results_dir, checkpoint=fingerprint,
+                                        data=data, encoded=encoded, **loader_args)
+        if encoded is None:  # not rank 0
+            return None
+        timing = {"encode_s": None if given else time.perf_counter() - start, "embeddings_reused": reused}
         start = time.perf_counter()
         prompts = prompt_embeddings(inner, templates_for(template), batch_size=batch_size, device=device)
         probs = {t: zero_shot_probabilities(encoded["image"], p, encoded["logit_scale"]) for t, p in prompts.items()}

@@ -14,12 +14,13 @@ from reaf import atomic, dist
 from reaf.data import skips
 from reaf.data.loader import build_dataloader
 from reaf.training import state as train_state
+from reaf.training.epoch_eval import evaluate_epoch
 from reaf.training.flags import TrainFlags
 from reaf.training.optim import CosineSchedule, build_optimizer, warmup_steps
 from reaf.training.run_log import LOG_FILE, RunLogger, setup_logging, teardown_logging
 from reaf.training.settings import RunSettings, resolve
 from reaf.training.state import Position
-from reaf.training.step import StepContext, autocast_factory, train_one_epoch, validate
+from reaf.training.step import StepContext, autocast_factory, train_one_epoch
 
 log = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
@@ -85,13 +86,14 @@ class RunData:
         loader.sampler.set_epoch(epoch)
         return loader
 
-    def val_loader(self) -> Any:
-        """The whole validation split on this one process (evaluation runs on rank 0 only)."""
-        if "val" not in self._loaders:
-            self._loaders["val"] = build_dataloader(
-                self.val, self.spec, self.tokenize, batch_size=self.batch_size, workers=self.workers,
-                seed=self.seed, train=False, num_replicas=1, rank=0, skip_bad=self.skip_bad)
-        return self._loaders["val"]
+    def eval_loader(self, split: Any) -> Any:
+        """This rank's share of an evaluation split, in the split's order (built once per split, as above)."""
+        key = f"eval:{id(split)}"
+        if key not in self._loaders:
+            self._loaders[key] = build_dataloader(
+                split, self.spec, self.tokenize, batch_size=self.batch_size, workers=self.workers, seed=self.seed,
+                train=False, skip_bad=self.skip_bad)
+        return self._loaders[key]
 
 
 def build_data(args: TrainFlags, settings: RunSettings, model: torch.nn.Module) -> RunData:
@@ -107,7 +109,8 @@ def build_data(args: TrainFlags, settings: RunSettings, model: torch.nn.Module) 
 
     spec = InputSpec.from_args(args.input_info, model.cfg.vision.img_size)
     zeroshot = read(settings.zeroshot_data, labels=True) if args.zeroshot_frequency else None
-    val = read(settings.val_data) if args.val_frequency else None
+    same = zeroshot is not None and settings.val_data == settings.zeroshot_data  # one split, encoded once per epoch
+    val = (zeroshot if same else read(settings.val_data)) if args.val_frequency else None
     return RunData(spec, model.tokenize, read(settings.train_data), val, zeroshot, batch_size=args.batch_size,
                    workers=args.workers, seed=args.seed, sample_unit=args.sample_unit, skip_bad=args.skip_bad,
                    text_sampling=args.text_sampling, keep_in_memory=args.keep_in_memory)
@@ -169,36 +172,13 @@ class TrainingRun:
         log.info("checkpoint: %s (epoch %d, step %d)", path, pos.epoch, pos.step)
 
     def evaluate(self, epoch: int, step: int) -> None:
-        """Validation every --val-frequency and zero-shot every --zeroshot-frequency epochs, on rank 0; the
-        training RNG streams are left as they were."""
-        args, data = self.args, self.data
-        do_val = data.val is not None and args.val_frequency and epoch % args.val_frequency == 0
-        do_zs = data.zeroshot is not None and args.zeroshot_frequency and epoch % args.zeroshot_frequency == 0
-        if self.env.is_main and (do_val or do_zs):
-            state = train_state.capture_rng(self.env.device)
-            metrics: dict[str, float] = {}
-            if do_val:
-                scan_ids = {sample.name: sample.scan_id for sample in data.val.samples}
-                loader = skips.watch(data.val_loader(), self.skips, phase="val", epoch=epoch)
-                metrics.update(validate(self.model, loader, self.ctx, scan_ids))
-            if do_zs:
-                metrics.update(self.zero_shot(epoch))
+        """Validation every --val-frequency and zero-shot every --zeroshot-frequency epochs (epoch_eval: each due
+        split encoded once, sharded over the ranks), logged by rank 0; the training RNG streams are left as they
+        were."""
+        metrics = evaluate_epoch(self, epoch)
+        if metrics:
             self.logger.log({**metrics, "epoch": epoch}, step)
-            train_state.restore_rng(state, self.env.device)
         dist.barrier()
-
-    def zero_shot(self, epoch: int) -> dict[str, float]:
-        """reaf.evaluation.protocol.run_evaluation on --zeroshot-ct-rate; its outputs go to <run>/zeroshot/epoch_<K>/."""
-        from reaf.evaluation.protocol import run_evaluation, summary_scalars
-
-        results = run_evaluation(self.model, self.data.zeroshot, self.data.spec,
-                                 results_dir=Path(self.settings.run_dir) / "zeroshot" / f"epoch_{epoch}",
-                                 batch_size=self.args.batch_size, workers=self.args.workers, device=self.env.device,
-                                 template=self.args.zeroshot_template, seed=self.args.seed,
-                                 skip_bad=self.args.skip_bad)
-        self.skips.record([(s["name"], s["cause"]) for s in results["data"]["skipped"]], phase="zeroshot",
-                          epoch=epoch)
-        return {k if k.startswith("zeroshot/") else f"zeroshot/{k}": v for k, v in summary_scalars(results).items()}
 
     def train_epochs(self, pos: Position, rng: dict[str, Any] | None, steps_per_epoch: int) -> Position:
         """Epochs pos.epoch..epochs-1, resuming mid-epoch at pos.batches_done with this rank's saved RNG."""

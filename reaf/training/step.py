@@ -12,13 +12,12 @@ import torch
 from torch import nn
 
 from reaf import dist
-from reaf.model.loss import contrastive_loss, local_contrastive_loss
+from reaf.model.loss import contrastive_loss
 from reaf.training.optim import CosineSchedule
 from reaf.training.run_log import RunLogger
 from reaf.training.state import Position
 
 Batch = dict[str, Any]
-VAL_KEYS = ("R@1", "R@5", "R@10", "median_rank", "MAP@10", "N")  # the retrieval numbers logged per epoch
 
 
 class NonFiniteLossError(RuntimeError):
@@ -164,44 +163,3 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[Batch], pos: Position, *
             break  # leftover micro-batches (< accum_freq) are not trained
     logger.close_bar()
     return pos
-
-
-@torch.no_grad()
-def validate(model: nn.Module, loader: Iterable[Batch], ctx: StepContext, scan_ids: dict[str, str]) -> dict[str, float]:
-    """Contrastive loss (batch-size weighted mean of per-batch losses) and report<->volume retrieval over a whole
-    split (the dup_all/dedup pools of evaluation.retrieval), on this process alone (rank 0 during DDP training); `model` is the bare model and
-    `scan_ids` maps volume name -> scan id."""
-    from reaf.evaluation.retrieval import retrieval_metrics
-
-    was_training = model.training
-    model.eval()
-    imgs, txts, names, labels, total = [], [], [], [], 0.0
-    for batch in loader:
-        batch = to_device(batch, ctx.device)
-        with ctx.autocast():
-            img, txt, scale = model(batch["image"], batch["input_ids"], batch["attention_mask"])
-        img, txt = img.float(), txt.float()
-        total += local_contrastive_loss(img, txt, scale.float()).item() * img.shape[0]
-        imgs.append(img.cpu())
-        txts.append(txt.cpu())
-        labels.append(batch["labels"].float().cpu())
-        names += list(batch["name"])
-    model.train(was_training)
-    if not names:
-        raise ValueError("the validation split produced no batches")
-    scores, _ = retrieval_metrics(torch.cat(imgs).numpy(), torch.cat(txts).numpy(), [scan_ids[n] for n in names],
-                                  names, torch.cat(labels).numpy())
-    kept = {k: v for k, v in flatten(scores, "val/").items() if k.rsplit("/", 1)[-1] in VAL_KEYS}
-    return {"val/loss": total / len(names), **kept}
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of a nested dict as {'<prefix>a/b/c': value}; None, strings and lists are left out."""
-    out: dict[str, float] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{name}/"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[name] = float(value)
-    return out
