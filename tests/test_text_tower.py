@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from reaf import create_model
+from reaf.model import text as text_module
 from reaf.model.config import config_from_dict, load_model_config
 
 TEXTS = ["No pleural effusion was detected.", "Left pleural effusion is observed.", "No pleural effusion was detected."]
@@ -39,6 +40,7 @@ def test_text_config_errors_name_the_option():
 
 
 def test_whole_lock_freezes_bert_and_caches_each_distinct_text_once():
+    text_module._SHARED_FEATURES.clear()  # towers built by earlier tests may share these weights
     torch.manual_seed(0)
     model = create_model("tiny", pooling="mean", lock="all", dropout=0.5)
     reference = create_model("tiny", pooling="mean", lock=False, dropout=0.5)
@@ -61,9 +63,37 @@ def test_whole_lock_freezes_bert_and_caches_each_distinct_text_once():
     again = model.encode_text(again_ids, again_mask)
     assert calls == [2, 1]
     torch.testing.assert_close(again[[0, 2]], first[[1, 0]])
-    model.load_state_dict(model.state_dict())  # loaded weights make the cache stale: it is emptied
+    model.load_state_dict(model.state_dict())  # the same weights loaded: the same table, nothing recomputed
     model.encode_text(ids, mask)
+    assert calls == [2, 1]
+    changed = {k: v + 0.01 if "word_embeddings" in k else v for k, v in model.state_dict().items()}
+    model.load_state_dict(changed)  # other weights: another table, the features are computed again
+    torch.testing.assert_close(model.encode_text(ids, mask), reference_after(changed, ids, mask))
     assert calls == [2, 1, 2]
+
+
+def reference_after(state, ids, mask):
+    plain = create_model("tiny", pooling="mean", lock=False, dropout=0.5)
+    plain.load_state_dict(state)
+    return plain.eval().encode_text(ids, mask)
+
+
+def test_frozen_towers_with_the_same_weights_share_their_features():
+    torch.manual_seed(1)
+    first = create_model("tiny", pooling="mean", lock="all")
+    second = create_model("tiny", pooling="mean", lock="all")
+    second.load_state_dict(first.state_dict())
+    calls = []
+    second.text.transformer.register_forward_hook(lambda *args: calls.append(1))
+    ids, mask = first.tokenize(TEXTS)
+    first.encode_text(ids, mask)
+    torch.testing.assert_close(second.encode_text(ids, mask), first.encode_text(ids, mask))
+    assert calls == []  # the second model read the first one's features
+    cls = create_model("tiny", pooling="cls", lock="all")  # the same weights pooled otherwise: its own table
+    cls.load_state_dict(first.state_dict())
+    cls.text.transformer.register_forward_hook(lambda *args: calls.append(1))
+    cls.encode_text(ids, mask)
+    assert calls == [1]
 
 
 @pytest.mark.skipif(

@@ -133,10 +133,14 @@ def bert_config(cfg: TextConfig) -> BertConfig:
     )
 
 
+# weights digest -> {token ids: pooled features} of frozen towers (see TextTower.feature_cache)
+_SHARED_FEATURES: dict[str, dict[tuple[int, ...], Tensor]] = {}
+
+
 class TextTower(nn.Module):
     """Token ids (B, L) -> unit-norm embedding (B, E): BERT, CLS (or mean over the non-pad tokens) of the last hidden
     state, Linear without bias. Locked "all", BERT is frozen in eval mode and each distinct text's features are
-    computed once and kept (keyed by its token ids; cleared when weights are loaded)."""
+    computed once and kept (keyed by its token ids, shared by towers with the same weights)."""
 
     def __init__(self, cfg: TextConfig, embed_dim: int, bert_path: str | None = None) -> None:
         super().__init__()
@@ -150,8 +154,8 @@ class TextTower(nn.Module):
         self.proj = nn.Linear(self.transformer.config.hidden_size, embed_dim, bias=False)
         self.locked = False
         self.frozen = False
-        self.feature_cache: dict[tuple[int, ...], Tensor] = {}
-        self.register_load_state_dict_post_hook(lambda module, keys: module.feature_cache.clear())
+        self._cache: dict[tuple[int, ...], Tensor] | None = None  # bound on first use to the weights' shared cache
+        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_cache", None))
 
     def lock(self, whole: bool = False) -> None:
         """Freeze BERT except its LayerNorms (the reference's --lock-text), or with `whole` all of it (then in eval
@@ -159,7 +163,7 @@ class TextTower(nn.Module):
         for name, param in self.transformer.named_parameters():
             param.requires_grad = not whole and "LayerNorm" in name
         self.locked, self.frozen = True, whole
-        self.feature_cache.clear()
+        self._cache = None
         self.train(self.training)
 
     def train(self, mode: bool = True) -> TextTower:
@@ -185,6 +189,19 @@ class TextTower(nn.Module):
             return hidden[:, 0]
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # [CLS] and [SEP] count, as sentence-transformers does
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+    @property
+    def feature_cache(self) -> dict[tuple[int, ...], Tensor]:
+        """The frozen tower's text -> features table, shared by every tower in this process with the same BERT
+        weights and pooling (the demo's two models and their evaluations compute each text once); the key is a
+        digest of the weights, taken again after weights are loaded."""
+        if self._cache is None:
+            digest = hashlib.blake2b(self.cfg.pooling.encode(), digest_size=16)
+            for name, tensor in self.transformer.state_dict().items():
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+            self._cache = _SHARED_FEATURES.setdefault(digest.hexdigest(), {})
+        return self._cache
 
     def features(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """(B, L) token ids -> (B, hidden) pooled features, before the projection; from the cache when frozen."""
