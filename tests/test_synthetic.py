@@ -154,6 +154,7 @@ def test_v1_needs_csv_intercept_v2_holds_hu(data):
         xy = [float(v) for v in row["XYSpacing"].strip("[]").split(",")]
         np.testing.assert_allclose([*xy, row["ZSpacing"]], geometry.spacing)
         assert raw.shape == (row["Columns"], row["Rows"], row["NumberofSlices"])
+        hu = hu[::-1, ::-1, :]  # stored in CT-RATE's (L, P, S) order
         lung = np.abs(hu - LUNG) < 40
         if path.parent.parent.parent.name.endswith("_fixed"):
             versions.add("v2")
@@ -202,10 +203,17 @@ def test_each_finding_is_visible_at_model_resolution(cls):
 def test_write_volume_nifti_round_trip(tmp_path):
     hu = np.arange(-1000, -1000 + 4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
     v2 = nib.load(write_volume_nifti(tmp_path / "a.nii.gz", hu, (0.7, 0.8, 2.5)))
-    np.testing.assert_array_equal(np.asarray(v2.dataobj), hu)
+    # stored in CT-RATE's order (L, P, S): the phantom's right/anterior-running x and y reversed
+    assert nib.aff2axcodes(v2.affine) == ("L", "P", "S")
+    np.testing.assert_array_equal(np.asarray(v2.dataobj), hu[::-1, ::-1, :])
     np.testing.assert_allclose(v2.header.get_zooms(), (0.7, 0.8, 2.5), rtol=1e-6)
+    # the same anatomy at the same world (RAS+) point: phantom voxel (i, j, k) is stored at (3 - i, 4 - j, k)
+    i, j, k = 1, 2, 3
+    phantom_mm = np.array([(i - 1.5) * 0.7, (j - 2.0) * 0.8, (k - 2.5) * 2.5])  # the phantom grid is centred on 0
+    np.testing.assert_allclose((v2.affine @ [3 - i, 4 - j, k, 1.0])[:3], phantom_mm)
+    assert np.asarray(v2.dataobj)[3 - i, 4 - j, k] == hu[i, j, k]
     v1 = nib.load(write_volume_nifti(tmp_path / "b.nii.gz", hu, (0.7, 0.8, 2.5), version="v1"))
-    np.testing.assert_array_equal(np.asarray(v1.dataobj), hu + 1024)
+    np.testing.assert_array_equal(np.asarray(v1.dataobj), hu[::-1, ::-1, :] + 1024)
     with pytest.raises(ValueError, match="c.nii.gz"):
         write_volume_nifti(tmp_path / "c.nii.gz", hu, (1, 1, 1), version="v3")
 

@@ -58,20 +58,24 @@ class VolumeJob:
 
 def write_volume_nifti(path: str | Path, hu: np.ndarray, spacing: tuple[float, float, float], *,
                        version: str = "v2", intercept: float = INTERCEPT, slope: float = SLOPE) -> Path:  # fmt: skip
-    """Write an HU volume ``hu`` (x, y, z) as one .nii.gz, atomically and byte-deterministically (gzip mtime 0).
+    """Write an HU volume ``hu`` (x, y, z), its axes running to the patient's right, anterior and superior (the
+    phantom's RAS+ grid), as one .nii.gz in CT-RATE's voxel order (L, P, S: x and y reversed; docs/orientation.md),
+    atomically and byte-deterministically (gzip mtime 0).
 
-    version "v2": int16 HU, affine diag(spacing) centred on 0 (CT-RATE "_fixed"). version "v1": int16 raw =
-    (HU - intercept) / slope with an identity affine (wrong unit spacing) and no header scaling, as CT-RATE v1;
-    the caller must record intercept/slope and the true spacing in the metadata CSV.
+    version "v2": int16 HU, an LPS affine diag(-sx, -sy, sz) centred on 0 (CT-RATE "_fixed"). version "v1": int16
+    raw = (HU - intercept) / slope in the same voxel order with an identity affine (wrong unit spacing) and no
+    header scaling, as CT-RATE v1; the caller must record intercept/slope and the true spacing in the metadata CSV.
     """
     if hu.ndim != 3:
         raise ValueError(f"{path}: expected a 3-D (x, y, z) HU array, got shape {hu.shape}")
+    lps = np.asarray(hu)[::-1, ::-1, :]
     if version == "v2":
-        data = np.asarray(hu, dtype=np.int16)
-        affine = np.diag([*map(float, spacing), 1.0])
-        affine[:3, 3] = [-(n - 1) / 2 * s for n, s in zip(hu.shape, spacing)]
+        data = np.ascontiguousarray(lps, dtype=np.int16)
+        affine = np.diag([-float(spacing[0]), -float(spacing[1]), float(spacing[2]), 1.0])
+        affine[:3, 3] = [(hu.shape[0] - 1) / 2 * spacing[0], (hu.shape[1] - 1) / 2 * spacing[1],
+                         -(hu.shape[2] - 1) / 2 * spacing[2]]  # fmt: skip
     elif version == "v1":
-        data = np.rint((np.asarray(hu, dtype=np.float32) - intercept) / slope).astype(np.int16)
+        data = np.rint((lps.astype(np.float32) - intercept) / slope).astype(np.int16)
         affine = np.eye(4)
     else:
         raise ValueError(f"{path}: version must be 'v1' or 'v2', got {version!r}")
