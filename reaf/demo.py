@@ -53,11 +53,12 @@ def stage(title: str) -> None:
 def make_data(args: argparse.Namespace, out: Path) -> Path:
     """Synthetic CT-RATE (layout A, NIfTI) and its fast cache for the demo model; returns the cache root."""
     from reaf.data.preprocessing import PreprocessSettings, preprocess_split, summary_line
-    from reaf.synthetic.dataset import generate
+    from reaf.synthetic.dataset import GENERATOR_VERSION, generate
 
     raw, cache = out / "ct_rate", out / "cache"
     stage("1/4 synthetic CT-RATE")
-    wanted = {"seed": args.seed, "num_train": args.num_train, "num_valid": args.num_valid}
+    wanted = {"seed": args.seed, "num_train": args.num_train, "num_valid": args.num_valid,
+              "generator_version": GENERATOR_VERSION}
     marker = raw / "demo_data.json"  # written only once generation has finished
     if marker.is_file():
         found = json.loads(marker.read_text())

@@ -56,6 +56,11 @@ class VolumeJob:
     seed: int
 
 
+# Bumped whenever the same seed would draw different volumes or text (the demo refuses a folder made otherwise).
+# 2: volumes stored in CT-RATE's (L, P, S) voxel order.
+GENERATOR_VERSION = 2
+
+
 def write_volume_nifti(path: str | Path, hu: np.ndarray, spacing: tuple[float, float, float], *,
                        version: str = "v2", intercept: float = INTERCEPT, slope: float = SLOPE) -> Path:  # fmt: skip
     """Write an HU volume ``hu`` (x, y, z), its axes running to the patient's right, anterior and superior (the
