@@ -14,7 +14,6 @@ from reaf.model.config import ModelConfig, apply_overrides, load_model_config
 from reaf.model.text import TextTower, build_tokenizer, tokenize
 from reaf.model.vision import VisionTower
 
-LOGIT_SCALE_INIT = math.log(1 / 0.07)
 LOGIT_SCALE_MAX = math.log(100.0)
 
 
@@ -29,7 +28,7 @@ class ReafCLIP(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.bert_path = bert_path
-        self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
+        self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
         self.visual = VisionTower(cfg.vision, cfg.embed_dim)
         self.text = TextTower(cfg.text, cfg.embed_dim, bert_path)
         self._tokenizer = None  # built on first use: a random-init CXR-BERT tower has no tokenizer files

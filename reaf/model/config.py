@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -106,6 +107,13 @@ class ModelConfig:
     embed_dim: int = 512
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
+    # the learnable log temperature's start (open_clip's init_logit_scale): CLIP's ln(1/0.07), the scale 14.3
+    init_logit_scale: float = math.log(1 / 0.07)
+
+    def validate(self) -> None:
+        if not 0.0 <= self.init_logit_scale <= math.log(100.0):
+            raise ValueError(f"init_logit_scale {self.init_logit_scale} is outside [0, ln 100] (the scale is clamped "
+                             "to at most 100)")  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -129,6 +137,10 @@ def config_from_dict(values: dict[str, Any], where: str = "config") -> ModelConf
     vision = _build(VisionConfig, values.pop("vision", {}), f"{where}: vision")
     text = _build(TextConfig, values.pop("text", {}), f"{where}: text")
     cfg = _build(ModelConfig, {**values, "vision": vision, "text": text}, where)
+    try:
+        cfg.validate()
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
     cfg.vision.validate()
     try:
         cfg.text.validate()
@@ -167,7 +179,7 @@ def apply_overrides(cfg: ModelConfig, **overrides: Any) -> ModelConfig:
             vision[key] = value
         elif key in text_names:
             text[key] = value
-        elif key == "embed_dim":
+        elif key in ("embed_dim", "init_logit_scale"):
             top[key] = value
         else:
             raise ValueError(f"unknown model config override {key!r}")
@@ -177,6 +189,7 @@ def apply_overrides(cfg: ModelConfig, **overrides: Any) -> ModelConfig:
         text=dataclasses.replace(cfg.text, **text),
         **top,
     )
+    new.validate()
     new.vision.validate()
     new.text.validate()
     return new
