@@ -79,6 +79,7 @@ def text_features(data: dict, prompts: dict) -> dict[str, torch.Tensor]:
 
 def train_variant(data: dict, feats: dict, prompts: dict, settings: dict, seed: int) -> dict:
     steps, lr, sampling = settings.get("steps", 300), settings.get("lr", 1e-3), settings.get("sampling", "both")
+    batch = settings.get("batch", BATCH)
     torch.manual_seed(seed)
     model = create_model(load_model_config("demo"), **settings.get("overrides", {}))
     if "logit_scale" in settings:
@@ -98,16 +99,17 @@ def train_variant(data: dict, feats: dict, prompts: dict, settings: dict, seed: 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.2, betas=(0.9, 0.98), eps=1e-6)
     schedule = CosineSchedule(opt, lr, 50, steps)
-    train, n = data["train"], len(data["train"]["x"])
+    train = data["train"]
+    n = settings.get("train_volumes", len(train["x"]))  # the first n training volumes only
     g = torch.Generator().manual_seed(seed)
     order, losses, start_time = torch.randperm(n, generator=g), [], time.time()
     model.train()
     for step in range(steps):
-        start = (step * BATCH) % (n - n % BATCH)
+        start = (step * batch) % (n - n % batch)
         if start == 0 and step:
             order = torch.randperm(n, generator=g)
         schedule.apply(step)
-        idx, epoch = order[start : start + BATCH], step // (n // BATCH)
+        idx, epoch = order[start : start + batch], step // (n // batch)
         texts = [sample_text(train["reports"][i], sampling, seed=seed, epoch=epoch, index=int(i)) for i in idx]
         loss = local_contrastive_loss(encode_image(train["x"][idx]), encode_text(texts), model.logit_scale.exp())
         opt.zero_grad()
@@ -126,9 +128,10 @@ def train_variant(data: dict, feats: dict, prompts: dict, settings: dict, seed: 
         neg, pos = encode_text([p[0] for p in prompts.values()]), encode_text([p[1] for p in prompts.values()])
         scale = model.logit_scale.exp()
         prob = torch.softmax(scale * torch.stack([image @ neg.T, image @ pos.T], dim=-1), dim=-1)[..., 1]
-    ln_b = math.log(BATCH)
+    ln_b, epoch_steps = math.log(batch), n // batch
     return {
-        "steps": steps, "lr": lr, "text_sampling": sampling, "settings": {k: v for k, v in settings.items()},
+        "steps": steps, "lr": lr, "batch": batch, "text_sampling": sampling, "settings": dict(settings),
+        "loss_over_lnB_end_of_epoch_0": round(float(np.mean(losses[epoch_steps - 10 : epoch_steps])) / ln_b, 3),
         "loss_over_lnB_steps_65_74": round(float(np.mean(losses[65:75])) / ln_b, 3),
         "loss_over_lnB_steps_140_149": round(float(np.mean(losses[140:150])) / ln_b, 3),
         "loss_over_lnB_last_10": round(float(np.mean(losses[-10:])) / ln_b, 3),
