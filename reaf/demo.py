@@ -26,7 +26,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="demo", help="model config (configs/ name or JSON)")
     p.add_argument("--num-train", type=int, default=2400)
     p.add_argument("--num-valid", type=int, default=200)
-    p.add_argument("--epochs", type=int, default=20, help="20 x 75 steps of batch 32 on 2400 volumes")
+    p.add_argument("--epochs", type=int, default=30, help="30 x 75 steps of batch 32 on 2400 volumes")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (bench/demo_levers.py chose it)")
     p.add_argument("--warmup", type=int, default=50, help="warm-up steps")
