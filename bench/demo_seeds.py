@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ct_like import machine_info, write_result  # noqa: E402
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--root", default=str(REPO / "demo_runs"), help="one demo folder per seed under it")
     p.add_argument("--rerun", action="store_true", help="delete and rerun a seed's demo folder that already exists")
     p.add_argument("--out", default=None, help="result file (default bench/results/demo_seeds.json)")
+    p.add_argument("--note", default="", help="how the seeds' demos were run (recorded in settings)")
     args = p.parse_args(argv)
     machine = machine_info()
     seeds = {str(seed): run_seed(seed, Path(args.root), args.rerun) for seed in args.seeds}
@@ -62,7 +64,8 @@ def main(argv: list[str] | None = None) -> None:
                                                                                            / row["R@5_chance"], 2),
                              "epoch_0_loss_over_ln_B": row["epoch_0_over_ln_B"],
                              "last_loss_over_ln_B": row["last_over_ln_B"], "demo_seconds": summary["seconds"]})
-    result = {"settings": {"command": "python -m reaf.demo --seed S (defaults)", "seeds": args.seeds},
+    result = {"settings": {"command": "python -m reaf.demo --seed S (defaults)", "seeds": args.seeds,
+                           "note": args.note},
               "machine": {**machine, "note": "demo wall time includes data generation, preprocessing, both models' "
                           "training and evaluation; other jobs may share the cores (see load averages)"},
               "rows": rows, "summaries": seeds}
