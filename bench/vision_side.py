@@ -81,6 +81,10 @@ VARIANTS = {
         "pool_norm": True,
     },
     "reaf_demo": {"fusion_saliency": True},
+    # the readout (global_pool) of the plain hierarchy: the CLS, the mean or the per-channel max over patch tokens
+    "plain_cls_readout": {"fusion_saliency": False, "global_pool": "token"},
+    "plain_avg_readout": {"fusion_saliency": False, "global_pool": "avg"},
+    "plain_max_readout": {"fusion_saliency": False, "global_pool": "max"},
 }
 # first-epoch probes (75 steps of the 600-step schedule): what moves the loss off ln(B) early
 PROBES = {
