@@ -58,7 +58,6 @@ VARIANTS = {
     "reaf_avg_readout": {"overrides": {"global_pool": "avg"}},
     "reaf_logit_scale_14.3": {"logit_scale": 1 / 0.07},
     "reaf_lr_1e-3": {"lr": 1e-3},
-    "reaf_lr_3e-3": {"lr": 3e-3},
     "reaf_text_report": {"sampling": "report"},
     "reaf_text_sentence": {"sampling": "sentence"},
     "reaf_batchnorm_text": {"text_bn": True},
