@@ -26,15 +26,15 @@ from ct_like import machine_info, write_result  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_seed(seed: int, root: Path, rerun: bool) -> dict:
+def run_seed(seed: int, root: Path, rerun: bool, demo_args: list[str]) -> dict:
     out = root / f"seed_{seed}"
     summary = out / "demo_summary.json"
     if rerun and out.exists():
         shutil.rmtree(out)
     if not summary.is_file():
         start = time.time()
-        subprocess.run([sys.executable, "-m", "reaf.demo", "--seed", str(seed), "--out", str(out)], cwd=REPO,
-                       check=True)
+        subprocess.run([sys.executable, "-m", "reaf.demo", "--seed", str(seed), "--out", str(out), *demo_args],
+                       cwd=REPO, check=True)
         print(f"seed {seed}: {time.time() - start:.0f} s", flush=True)
     result = json.loads(summary.read_text())
     for model, row in result.items():  # each model's per-class AUCs from its results.json
@@ -51,9 +51,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rerun", action="store_true", help="delete and rerun a seed's demo folder that already exists")
     p.add_argument("--out", default=None, help="result file (default bench/results/demo_seeds.json)")
     p.add_argument("--note", default="", help="how the seeds' demos were run (recorded in settings)")
+    p.add_argument("--demo-args", default="", help="more flags for reaf.demo, e.g. \"--epochs 15 --model X.json\"")
     args = p.parse_args(argv)
     machine = machine_info()
-    seeds = {str(seed): run_seed(seed, Path(args.root), args.rerun) for seed in args.seeds}
+    demo_args = args.demo_args.split()
+    seeds = {str(seed): run_seed(seed, Path(args.root), args.rerun, demo_args) for seed in args.seeds}
     rows = []
     for seed, summary in seeds.items():
         for model in ("reaf", "plain_hierarchy"):
@@ -64,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
                                                                                            / row["R@5_chance"], 2),
                              "epoch_0_loss_over_ln_B": row["epoch_0_over_ln_B"],
                              "last_loss_over_ln_B": row["last_over_ln_B"], "demo_seconds": summary["seconds"]})
-    result = {"settings": {"command": "python -m reaf.demo --seed S (defaults)", "seeds": args.seeds,
+    command = " ".join(["python -m reaf.demo --seed S", *demo_args]) if demo_args else "python -m reaf.demo --seed S (defaults)"
+    result = {"settings": {"command": command, "seeds": args.seeds,
                            "note": args.note},
               "machine": {**machine, "note": "demo wall time includes data generation, preprocessing, both models' "
                           "training and evaluation; other jobs may share the cores (see load averages)"},
