@@ -10,7 +10,14 @@ start, the learning rate, the text sampling, a BatchNorm (no affine) before the 
 (same samples), the width, the number of training volumes, the plain hierarchy instead of REAF; and the previous
 demo's settings (CLS readout, logit scale 1/0.07, lr 1e-3).
 
-    python bench/demo_levers.py --demo-dir demo_runs/seed_0 [--only reaf plain ...]
+The e0_* variants run the demo's own schedule (2250 steps: warm-up, cosine over 30 epochs of 75) and change one
+thing: the warm-up length, a BatchNorm on the image features, the peak lr, the logit scale's start, whole reports
+throughout or in the first epoch(s) only (main.py's --report-epochs); with --steps 150 only the start of that
+schedule runs (a quick look at epoch 0). The r0w10_* variants start from the demo's settings since (whole reports
+in epoch 0, 10 warm-up steps) and change one thing: 40 epochs, lr 1e-3, single sentences after epoch 0, weight
+decay 0.05, the plain hierarchy.
+
+    python bench/demo_levers.py --demo-dir demo_runs/seed_0 [--only reaf plain ...] [--steps N]
 
 Writes bench/results/demo_levers.json (or --out).
 """
@@ -65,6 +72,31 @@ VARIANTS = {
     "reaf_width_96": {"overrides": {"width": 96, "num_heads": 4}},
     "reaf_1200_volumes": {"train_volumes": 1200},
 }
+DEMO_SCHEDULE = {"steps": 2250}  # the demo's own schedule: 30 epochs of 75 steps (run with --steps for epoch 0)
+EPOCH_0 = {
+    "e0_demo": {},
+    "e0_warmup_10": {"warmup": 10},
+    "e0_image_bn": {"image_bn": True},
+    "e0_lr_4e-3": {"lr": 4e-3},
+    "e0_logit_scale_20": {"logit_scale": 20.0},
+    "e0_report": {"sampling": "report"},
+    "e0_plain": {"overrides": {"fusion_saliency": False}},
+    "e0_report_epoch_0": {"report_epochs": 1},
+    "e0_report_epochs_3": {"report_epochs": 3},
+    "e0_report_epoch_0_warmup_10": {"report_epochs": 1, "warmup": 10},
+    "e0_report_epoch_0_warmup_20": {"report_epochs": 1, "warmup": 20},
+    "e0_report_epoch_0_lr_3e-3": {"report_epochs": 1, "lr": 3e-3},
+}
+NEW_DEMO = {"report_epochs": 1, "warmup": 10}  # the demo since: whole reports in epoch 0, 10 warm-up steps
+AFTER = {
+    "r0w10_40_epochs": {"steps": 3000},
+    "r0w10_lr_1e-3": {"lr": 1e-3},
+    "r0w10_sentence": {"sampling": "sentence"},
+    "r0w10_wd_0.05": {"wd": 0.05},
+    "r0w10_plain": {"overrides": {"fusion_saliency": False}},
+}
+VARIANTS.update({name: {**DEMO_SCHEDULE, **v} for name, v in EPOCH_0.items()})
+VARIANTS.update({name: {**DEMO_SCHEDULE, **NEW_DEMO, **v} for name, v in AFTER.items()})
 
 
 def text_features(data: dict, prompts: dict) -> dict[str, torch.Tensor]:
@@ -86,6 +118,7 @@ def text_features(data: dict, prompts: dict) -> dict[str, torch.Tensor]:
 
 def train_variant(data: dict, feats: dict, prompts: dict, settings: dict, seed: int) -> dict:
     steps, lr, sampling = settings.get("steps", STEPS), settings.get("lr", LR), settings.get("sampling", "both")
+    total, steps = steps, min(steps, settings.get("max_steps", steps))
     batch = settings.get("batch", BATCH)
     torch.manual_seed(seed)
     model = create_model(load_model_config("demo"), **settings.get("overrides", {}))
@@ -104,8 +137,8 @@ def train_variant(data: dict, feats: dict, prompts: dict, settings: dict, seed: 
         return F.normalize(model.text.proj(f if text_bn is None else text_bn(f)), dim=-1)
 
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.2, betas=(0.9, 0.98), eps=1e-6)
-    schedule = CosineSchedule(opt, lr, 50, steps)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=settings.get("wd", 0.2), betas=(0.9, 0.98), eps=1e-6)
+    schedule = CosineSchedule(opt, lr, settings.get("warmup", 50), total)
     train = data["train"]
     n = settings.get("train_volumes", len(train["x"]))  # the first n training volumes only
     g = torch.Generator().manual_seed(seed)
@@ -117,7 +150,8 @@ def train_variant(data: dict, feats: dict, prompts: dict, settings: dict, seed: 
             order = torch.randperm(n, generator=g)
         schedule.apply(step)
         idx, epoch = order[start : start + batch], step // (n // batch)
-        texts = [sample_text(train["reports"][i], sampling, seed=seed, epoch=epoch, index=int(i)) for i in idx]
+        mode = "report" if epoch < settings.get("report_epochs", 0) else sampling
+        texts = [sample_text(train["reports"][i], mode, seed=seed, epoch=epoch, index=int(i)) for i in idx]
         loss = local_contrastive_loss(encode_image(train["x"][idx]), encode_text(texts), model.logit_scale.exp())
         opt.zero_grad()
         loss.backward()
@@ -141,6 +175,8 @@ def train_variant(data: dict, feats: dict, prompts: dict, settings: dict, seed: 
         "loss_over_lnB_end_of_epoch_0": round(float(np.mean(losses[epoch_steps - 10 : epoch_steps])) / ln_b, 3),
         "loss_over_lnB_steps_140_149": round(float(np.mean(losses[140:150])) / ln_b, 3),
         "loss_over_lnB_last_10": round(float(np.mean(losses[-10:])) / ln_b, 3),
+        "loss_over_lnB_every_15_steps": [round(float(np.mean(losses[i : i + 15])) / ln_b, 3)
+                                         for i in range(0, min(len(losses), 300), 15)],
         "mean_auc_18": round(float(np.mean(aucs(valid["y"], prob.numpy()))), 4),
         "R@5": recall_at_5(text, image), "seconds": round(time.time() - start_time, 1),
     }  # fmt: skip
@@ -151,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--demo-dir", default="demo_runs/demo", help="a finished demo folder (its cache/ is read)")
     p.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="run these variants only")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="stop every variant after this many steps (the schedule "
+                   "still spans the variant's own steps): a quick look at epoch 0")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     machine = machine_info()
@@ -165,7 +203,8 @@ def main(argv: list[str] | None = None) -> None:
     feature_seconds = round(time.time() - start, 1)
     results = {}
     for name in args.only or VARIANTS:
-        results[name] = train_variant(data, feats, prompts, VARIANTS[name], args.seed)
+        settings = VARIANTS[name] if args.steps is None else {**VARIANTS[name], "max_steps": args.steps}
+        results[name] = train_variant(data, feats, prompts, settings, args.seed)
         print(name, results[name], flush=True)
     out = write_result("demo_levers", {
         "settings": {"demo_dir": str(args.demo_dir), "seed": args.seed, "batch": BATCH, "chance_R@5": 5 / len(

@@ -29,11 +29,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=30, help="30 x 75 steps of batch 32 on 2400 volumes")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (bench/demo_levers.py measures 1e-3 against it)")
-    p.add_argument("--warmup", type=int, default=50, help="warm-up steps")
+    p.add_argument("--warmup", type=int, default=10, help="warm-up steps")
     p.add_argument("--workers", type=int, default=2, help="processes for generation, preprocessing and loading")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--text-sampling", default="both", choices=("report", "sentence", "both"),
                    help="main.py's --text-sampling (bench/text_side.py measures each with the demo's text tower)")
+    p.add_argument("--report-epochs", type=int, default=1,
+                   help="main.py's --report-epochs: whole reports in the first N epochs, then --text-sampling "
+                   "(bench/demo_levers.py measures 0 against 1)")
     p.add_argument("--keep-in-memory", action=argparse.BooleanOptionalAction, default=True,
                    help="train from volumes held in memory after the first epoch (main.py --keep-in-memory, in this "
                    "process: no loader workers); 3-4x faster steps on 2 cores")
@@ -102,7 +105,7 @@ def train(args: argparse.Namespace, cache: Path, out: Path, name: str, model: st
         workers=0 if args.keep_in_memory else args.workers, keep_in_memory=args.keep_in_memory,
         precision="fp32", device="cpu", val_frequency=0, zeroshot_frequency=0, report_to="none",
         logs=str(out / "runs"), name=name, seed=args.seed, resume="latest", save_frequency=0,
-        text_sampling=args.text_sampling)
+        text_sampling=args.text_sampling, report_epochs=args.report_epochs)
     run_dir = train_main(flags)
     return run_dir / "checkpoints" / "latest.pt"
 

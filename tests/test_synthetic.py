@@ -195,9 +195,10 @@ def test_each_finding_is_visible_at_model_resolution(cls):
     assert [f.cls for f in findings] == [cls]
     diff = (_model_view(with_it) - _model_view(without)).abs()
     assert int((diff > 0.1).sum()) >= 27, f"{cls}: fewer than 3x3x3 clearly changed voxels at 96x96x32"
-    # and at token scale (16x16x8 voxels): some token's mean changes by >= 10 HU (1/150 of the window)
+    # and at token scale (16x16x8 voxels): some token's mean changes by >= 20 HU (1/75 of the window; generator v3
+    # enlarged the findings that changed a token by less, the smallest here is medical material at 22 HU)
     token_change = torch.nn.functional.avg_pool3d(diff[None, None], (16, 16, 8)).max()
-    assert token_change >= 1 / 150, f"{cls}: no token's mean changes by 10 HU ({float(token_change) * 1500:.1f} HU)"
+    assert token_change >= 1 / 75, f"{cls}: no token's mean changes by 20 HU ({float(token_change) * 1500:.1f} HU)"
 
 
 def test_write_volume_nifti_round_trip(tmp_path):

@@ -58,6 +58,21 @@ def test_training_loader_samples_sentences_and_evaluation_keeps_reports(split, t
     assert all(ids == token_ids(reports[name]) for name, ids in whole.items())
     with pytest.raises(ValueError, match="for training"):
         build_dataloader(split, SPEC, tokenize, batch_size=2, workers=0, seed=0, train=False, text_sampling="both")
+    # --report-epochs 1: epoch 0 trains on whole reports, epoch 1 draws the sentences it draws without it
+    first, _ = texts(text_sampling="sentence", epoch=0, report_epochs=1)
+    assert first == whole != sent
+    assert texts(text_sampling="sentence", epoch=1, report_epochs=1)[0] == texts(text_sampling="sentence", epoch=1)[0]
+
+
+def test_report_epochs_come_first_and_must_not_be_negative():
+    assert [sample_text(REPORT, "sentence", seed=0, epoch=e, index=0, report_epochs=2) == REPORT
+            for e in range(3)] == [True, True, False]
+    with pytest.raises(ValueError, match="report_epochs must be >= 0"):
+        sample_text(REPORT, "sentence", seed=0, epoch=0, index=0, report_epochs=-1)
+    assert parse_args(["--data-root", "x"]).report_epochs == 0
+    assert parse_args(["--data-root", "x", "--report-epochs", "1"]).report_epochs == 1
+    with pytest.raises(SystemExit):
+        parse_args(["--data-root", "x", "--report-epochs", "-1"])
 
 
 def test_flag_defaults_to_report_and_rejects_unknown(capsys):

@@ -44,12 +44,15 @@ def split_sentences(report: str) -> list[str]:
     return sentences
 
 
-def sample_text(report: str, mode: str, *, seed: int, epoch: int, index: int) -> str:
+def sample_text(report: str, mode: str, *, seed: int, epoch: int, index: int, report_epochs: int = 0) -> str:
     """The training text of sample `index` in `epoch`: the report (`report`), one of its sentences drawn uniformly
-    (`sentence`), or either with probability 1/2 (`both`). A report without sentences is returned whole."""
+    (`sentence`), or either with probability 1/2 (`both`). A report without sentences is returned whole, and so is
+    every report in the first `report_epochs` epochs (whole reports first, then `mode`)."""
     if mode not in TEXT_SAMPLINGS:
         raise ValueError(f"text sampling {mode!r} is not one of {TEXT_SAMPLINGS}")
-    if mode == "report":
+    if report_epochs < 0:
+        raise ValueError(f"report_epochs must be >= 0, got {report_epochs}")
+    if mode == "report" or epoch < report_epochs:
         return report
     rng = np.random.default_rng([seed % 2**32, epoch, index])
     if mode == "both" and rng.random() < 0.5:

@@ -33,28 +33,31 @@ def _medical_material(rng, a):
     if kind == "sternotomy wires":
         zs = np.linspace(-20, 30, rng.integers(3, 5))
         ys = (a.front - 2.5, a.front + a.muscle + 2.0)  # in front of and behind the sternum, not on the bone
-        shapes = [Capsule(METAL, p0=(-13.0, y, z), p1=(13.0, y, z), radius=2.5) for z in zs for y in ys]
+        shapes = [Capsule(METAL, p0=(-15.0, y, z), p1=(15.0, y, z), radius=3.0) for z in zs for y in ys]
         return Finding(detail={"kind": kind}, shapes=tuple(shapes))
     sign = -1.0 if kind == "pacemaker" else 1.0
     x = sign * rng.uniform(32, 46)
     ys = a.body_cy + by * np.sqrt(1 - (x / bx) ** 2) - a.fat
     z = rng.uniform(18, 32)
-    box = Box(METAL, lo=(x - 12, ys - 6, z - 13), hi=(x + 12, ys + 2, z + 13))
+    box = Box(METAL, lo=(x - 18, ys - 7, z - 20), hi=(x + 18, ys + 2, z + 20))  # a generator can, ~36x40 mm
     target = a.heart_centre if kind == "pacemaker" else (21.0, a.cavity_cy + 6.0, 10.0)
-    lead = Capsule(METAL, p0=(x, ys - 2, z), p1=target, radius=2.0)
-    return Finding(side="left" if sign < 0 else "right", detail={"kind": kind}, shapes=(box, lead))
+    leads = [Capsule(METAL, p0=(x, ys - 2, z), p1=target, radius=3.0)]
+    if kind == "pacemaker":  # dual chamber: a second lead to the right atrium
+        atrium = (a.heart_centre[0] + 0.5 * a.heart_size[0], a.heart_centre[1], a.heart_centre[2] + 0.5 * a.heart_size[2])
+        leads.append(Capsule(METAL, p0=(x, ys - 2, z), p1=atrium, radius=3.0))
+    return Finding(side="left" if sign < 0 else "right", detail={"kind": kind}, shapes=(box, *leads))
 
 
 def _arterial_calcification(rng, a):
     (dx, dy, dr), (ux, uy, ur) = a.aorta
-    count = int(rng.integers(2, 5))
+    count = int(rng.integers(3, 7))
     shapes = []
     for _ in range(count):
-        x, y, r, z0 = (dx, dy, dr, rng.uniform(-30, 25)) if rng.random() < 0.7 else (ux, uy, ur, rng.uniform(18, 30))
+        x, y, r, z0 = (dx, dy, dr, rng.uniform(-30, 20)) if rng.random() < 0.7 else (ux, uy, ur, rng.uniform(15, 28))
         a0 = rng.uniform(0, 2 * np.pi)
-        shapes.append(Ring(900.0, cx=x, cy=y, z0=z0, z1=z0 + rng.uniform(10, 16), r_in=r - 1.5, r_out=r + 2.0,
-                           a0=a0, a1=a0 + rng.uniform(1.2, 2.4)))  # fmt: skip
-    return Finding(size="mild" if count < 4 else "marked", shapes=tuple(shapes))
+        shapes.append(Ring(900.0, cx=x, cy=y, z0=z0, z1=z0 + rng.uniform(18, 30), r_in=r - 2.0, r_out=r + 2.5,
+                           a0=a0, a1=a0 + rng.uniform(2.0, 3.5)))  # fmt: skip
+    return Finding(size="mild" if count < 5 else "marked", shapes=tuple(shapes))
 
 
 def _cardiomegaly(rng, a):
@@ -72,17 +75,17 @@ def _coronary_calcification(rng, a):
     # Calcified segments running along the heart surface (tram-track plaques, 25-40 mm long): single plaques of a
     # few mm vanish at the demo's ~9x4x4 mm voxels.
     names = ["left anterior descending", "circumflex", "right coronary"]
-    count = int(rng.integers(2, 5))
+    count = int(rng.integers(3, 7))
     shapes = []
     for _ in range(count):
         d = np.array([rng.uniform(-1, 1), rng.uniform(0.2, 1), rng.uniform(-0.3, 0.8)])
         d /= np.linalg.norm(d)
         tangent = np.cross(d, rng.normal(size=3))
-        tangent *= rng.uniform(12, 20) / np.linalg.norm(tangent)
-        p = np.array([c + (r + 1.0) * q for c, r, q in zip(a.heart_centre, a.heart_size, d)])
-        shapes.append(Capsule(900.0, p0=tuple(p - tangent), p1=tuple(p + tangent), radius=2.5))
+        tangent *= rng.uniform(16, 25) / np.linalg.norm(tangent)
+        p = np.array([c + (r + 1.5) * q for c, r, q in zip(a.heart_centre, a.heart_size, d)])
+        shapes.append(Capsule(900.0, p0=tuple(p - tangent), p1=tuple(p + tangent), radius=3.5))
     artery = names[int(rng.integers(3))]
-    return Finding(size="a few" if count < 4 else "extensive", detail={"artery": artery}, shapes=tuple(shapes))
+    return Finding(size="a few" if count < 5 else "extensive", detail={"artery": artery}, shapes=tuple(shapes))
 
 
 def _hiatal_hernia(rng, a):

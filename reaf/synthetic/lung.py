@@ -19,11 +19,14 @@ def _zone(rng: np.random.Generator, weights: tuple[float, float, float]) -> str:
 
 
 def emphysema(rng: np.random.Generator, a: Anatomy) -> Finding:
-    """Clusters of air-density (-1000 HU) spheres, 8-14 mm radius, mostly in the upper zones."""
+    """Upper-zone destruction: a regional low-attenuation (-975 HU) area of 24-36 mm radii with clusters of air-density
+    (-1000 HU) spheres, 8-14 mm radius, mostly in the upper zones (a token of the demo's input spans ~64 mm)."""
     side, sides = draw_sides(rng, 0.5)
     count = int(rng.integers(3, 7))
     shapes = []
     for s in sides:
+        r = (rng.uniform(28, 36), rng.uniform(28, 36), rng.uniform(24, 32))
+        shapes.append(Ellipsoid(-975.0, centre=lung_point(rng, a, s, "upper", 12.0), radii=r, within=f"lung_{s}"))
         for _ in range(count):
             r = rng.uniform(8, 14)
             p = lung_point(rng, a, s, "upper" if rng.random() < 0.7 else "middle", r * 0.6)
@@ -34,21 +37,22 @@ def emphysema(rng: np.random.Generator, a: Anatomy) -> Finding:
 
 
 def atelectasis(rng: np.random.Generator, a: Anatomy) -> Finding:
-    """A dense (30 HU) flattened wedge at the lung base above the diaphragm."""
+    """A dense (30 HU) flattened plate in the lower zone, 20-28 mm across, surrounded by lung."""
     side, sides = draw_sides(rng, 0.3)
     shapes = []
     for s in sides:
-        r = (rng.uniform(14, 20), rng.uniform(8, 11), rng.uniform(8, 11))
-        p = lung_point(rng, a, s, "lower", 7.0)
+        r = (rng.uniform(20, 28), rng.uniform(12, 16), rng.uniform(8, 11))
+        p = lung_point(rng, a, s, "lower", 12.0)
         shapes.append(Ellipsoid(30.0, centre=p, radii=r, within=f"lung_{s}"))
     kind = ["subsegmental", "plate-like", "linear"][int(rng.integers(3))]
     return Finding(side=side, size="", lobe="lower", detail={"type": kind}, shapes=tuple(shapes))
 
 
 def lung_nodule(rng: np.random.Generator, a: Anatomy) -> Finding:
-    """One or two round soft-tissue (30 HU) balls of 16-28 mm diameter (under the 30 mm of a mass): at the demo's
-    ~9x4x4 mm voxels a smaller nodule changes no 8x16x16-voxel token by more than a few HU on average."""
-    count = 1 + int(rng.random() < 0.35)
+    """Two to five round soft-tissue (30 HU) balls of 16-28 mm diameter (under the 30 mm of a mass) in one zone: at
+    the demo's ~9x4x4 mm voxels a single smaller nodule changes no 8x16x16-voxel token by more than a few HU on
+    average."""
+    count = int(rng.integers(2, 6))
     sides = [["r", "l"][int(rng.integers(2))] for _ in range(count)]
     zone = _zone(rng, (0.45, 0.3, 0.25))
     radii = rng.uniform(8, 14, count)
@@ -62,30 +66,30 @@ def lung_nodule(rng: np.random.Generator, a: Anatomy) -> Finding:
 
 
 def lung_opacity(rng: np.random.Generator, a: Anatomy) -> Finding:
-    """Ground-glass (-480 HU) ellipsoidal patches of 9-18 mm radius."""
+    """Ground-glass (-480 HU) ellipsoidal patches of 16-26 mm radius."""
     side, sides = draw_sides(rng, 0.35)
     zone = _zone(rng, (0.4, 0.4, 0.2))
     shapes = []
     for s in sides:
         for _ in range(int(rng.integers(1, 3))):
-            r = (rng.uniform(11, 18), rng.uniform(11, 18), rng.uniform(9, 15))
-            p = lung_point(rng, a, s, zone, 8.0)
+            r = (rng.uniform(18, 26), rng.uniform(18, 26), rng.uniform(16, 22))
+            p = lung_point(rng, a, s, zone, 10.0)
             shapes.append(Ellipsoid(-480.0, centre=p, radii=r, within=f"lung_{s}"))
     return Finding(side=side, size="", lobe=zone, shapes=tuple(shapes))
 
 
 def fibrotic_sequela(rng: np.random.Generator, a: Anatomy) -> Finding:
-    """Reticular dense streaks: 5-8 soft-tissue (20 HU) rods of 5-7 mm diameter, 24-40 mm long, in one cluster."""
+    """Reticular dense streaks: 9-14 soft-tissue (20 HU) rods of 6-9 mm diameter, 30-50 mm long, in one cluster."""
     side, sides = draw_sides(rng, 0.3)
     zone = _zone(rng, (0.6, 0.3, 0.1))
     shapes = []
     for s in sides:
         centre = np.array(lung_point(rng, a, s, zone, 10.0))
-        for _ in range(int(rng.integers(5, 9))):
+        for _ in range(int(rng.integers(9, 15))):
             d = rng.normal(size=3) * np.array([1.0, 1.0, 0.4])
-            d *= rng.uniform(12, 20) / np.linalg.norm(d)
-            mid = centre + rng.uniform(-8, 8, 3)
-            shapes.append(Capsule(20.0, p0=tuple(mid - d), p1=tuple(mid + d), radius=rng.uniform(2.5, 3.5),
+            d *= rng.uniform(15, 25) / np.linalg.norm(d)
+            mid = centre + rng.uniform(-14, 14, 3)
+            shapes.append(Capsule(20.0, p0=tuple(mid - d), p1=tuple(mid + d), radius=rng.uniform(3.0, 4.5),
                                   within=f"lung_{s}"))  # fmt: skip
     return Finding(side=side, size="", lobe=zone, shapes=tuple(shapes))
 
@@ -102,15 +106,15 @@ def pleural_effusion(rng: np.random.Generator, a: Anatomy) -> Finding:
 
 
 def mosaic_attenuation(rng: np.random.Generator, a: Anatomy) -> Finding:
-    """A 3-D checkerboard of 10-13 mm lobules alternating -650 / -950 HU in one lung region."""
+    """A 3-D checkerboard of 14-18 mm lobules alternating -620 / -950 HU over a lung region ~60 mm across."""
     side, sides = draw_sides(rng, 0.5)
     zone = _zone(rng, (0.3, 0.4, 0.3))
-    cell = rng.uniform(10, 13)
+    cell = rng.uniform(14, 18)
     shapes = []
     for s in sides:
         c = np.array(lung_point(rng, a, s, zone, 10.0))
-        half = np.array([20.0, 24.0, 18.0])
-        shapes.append(Checker(-650.0, lo=tuple(c - half), hi=tuple(c + half), cell=cell, hu2=-950.0,
+        half = np.array([30.0, 34.0, 28.0])
+        shapes.append(Checker(-620.0, lo=tuple(c - half), hi=tuple(c + half), cell=cell, hu2=-950.0,
                               within=f"lung_{s}"))  # fmt: skip
     return Finding(side=side, size="", lobe=zone, shapes=tuple(shapes))
 
@@ -129,12 +133,12 @@ def _tubes(rng, a, s, start, count, length, outer, inner, zone) -> list:
 
 
 def peribronchial_thickening(rng: np.random.Generator, a: Anatomy) -> Finding:
-    """Airways with thick walls (outer radius 4.8 mm, lumen 1.8 mm) radiating from the hilum."""
+    """Airways with thick walls (outer radius 6 mm, lumen 2 mm), 4-6 per lung, radiating 55 mm from the hilum."""
     side, sides = draw_sides(rng, 0.5)
     shapes = []
     for s in sides:
         hilum = (a.lung_centre_x(s) * 0.6, a.trachea[1], a.carina_z - 18.0)
-        shapes += _tubes(rng, a, s, hilum, int(rng.integers(3, 5)), 40.0, 4.8, 1.8, _zone(rng, (0.2, 0.4, 0.4)))
+        shapes += _tubes(rng, a, s, hilum, int(rng.integers(4, 7)), 55.0, 6.0, 2.0, _zone(rng, (0.2, 0.4, 0.4)))
     return Finding(side=side, size="", lobe=None, shapes=tuple(shapes))
 
 
@@ -155,12 +159,12 @@ def consolidation(rng: np.random.Generator, a: Anatomy) -> Finding:
 
 
 def bronchiectasis(rng: np.random.Generator, a: Anatomy) -> Finding:
-    """Dilated air tubes (lumen radius 5 mm) with soft-tissue walls in the lower zones."""
+    """Dilated air tubes (lumen radius 6.5 mm, wall to 9 mm), 3-5 per lung, 45 mm long, in the lower zones."""
     side, sides = draw_sides(rng, 0.4)
     shapes = []
     for s in sides:
         hilum = (a.lung_centre_x(s) * 0.7, a.trachea[1] - 4.0, a.carina_z - 22.0)
-        shapes += _tubes(rng, a, s, hilum, int(rng.integers(2, 4)), 30.0, 7.5, 5.0, "lower")
+        shapes += _tubes(rng, a, s, hilum, int(rng.integers(3, 6)), 45.0, 9.0, 6.5, "lower")
     kind = ["cylindrical", "varicose", "cystic"][int(rng.integers(3))]
     return Finding(side=side, size="", lobe="lower", detail={"type": kind}, shapes=tuple(shapes))
 

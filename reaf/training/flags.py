@@ -22,6 +22,7 @@ class TrainFlags:
     report_root: str | None
     sample_unit: str
     text_sampling: str
+    report_epochs: int
     skip_bad: bool
     workers: int
     keep_in_memory: bool

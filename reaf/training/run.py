@@ -73,6 +73,7 @@ class RunData:
     skip_bad: bool
     text_sampling: str
     keep_in_memory: bool
+    report_epochs: int = 0
     _loaders: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def loader(self, epoch: int) -> Any:
@@ -81,7 +82,8 @@ class RunData:
             self._loaders["train"] = build_dataloader(
                 self.train, self.spec, self.tokenize, batch_size=self.batch_size, workers=self.workers,
                 seed=self.seed, train=True, sample_unit=self.sample_unit, epoch=epoch, skip_bad=self.skip_bad,
-                text_sampling=self.text_sampling, keep_in_memory=self.keep_in_memory)
+                text_sampling=self.text_sampling, keep_in_memory=self.keep_in_memory,
+                report_epochs=self.report_epochs)
         loader = self._loaders["train"]
         loader.sampler.set_epoch(epoch)
         return loader
@@ -113,7 +115,8 @@ def build_data(args: TrainFlags, settings: RunSettings, model: torch.nn.Module) 
     val = (zeroshot if same else read(settings.val_data)) if args.val_frequency else None
     return RunData(spec, model.tokenize, read(settings.train_data), val, zeroshot, batch_size=args.batch_size,
                    workers=args.workers, seed=args.seed, sample_unit=args.sample_unit, skip_bad=args.skip_bad,
-                   text_sampling=args.text_sampling, keep_in_memory=args.keep_in_memory)
+                   text_sampling=args.text_sampling, keep_in_memory=args.keep_in_memory,
+                   report_epochs=args.report_epochs)
 
 
 def run_config(args: TrainFlags, settings: RunSettings, model: torch.nn.Module) -> dict[str, Any]:

@@ -37,6 +37,9 @@ def _data(p: argparse.ArgumentParser) -> None:
     g.add_argument("--text-sampling", default="report", choices=TEXT_SAMPLINGS,
                    help="training text per sample (HLIP): the whole report, one of its sentences, or either with "
                    "probability 1/2; validation and zero-shot always encode the whole report")
+    g.add_argument("--report-epochs", type=int, default=0,
+                   help="train on whole reports for the first N epochs, then as --text-sampling says (a first epoch "
+                   "of whole reports leaves the ln(B) plateau sooner: one sentence fits many volumes of a batch)")
     g.add_argument("--skip-bad", action="store_true", help="skip (count and log) unreadable samples instead of failing")
     g.add_argument("--workers", type=int, default=4, help="data loader workers per process")
     g.add_argument("--keep-in-memory", action="store_true",
@@ -123,7 +126,7 @@ def flag_problem(args: TrainFlags) -> str | None:
     """What is wrong with a set of training flags (the first thing found), or None."""
     positive = ("batch_size", "epochs", "accum_freq")
     non_negative = ("warmup", "workers", "save_frequency", "save_every_n_steps", "val_frequency",
-                    "zeroshot_frequency")
+                    "zeroshot_frequency", "report_epochs")
     for key in positive:
         if getattr(args, key) < 1:
             return f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}"
