@@ -81,3 +81,22 @@ def test_flag_defaults_to_report_and_rejects_unknown(capsys):
     assert set(TEXT_SAMPLINGS) == {"report", "sentence", "both"}
     with pytest.raises(SystemExit):
         parse_args(["--data-root", "x", "--text-sampling", "words"])
+
+
+def test_the_training_run_hands_report_epochs_to_its_loader(split, tokenize):  # noqa: F811
+    from reaf.training.run import RunData
+
+    data = RunData(SPEC, tokenize, split, None, None, batch_size=2, workers=0, seed=1, sample_unit="volume",
+                   skip_bad=False, text_sampling="sentence", keep_in_memory=False, report_epochs=1)  # fmt: skip
+
+    def whole_reports(epoch: int) -> list[bool]:
+        """Per sample of the epoch's loader: is its text the whole report?"""
+        out = []
+        for b in data.loader(epoch):
+            for row, mask, report in zip(b["input_ids"], b["attention_mask"], b["report"]):
+                ids, whole_mask = tokenize([report])
+                out.append(row[mask.bool()].tolist() == ids[0][whole_mask[0].bool()].tolist())
+        return out
+
+    assert all(whole_reports(0))  # epoch 0: whole reports
+    assert not any(whole_reports(1))  # epoch 1: one sentence each (every report here has several)
