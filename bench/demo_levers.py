@@ -15,7 +15,7 @@ thing: the warm-up length, a BatchNorm on the image features, the peak lr, the l
 throughout or in the first epoch(s) only (main.py's --report-epochs); with --steps 150 only the start of that
 schedule runs (a quick look at epoch 0). The r0w10_* variants start from the demo's settings since (whole reports
 in epoch 0, 10 warm-up steps) and change one thing: 40 epochs, lr 1e-3, single sentences after epoch 0, weight
-decay 0.05, the plain hierarchy.
+decay 0.05, the plain hierarchy, a joint embedding of 128 or 32 dimensions instead of 64.
 
     python bench/demo_levers.py --demo-dir demo_runs/seed_0 [--only reaf plain ...] [--steps N]
 
@@ -94,6 +94,8 @@ AFTER = {
     "r0w10_sentence": {"sampling": "sentence"},
     "r0w10_wd_0.05": {"wd": 0.05},
     "r0w10_plain": {"overrides": {"fusion_saliency": False}},
+    "r0w10_embed_128": {"overrides": {"embed_dim": 128}},
+    "r0w10_embed_32": {"overrides": {"embed_dim": 32}},
 }
 VARIANTS.update({name: {**DEMO_SCHEDULE, **v} for name, v in EPOCH_0.items()})
 VARIANTS.update({name: {**DEMO_SCHEDULE, **NEW_DEMO, **v} for name, v in AFTER.items()})
