@@ -37,7 +37,7 @@ def emphysema(rng: np.random.Generator, a: Anatomy) -> Finding:
 
 
 def atelectasis(rng: np.random.Generator, a: Anatomy) -> Finding:
-    """A dense (30 HU) flattened plate in the lower zone, 20-28 mm across, surrounded by lung."""
+    """A dense (30 HU) flattened plate in the lower zone (radii 20-28 x 12-16 x 8-11 mm), surrounded by lung."""
     side, sides = draw_sides(rng, 0.3)
     shapes = []
     for s in sides:
