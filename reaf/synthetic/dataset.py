@@ -57,9 +57,9 @@ class VolumeJob:
 
 
 # Bumped whenever the same seed would draw different volumes or text (the demo refuses a folder made otherwise).
-# 2: volumes stored in CT-RATE's (L, P, S) voxel order. 3: the small findings enlarged so that each changes a demo
-# token (16x16x8 voxels of the 96x96x32 input) by >= 20 HU on average (tests/test_synthetic.py; per class:
-# bench/results/finding_visibility.json against finding_visibility_v2.json).
+# 2: volumes stored in CT-RATE's (L, P, S) voxel order. 3: the small findings enlarged, so that every class changes
+# some demo token (16x16x8 voxels of the 96x96x32 input) by >= 20 HU on average in tests/test_synthetic.py's
+# volumes (per class over more volumes: bench/results/finding_visibility.json against finding_visibility_v2.json).
 GENERATOR_VERSION = 3
 
 
