@@ -152,8 +152,8 @@ def train_variant(data: dict, feats: dict, prompts: dict, settings: dict, seed: 
             order = torch.randperm(n, generator=g)
         schedule.apply(step)
         idx, epoch = order[start : start + batch], step // (n // batch)
-        mode = "report" if epoch < settings.get("report_epochs", 0) else sampling
-        texts = [sample_text(train["reports"][i], mode, seed=seed, epoch=epoch, index=int(i)) for i in idx]
+        texts = [sample_text(train["reports"][i], sampling, seed=seed, epoch=epoch, index=int(i),
+                             report_epochs=settings.get("report_epochs", 0)) for i in idx]
         loss = local_contrastive_loss(encode_image(train["x"][idx]), encode_text(texts), model.logit_scale.exp())
         opt.zero_grad()
         loss.backward()

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from reaf import atomic
+from reaf.data.text_sampling import TEXT_SAMPLINGS
 
 INPUT_INFO = ("-1150", "350", "resize")  # the synthetic chests are resized whole to the small model's input
 
@@ -32,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=10, help="warm-up steps")
     p.add_argument("--workers", type=int, default=2, help="processes for generation, preprocessing and loading")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--text-sampling", default="both", choices=("report", "sentence", "both"),
+    p.add_argument("--text-sampling", default="both", choices=TEXT_SAMPLINGS,
                    help="main.py's --text-sampling (bench/text_side.py measures each with the demo's text tower)")
     p.add_argument("--report-epochs", type=int, default=1,
                    help="main.py's --report-epochs: whole reports in the first N epochs, then --text-sampling "
