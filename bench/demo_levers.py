@@ -15,7 +15,7 @@ thing: the warm-up length, a BatchNorm on the image features, the peak lr, the l
 throughout or in the first epoch(s) only (main.py's --report-epochs); with --steps 150 only the start of that
 schedule runs (a quick look at epoch 0). The r0w10_* variants start from the demo's settings since (whole reports
 in epoch 0, 10 warm-up steps) and change one thing: 40 epochs, lr 1e-3, single sentences after epoch 0, weight
-decay 0.05, the plain hierarchy, a joint embedding of 128 or 32 dimensions instead of 64.
+decay 0.05, a joint embedding of 128 or 32 dimensions instead of 64.
 
     python bench/demo_levers.py --demo-dir demo_runs/seed_0 [--only reaf plain ...] [--steps N]
 
@@ -82,7 +82,6 @@ EPOCH_0 = {
     "e0_report": {"sampling": "report"},
     "e0_plain": {"overrides": {"fusion_saliency": False}},
     "e0_report_epoch_0": {"report_epochs": 1},
-    "e0_report_epochs_3": {"report_epochs": 3},
     "e0_report_epoch_0_warmup_10": {"report_epochs": 1, "warmup": 10},
     "e0_report_epoch_0_warmup_20": {"report_epochs": 1, "warmup": 20},
     "e0_report_epoch_0_lr_3e-3": {"report_epochs": 1, "lr": 3e-3},
@@ -93,7 +92,6 @@ AFTER = {
     "r0w10_lr_1e-3": {"lr": 1e-3},
     "r0w10_sentence": {"sampling": "sentence"},
     "r0w10_wd_0.05": {"wd": 0.05},
-    "r0w10_plain": {"overrides": {"fusion_saliency": False}},
     "r0w10_embed_128": {"overrides": {"embed_dim": 128}},
     "r0w10_embed_32": {"overrides": {"embed_dim": 32}},
 }
