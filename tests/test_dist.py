@@ -1,6 +1,6 @@
 """torchrun with 2 gloo processes equals one process on the same global batch: losses and parameters (DDP, the
 all-gather with gradient, gradient accumulation under no_sync, rank sharding of the sampler), and the last epoch's
-validation + zero-shot, whose split the two ranks encode together."""
+validation + zero-shot, whose split the two ranks encode together; trained on single sentences with shared positives."""
 
 import json
 import os
@@ -30,8 +30,11 @@ def bert(tmp_path_factory):
 @pytest.fixture(scope="module")
 def runs(data, bert, tmp_path_factory):
     logs = tmp_path_factory.mktemp("logs")
+    # single sentences with --positives shared: the mask over the global batch is gathered across ranks and
+    # micro-batches in the order of the features
     common = ("--epochs", str(EPOCHS), "--lr", "1e-4", "--use-cxr-bert", "--cxr-bert-path", str(bert),
-              "--val-frequency", str(EPOCHS), "--zeroshot-frequency", str(EPOCHS))
+              "--val-frequency", str(EPOCHS), "--zeroshot-frequency", str(EPOCHS), "--text-sampling", "sentence",
+              "--positives", "shared")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # also on: activation checkpointing, and --precision amp (fp32 on a CPU); the single run has neither
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "--", "main.py",

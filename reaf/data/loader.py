@@ -66,7 +66,7 @@ class VolumeDataset(Dataset):
 
 class TokenizingCollate:
     """Items -> {"image": (B, 1, D, H, W) float32, "input_ids": (B, L) long, "attention_mask": (B, L) long,
-    "name": list[str], "report": list[str], "labels": (B, 18) float32, "skipped": [(name, cause)]};
+    "name": list[str], "report": list[str], "text": list[str], "labels": (B, 18) float32, "skipped": [(name, cause)]};
     tokenize(list[str]) -> (ids, mask) is applied to each item's "text" (its report unless text sampling chose a
     sentence). Items VolumeDataset skipped (skip_bad) are left out, so B may be smaller than the batch size, or 0
     (then every tensor is empty and "name" is [])."""
@@ -80,15 +80,17 @@ class TokenizingCollate:
         if not items:
             empty = torch.zeros(0, dtype=torch.long)
             return {"image": torch.zeros(0), "input_ids": empty, "attention_mask": empty, "name": [], "report": [],
-                    "labels": torch.zeros(0, len(CLASSES)), "skipped": skipped}
+                    "text": [], "labels": torch.zeros(0, len(CLASSES)), "skipped": skipped}
         reports = [item["report"] for item in items]
-        input_ids, attention_mask = self.tokenize([item.get("text", item["report"]) for item in items])
+        texts = [item.get("text", item["report"]) for item in items]
+        input_ids, attention_mask = self.tokenize(texts)
         return {
             "image": torch.stack([item["image"] for item in items]),
             "input_ids": input_ids.long(),
             "attention_mask": attention_mask.long(),
             "name": [item["name"] for item in items],
             "report": reports,
+            "text": texts,
             "labels": torch.stack([item["labels"] for item in items]),
             "skipped": skipped,
         }

@@ -14,6 +14,7 @@ import re
 import numpy as np
 
 TEXT_SAMPLINGS = ("report", "sentence", "both")
+POSITIVES = ("own", "shared")  # main.py --positives: see shared_positives
 HEADING = re.compile(
     r"^\s*(findings?|impressions?|conclusions?|clinical information|technique|comparison|history)\s*:\s*",
     re.IGNORECASE,
@@ -42,6 +43,18 @@ def split_sentences(report: str) -> list[str]:
         if re.search(r"[A-Za-z]{2}", piece):  # "1." or "-" alone is a list marker, not a sentence
             sentences.append(piece)
     return sentences
+
+
+def shared_positives(texts: list[str], reports: list[str]) -> np.ndarray:
+    """(N, N) bool: [i, j] when every sentence of text i is a sentence of report j, so text i is as true of volume j
+    as of its own (a repeated negation such as "No pleural effusion was detected.", the one report of two
+    reconstructions of a scan). Text i is sample i's, drawn from reports[i], so the diagonal is always true. A text
+    without sentences counts as one sentence, itself."""
+    if len(texts) != len(reports):
+        raise ValueError(f"{len(texts)} texts for {len(reports)} reports")
+    report_sets = [frozenset(split_sentences(r)) | {r.strip()} for r in reports]
+    text_sets = [frozenset(split_sentences(t)) or frozenset({t.strip()}) for t in texts]
+    return np.array([[t <= r for r in report_sets] for t in text_sets], dtype=bool)
 
 
 def sample_text(report: str, mode: str, *, seed: int, epoch: int, index: int, report_epochs: int = 0) -> str:

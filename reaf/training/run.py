@@ -247,7 +247,7 @@ def _build(args: TrainFlags, env: dist.DistEnv) -> tuple[TrainingRun, Position, 
     schedule = CosineSchedule(optimizer, args.lr, warmup, steps_per_epoch * args.epochs)
     ctx = StepContext(dist.wrap_model(model, env), optimizer, scaler, schedule,
                       autocast_factory(settings.precision, env.device), env.device, args.accum_freq,
-                      args.grad_clip_norm)
+                      args.grad_clip_norm, args.positives)
     config = run_config(args, settings, model)
     if env.is_main:
         atomic.write_json(config, run_dir / CONFIG_FILE, indent=2, default=str)

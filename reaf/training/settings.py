@@ -13,7 +13,7 @@ import torch
 from reaf import dist
 from reaf.data.formats import FORMATS, add_input_info_argument
 from reaf.data.loader import SAMPLE_UNITS
-from reaf.data.text_sampling import TEXT_SAMPLINGS
+from reaf.data.text_sampling import POSITIVES, TEXT_SAMPLINGS
 from reaf.evaluation.prompts import TEMPLATE_MODES as ZEROSHOT_TEMPLATES
 from reaf.model.config import FUSION_METHODS
 from reaf.training.flags import TrainFlags
@@ -40,6 +40,10 @@ def _data(p: argparse.ArgumentParser) -> None:
     g.add_argument("--report-epochs", type=int, default=0,
                    help="train on whole reports for the first N epochs, then as --text-sampling says (a first epoch "
                    "of whole reports leaves the ln(B) plateau sooner: one sentence fits many volumes of a batch)")
+    g.add_argument("--positives", default="own", choices=POSITIVES,
+                   help="own: each text's positive is its own volume (CLIP); shared: also every volume of the global "
+                   "batch whose report holds all of the text's sentences (a repeated negation, the report of another "
+                   "reconstruction), the target spread equally over them")
     g.add_argument("--skip-bad", action="store_true", help="skip (count and log) unreadable samples instead of failing")
     g.add_argument("--workers", type=int, default=4, help="data loader workers per process")
     g.add_argument("--keep-in-memory", action="store_true",
@@ -139,6 +143,8 @@ def flag_problem(args: TrainFlags) -> str | None:
         return f"--warmup-epochs must be >= 0, got {args.warmup_epochs}"
     if args.grad_clip_norm is not None and args.grad_clip_norm <= 0:
         return "--grad-clip-norm must be > 0"
+    if args.positives not in POSITIVES:  # argparse checks the CLI's; a library caller's TrainFlags are checked here
+        return f"--positives {args.positives!r} is not one of {POSITIVES}"
     try:
         report_targets(args.report_to)
     except ValueError as err:

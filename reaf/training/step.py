@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from reaf import dist
+from reaf.data.text_sampling import shared_positives
 from reaf.model.loss import contrastive_loss
 from reaf.training.optim import CosineSchedule
 from reaf.training.run_log import RunLogger
@@ -36,6 +37,7 @@ class StepContext:
     device: torch.device
     accum_freq: int = 1
     grad_clip_norm: float | None = None
+    positives: str = "own"  # "own": each text's own volume (CLIP); "shared": every volume its text is true of
 
 
 def autocast_factory(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
@@ -89,6 +91,17 @@ def _global_loss(loss: torch.Tensor, step: int, micro: list[Batch]) -> torch.Ten
                              f"volumes {names}")
 
 
+def _positives(ctx: StepContext, micro: list[Batch]) -> torch.Tensor | None:
+    """--positives shared: the (N, N) text-is-true-of-volume mask of the whole global batch, in the order the loss
+    gathers features (rank by rank, each rank's micro-batches in turn); None for CLIP's own pairs."""
+    if ctx.positives == "own":
+        return None
+    local = [(text, report) for b in micro for text, report in zip(b["text"], b["report"])]
+    pairs = [pair for rank_pairs in dist.all_gather_object(local) for pair in rank_pairs]
+    mask = shared_positives([text for text, _ in pairs], [report for _, report in pairs])
+    return torch.from_numpy(mask).to(ctx.device)
+
+
 def train_step(ctx: StepContext, micro: list[Batch], step: int) -> tuple[torch.Tensor, float]:
     """One optimiser step over `accum_freq` micro-batches; returns (the global batch's loss, lr).
 
@@ -100,6 +113,7 @@ def train_step(ctx: StepContext, micro: list[Batch], step: int) -> tuple[torch.T
     lr = ctx.schedule.apply(step)
     ctx.optimizer.zero_grad(set_to_none=True)
     cached = _cache_features(ctx, micro) if len(micro) > 1 else None
+    positives = _positives(ctx, micro)
     for j, batch in enumerate(micro):
         last = j == len(micro) - 1
         if cached is not None:
@@ -110,7 +124,7 @@ def train_step(ctx: StepContext, micro: list[Batch], step: int) -> tuple[torch.T
                 img = torch.cat(cached[0][:j] + [img] + cached[0][j + 1:])
                 txt = torch.cat(cached[1][:j] + [txt] + cached[1][j + 1:])
             with ctx.autocast():
-                loss = contrastive_loss(img, txt, scale if last else scale.detach())
+                loss = contrastive_loss(img, txt, scale if last else scale.detach(), positives)
             if last:
                 total = _global_loss(loss, step, micro)
             ctx.scaler.scale(loss).backward()
