@@ -104,6 +104,7 @@ def _negations(cls: str) -> set[str]:
 def test_reports_negate_absent_classes_in_their_own_words_never_in_the_prompts_sentences():
     prompts = [s.lower() for t in ("volume", "organ") for pair in class_prompts(t).values() for s in pair]
     forms: dict[str, set[str]] = {c: set() for c in CLASSES}
+    affirmed_names = {c: False for c in CLASSES}
     words = set()
     for patient, scan, _ in plan_split(2, "train", 300):
         _, findings = scan_case(2, patient, scan)
@@ -118,11 +119,15 @@ def test_reports_negate_absent_classes_in_their_own_words_never_in_the_prompts_s
             forms[cls] |= said
         assert not any(p in text.lower() for p in prompts), text  # the evaluation's sentences never appear
         words |= set(re.findall(r"[a-z]+", text.lower()))
+        for cls in present:
+            affirmed_names[cls] |= _affirmed(text, (NAMES[cls][0],))
     for cls in CLASSES:
         assert len(forms[cls]) >= 4, (cls, forms[cls])  # several forms per class ...
         assert any(NAMES[cls][0] in f.lower() for f in forms[cls]), cls  # ... some with the prompts' name
         assert any(re.search(r"\bnot\b", f) for f in forms[cls]) and any(f.startswith("No ") for f in forms[cls])
     assert {"shows", "volume", "pulmonary", "arterial", "atelectatic", "not"} <= words
+    for cls in CLASSES:  # the prompts' name is affirmed too, not only negated (generator v4: "lung opacity")
+        assert affirmed_names[cls], cls
 
 
 def _tree(root: Path) -> dict[str, bytes]:

@@ -60,7 +60,8 @@ class VolumeJob:
 # 2: volumes stored in CT-RATE's (L, P, S) voxel order. 3: the small findings enlarged, so that every class changes
 # some demo token (16x16x8 voxels of the 96x96x32 input) by >= 20 HU on average in tests/test_synthetic.py's
 # volumes (per class over more volumes: bench/results/finding_visibility.json against finding_visibility_v2.json).
-GENERATOR_VERSION = 3
+# 4: "lung opacity", the prompts' name, also in affirmative sentences (it was only ever negated).
+GENERATOR_VERSION = 4
 
 
 def write_volume_nifti(path: str | Path, hu: np.ndarray, spacing: tuple[float, float, float], *,

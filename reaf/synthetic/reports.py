@@ -1,6 +1,7 @@
 """CT-RATE-style English report text (findings, impressions, clinical information, technique) from planted findings.
 
-Every present class is stated with one of its KEYWORDS in an affirmative sentence. Most absent classes (NEGATED) are
+Every present class is stated with one of its KEYWORDS in an affirmative sentence, and each class's prompt name
+("lung opacity", "pleural effusion") is among the affirmative wordings it is drawn from. Most absent classes (NEGATED) are
 stated absent as CT-RATE reports state them, in several forms and in the class's own words, the prompts' names among
 them ("Pleural effusion-thickening was not detected.", "No enlarged lymph nodes ... were detected.", "The lungs are
 well aerated and not atelectatic.", "No pulmonary fibrotic sequela was detected."); the rest go unmentioned or are
@@ -81,6 +82,7 @@ POSITIVE: dict[str, list[str]] = {
         "Patchy ground-glass opacities are seen in {where}.",
         "Patchy ground-glass opacities are seen in {where}.",
         "The lung shows opacity (ground-glass) in {where}.",
+        "Lung opacity (ground-glass) is observed in {where}.",
     ],
     "Pulmonary fibrotic sequela": [
         "Fibrotic sequelae are observed in {where}.",
@@ -174,7 +176,7 @@ IMPRESSION: dict[str, str] = {
     "Coronary artery wall calcification": "Coronary artery calcification", "Hiatal hernia": "Hiatal hernia",
     "Lymphadenopathy": "Mediastinal lymphadenopathy", "Emphysema": "{Side} emphysema",
     "Atelectasis": "{Side} atelectasis", "Lung nodule": "{Side} lung nodule of {mm} mm",
-    "Lung opacity": "{Side} ground-glass opacity", "Pulmonary fibrotic sequela": "{Side} fibrotic sequelae",
+    "Lung opacity": "{Side} ground-glass lung opacity", "Pulmonary fibrotic sequela": "{Side} fibrotic sequelae",
     "Pleural effusion": "{Side} pleural effusion", "Mosaic attenuation pattern": "Mosaic attenuation pattern",
     "Peribronchial thickening": "Peribronchial thickening", "Consolidation": "{Side} consolidation",
     "Bronchiectasis": "{Side} bronchiectasis", "Interlobular septal thickening": "Interlobular septal thickening",
