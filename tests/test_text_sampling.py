@@ -100,3 +100,26 @@ def test_the_training_run_hands_report_epochs_to_its_loader(split, tokenize):  #
 
     assert all(whole_reports(0))  # epoch 0: whole reports
     assert not any(whole_reports(1))  # epoch 1: one sentence each (every report here has several)
+
+
+def test_sentence_share_sets_boths_mix_and_is_checked(split, tokenize):  # noqa: F811
+    from reaf.training.run import RunData
+
+    draws = [(e, i) for e in range(20) for i in range(20)]
+    half = [sample_text(REPORT, "both", seed=0, epoch=e, index=i) for e, i in draws]
+    assert half == [sample_text(REPORT, "both", seed=0, epoch=e, index=i, sentence_share=0.5) for e, i in draws]
+    more = [sample_text(REPORT, "both", seed=0, epoch=e, index=i, sentence_share=0.75) for e, i in draws]
+    assert 60 < more.count(REPORT) < 140 and 160 < half.count(REPORT) < 240  # 100 and 200 expected of 400
+    for share in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="sentence_share must be in"):
+            sample_text(REPORT, "both", seed=0, epoch=0, index=0, sentence_share=share)
+    assert parse_args(["--data-root", "x"]).sentence_share == 0.5
+    assert parse_args(["--data-root", "x", "--text-sampling", "both", "--sentence-share", "0.75"]).sentence_share == 0.75
+    for bad in (["--sentence-share", "0.75"], ["--text-sampling", "both", "--sentence-share", "1"]):
+        with pytest.raises(SystemExit):  # with `report` it would do nothing; 1 is `sentence`
+            parse_args(["--data-root", "x", *bad])
+    data = RunData(SPEC, tokenize, split, None, None, batch_size=2, workers=0, seed=1, sample_unit="volume",
+                   skip_bad=False, text_sampling="both", keep_in_memory=False, sentence_share=0.99)  # fmt: skip
+    assert data.loader(0).dataset.sentence_share == 0.99
+    reports = [r for b in data.loader(0) for r, t in zip(b["report"], b["text"]) if r == t]
+    assert len(reports) < len(split.samples) / 2  # nearly every text is a sentence

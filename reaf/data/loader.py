@@ -30,12 +30,15 @@ class VolumeDataset(Dataset):
     read no file."""
 
     def __init__(self, split: SplitData, spec: InputSpec, skip_bad: bool = False, text_sampling: str = "report",
-                 seed: int = 0, keep_in_memory: bool = False, report_epochs: int = 0) -> None:
+                 seed: int = 0, keep_in_memory: bool = False, report_epochs: int = 0,
+                 sentence_share: float = 0.5) -> None:
         self.split, self.spec, self.skip_bad = split, spec, skip_bad
         self.text_sampling, self.seed, self.report_epochs = text_sampling, seed, report_epochs
+        self.sentence_share = sentence_share
         self.memory: dict[int, torch.Tensor] | None = {} if keep_in_memory else None
         # an unknown mode or a negative report_epochs fails here, not in a worker
-        sample_text("", text_sampling, seed=seed, epoch=0, index=0, report_epochs=report_epochs)
+        sample_text("", text_sampling, seed=seed, epoch=0, index=0, report_epochs=report_epochs,
+                    sentence_share=sentence_share)
 
     def __len__(self) -> int:
         return len(self.split.samples)
@@ -60,7 +63,7 @@ class VolumeDataset(Dataset):
         else:
             labels = torch.as_tensor(sample.labels, dtype=torch.float32)
         text = sample_text(sample.report, self.text_sampling, seed=self.seed, epoch=epoch, index=index,
-                           report_epochs=self.report_epochs)
+                           report_epochs=self.report_epochs, sentence_share=self.sentence_share)
         return {"image": image, "report": sample.report, "text": text, "name": sample.name, "labels": labels}
 
 
@@ -185,6 +188,7 @@ def build_dataloader(
     text_sampling: str = "report",
     keep_in_memory: bool = False,
     report_epochs: int = 0,
+    sentence_share: float = 0.5,
 ) -> DataLoader:
     """A loader of TokenizingCollate batches over `split`, sharded by UnitSampler over the distributed ranks
     (num_replicas/rank override them). Deterministic given seed and epoch; the caller calls
@@ -192,7 +196,7 @@ def build_dataloader(
     volumes are dropped from their batch and listed in its "skipped" (see reaf.data.skips), else they raise.
     text_sampling (training only): each sample's text is drawn from (seed, epoch, index), the sampler handing the
     epoch to the dataset with each index, so one loader (and its persistent workers) serves every epoch; the first
-    report_epochs epochs use whole reports whatever text_sampling says."""
+    report_epochs epochs use whole reports whatever text_sampling says; sentence_share is `both`'s share of sentences."""
     if keep_in_memory and workers > 0:
         raise ValueError(f"keeping {split.source}'s volumes in memory needs --workers 0 (each loader worker would "
                          "hold its own copy)")
@@ -215,7 +219,7 @@ def build_dataloader(
     if drop_last and len(sampler) < batch_size:
         raise ValueError(f"{split.source}: {len(sampler)} samples per rank < batch size {batch_size} with drop_last")
     return DataLoader(
-        VolumeDataset(split, spec, skip_bad, text_sampling, seed, keep_in_memory, report_epochs),
+        VolumeDataset(split, spec, skip_bad, text_sampling, seed, keep_in_memory, report_epochs, sentence_share),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,

@@ -57,18 +57,22 @@ def shared_positives(texts: list[str], reports: list[str]) -> np.ndarray:
     return np.array([[t <= r for r in report_sets] for t in text_sets], dtype=bool)
 
 
-def sample_text(report: str, mode: str, *, seed: int, epoch: int, index: int, report_epochs: int = 0) -> str:
+def sample_text(report: str, mode: str, *, seed: int, epoch: int, index: int, report_epochs: int = 0,
+                sentence_share: float = 0.5) -> str:
     """The training text of sample `index` in `epoch`: the report (`report`), one of its sentences drawn uniformly
-    (`sentence`), or either with probability 1/2 (`both`). A report without sentences is returned whole, and so is
-    every report in the first `report_epochs` epochs (whole reports first, then `mode`)."""
+    (`sentence`), or either (`both`: a sentence with probability `sentence_share`, 1/2 unless asked). A report
+    without sentences is returned whole, and so is every report in the first `report_epochs` epochs (whole reports
+    first, then `mode`)."""
     if mode not in TEXT_SAMPLINGS:
         raise ValueError(f"text sampling {mode!r} is not one of {TEXT_SAMPLINGS}")
     if report_epochs < 0:
         raise ValueError(f"report_epochs must be >= 0, got {report_epochs}")
+    if not 0.0 < sentence_share < 1.0:
+        raise ValueError(f"sentence_share must be in (0, 1), got {sentence_share}")
     if mode == "report" or epoch < report_epochs:
         return report
     rng = np.random.default_rng([seed % 2**32, epoch, index])
-    if mode == "both" and rng.random() < 0.5:
+    if mode == "both" and rng.random() < 1.0 - sentence_share:
         return report
     sentences = split_sentences(report)
     return sentences[int(rng.integers(len(sentences)))] if sentences else report

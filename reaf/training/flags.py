@@ -23,6 +23,7 @@ class TrainFlags:
     sample_unit: str
     text_sampling: str
     report_epochs: int
+    sentence_share: float
     positives: str
     skip_bad: bool
     workers: int

@@ -74,6 +74,7 @@ class RunData:
     text_sampling: str
     keep_in_memory: bool
     report_epochs: int = 0
+    sentence_share: float = 0.5
     _loaders: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def loader(self, epoch: int) -> Any:
@@ -83,7 +84,7 @@ class RunData:
                 self.train, self.spec, self.tokenize, batch_size=self.batch_size, workers=self.workers,
                 seed=self.seed, train=True, sample_unit=self.sample_unit, epoch=epoch, skip_bad=self.skip_bad,
                 text_sampling=self.text_sampling, keep_in_memory=self.keep_in_memory,
-                report_epochs=self.report_epochs)
+                report_epochs=self.report_epochs, sentence_share=self.sentence_share)
         loader = self._loaders["train"]
         loader.sampler.set_epoch(epoch)
         return loader
@@ -116,7 +117,7 @@ def build_data(args: TrainFlags, settings: RunSettings, model: torch.nn.Module) 
     return RunData(spec, model.tokenize, read(settings.train_data), val, zeroshot, batch_size=args.batch_size,
                    workers=args.workers, seed=args.seed, sample_unit=args.sample_unit, skip_bad=args.skip_bad,
                    text_sampling=args.text_sampling, keep_in_memory=args.keep_in_memory,
-                   report_epochs=args.report_epochs)
+                   report_epochs=args.report_epochs, sentence_share=args.sentence_share)
 
 
 def run_config(args: TrainFlags, settings: RunSettings, model: torch.nn.Module) -> dict[str, Any]:

@@ -40,6 +40,9 @@ def _data(p: argparse.ArgumentParser) -> None:
     g.add_argument("--report-epochs", type=int, default=0,
                    help="train on whole reports for the first N epochs, then as --text-sampling says (a first epoch "
                    "of whole reports leaves the ln(B) plateau sooner: one sentence fits many volumes of a batch)")
+    g.add_argument("--sentence-share", type=float, default=0.5,
+                   help="with --text-sampling both: the probability that a sample's text is one sentence rather than "
+                   "the whole report")
     g.add_argument("--positives", default="own", choices=POSITIVES,
                    help="own: each text's positive is its own volume (CLIP); shared: also every volume of the global "
                    "batch whose report holds all of the text's sentences (a repeated negation, the report of another "
@@ -143,6 +146,11 @@ def flag_problem(args: TrainFlags) -> str | None:
         return f"--warmup-epochs must be >= 0, got {args.warmup_epochs}"
     if args.grad_clip_norm is not None and args.grad_clip_norm <= 0:
         return "--grad-clip-norm must be > 0"
+    if not 0.0 < args.sentence_share < 1.0:
+        return f"--sentence-share must be in (0, 1), got {args.sentence_share}"
+    if args.sentence_share != 0.5 and args.text_sampling != "both":
+        return (f"--sentence-share {args.sentence_share} applies to --text-sampling both only (got "
+                f"{args.text_sampling!r}: it would do nothing)")
     if args.positives not in POSITIVES:  # argparse checks the CLI's; a library caller's TrainFlags are checked here
         return f"--positives {args.positives!r} is not one of {POSITIVES}"
     try:
