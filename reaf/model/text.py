@@ -153,7 +153,8 @@ class TextTower(nn.Module):
             self.transformer = BertModel(bert_config(cfg), add_pooling_layer=False)
         hidden = self.transformer.config.hidden_size
         if cfg.proj == "mlp":
-            self.proj = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, embed_dim))
+            inner = cfg.proj_hidden or hidden
+            self.proj = nn.Sequential(nn.Linear(hidden, inner), nn.GELU(), nn.Linear(inner, embed_dim))
         else:
             self.proj = nn.Linear(hidden, embed_dim, bias=False)
         self.locked = False
