@@ -218,7 +218,7 @@ def clip_with_label_side(
     torch.manual_seed(seed)
     # the pretrained learner reads MiniLM's CLS, as it was recorded; the `demo` text tower itself mean-pools
     extra = {"pooling": "cls", "cxr_bert_path": str(pretrained_text)} if pretrained_text else {}
-    model = create_model("demo", fusion_saliency=False, **extra)
+    model = create_model("demo", fusion_saliency=False, proj="linear", **extra)  # the head it was recorded with
     labels = nn.Linear(len(CLASSES), model.cfg.embed_dim)
 
     def label_features(y):

@@ -15,7 +15,14 @@ thing: the warm-up length, a BatchNorm on the image features, the peak lr, the l
 throughout or in the first epoch(s) only (main.py's --report-epochs); with --steps 150 only the start of that
 schedule runs (a quick look at epoch 0). The r0w10_* variants start from the demo's settings since (whole reports
 in epoch 0, 10 warm-up steps) and change one thing: 40 epochs, lr 1e-3, single sentences after epoch 0, weight
-decay 0.05, a joint embedding of 128 or 32 dimensions instead of 64.
+decay 0.05, a joint embedding of 128 or 32 dimensions instead of 64; and (r0w10_matched*, r0w10_text_mlp, m_mlp_*)
+main.py's --positives shared ("matched": a text is also a positive of every volume of the batch whose report holds
+all its sentences), the text config's two-layer "mlp" head instead of the linear projection, and on top of both: the
+plain hierarchy, 40 epochs, an MLP image head, a wider (1536) or deeper (3-layer) text head, lr 1e-3, a 128-d
+joint embedding, 3/4 single sentences instead of 1/2 after epoch 0, or a BatchNorm before the text head. The linear head stays explicit for every variant without "text_mlp", so the
+variants recorded before the demo config took the "mlp" head rerun as they ran. Every variant also records its
+per-class AUCs and, as a diagnostic, the mean AUC when each class's prompt pair is replaced by the training reports'
+most common sentence stating it absent and present ("report_style"): how much of the gap is the prompts' wording.
 
     python bench/demo_levers.py --demo-dir demo_runs/seed_0 [--only reaf plain ...] [--steps N]
 
@@ -25,6 +32,8 @@ Writes bench/results/demo_levers.json (or --out).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import math
 import sys
 import time
@@ -44,7 +53,7 @@ from demo_diagnostics import aucs, load_split, recall_at_5  # noqa: E402
 from reaf import create_model  # noqa: E402
 from reaf.data.formats import InputSpec  # noqa: E402
 from reaf.data.readers import find_splits  # noqa: E402
-from reaf.data.text_sampling import sample_text, split_sentences  # noqa: E402
+from reaf.data.text_sampling import sample_text, shared_positives, split_sentences  # noqa: E402
 from reaf.demo import INPUT_INFO  # noqa: E402
 from reaf.evaluation.prompts import class_prompts  # noqa: E402
 from reaf.model.config import load_model_config  # noqa: E402
@@ -94,6 +103,23 @@ AFTER = {
     "r0w10_wd_0.05": {"wd": 0.05},
     "r0w10_embed_128": {"overrides": {"embed_dim": 128}},
     "r0w10_embed_32": {"overrides": {"embed_dim": 32}},
+    "r0w10_matched": {"matched": True},
+    "r0w10_matched_sentence": {"matched": True, "sampling": "sentence"},
+    "r0w10_matched_text_bn": {"matched": True, "text_bn": True},
+    "r0w10_matched_text_mlp": {"matched": True, "text_mlp": True},
+    "r0w10_text_mlp": {"text_mlp": True},
+    "r0w10_matched_text_mlp_plain": {"matched": True, "text_mlp": True, "overrides": {"fusion_saliency": False}},
+    "r0w10_matched_text_mlp_40_epochs": {"matched": True, "text_mlp": True, "steps": 3000},
+    "m_mlp_image_mlp": {"matched": True, "text_mlp": True, "image_mlp": True},
+    "m_mlp_hidden_1536": {"matched": True, "text_mlp": True, "text_mlp_hidden": 1536},
+    "m_mlp_lr_1e-3": {"matched": True, "text_mlp": True, "lr": 1e-3},
+    "m_mlp_3_layers": {"matched": True, "text_mlp": True, "text_mlp_layers": 3},
+    "m_mlp_sentence_share_0.75": {"matched": True, "text_mlp": True, "sentence_share": 0.75},
+    "m_mlp_embed_128": {"matched": True, "text_mlp": True, "overrides": {"embed_dim": 128}},
+    "m_mlp_hidden_1536_share_0.75": {"matched": True, "text_mlp": True, "text_mlp_hidden": 1536,
+                                     "sentence_share": 0.75},
+    "m_mlp_hidden_1536_share_0.75_embed_128": {"matched": True, "text_mlp": True, "text_mlp_hidden": 1536,
+                                               "sentence_share": 0.75, "overrides": {"embed_dim": 128}},
 }
 VARIANTS.update({name: {**DEMO_SCHEDULE, **v} for name, v in EPOCH_0.items()})
 VARIANTS.update({name: {**DEMO_SCHEDULE, **NEW_DEMO, **v} for name, v in AFTER.items()})
@@ -116,16 +142,54 @@ def text_features(data: dict, prompts: dict) -> dict[str, torch.Tensor]:
     return feats
 
 
+@functools.cache
+def sentence_set(text: str) -> frozenset:
+    return frozenset(split_sentences(text))
+
+
+def report_style_pairs(reports: list[str]) -> dict[str, tuple[str, str]]:
+    """Per class, the training reports' most common sentence stating it absent and stating it present."""
+    from collections import Counter
+
+    from reaf.synthetic.reports import KEYWORDS
+    counts = Counter(s for r in reports for s in sentence_set(r))
+    pairs = {}
+    for name, words in KEYWORDS.items():
+        neg = [s for s, _ in counts.most_common() if any(w in s.lower() for w in (*words, name.lower()))
+               and any(f" {n} " in f" {s.lower().rstrip('.')} " for n in ("no", "not", "without"))]
+        pos = [s for s, _ in counts.most_common() if any(w in s.lower() for w in words)
+               and not any(f" {n} " in f" {s.lower().rstrip('.')} " for n in ("no", "not", "without"))]
+        if neg and pos:
+            pairs[name] = (neg[0], pos[0])
+    return pairs
+
+
 def train_variant(data: dict, feats: dict, prompts: dict, settings: dict, seed: int) -> dict:
     steps, lr, sampling = settings.get("steps", STEPS), settings.get("lr", LR), settings.get("sampling", "both")
     total, steps = steps, min(steps, settings.get("max_steps", steps))
     batch = settings.get("batch", BATCH)
     torch.manual_seed(seed)
-    model = create_model(load_model_config("demo"), **settings.get("overrides", {}))
+    # the text head is given explicitly (linear, or "mlp" with its inner width), so variants recorded before the demo
+    # config changed its head rerun as they ran
+    cfg = load_model_config("demo")
+    mlp = settings.get("text_mlp")
+    cfg = dataclasses.replace(cfg, text=dataclasses.replace(
+        cfg.text, proj="mlp" if mlp else "linear", proj_hidden=settings.get("text_mlp_hidden") if mlp else None))
+    model = create_model(cfg, **settings.get("overrides", {}))
     if "logit_scale" in settings:
         model.logit_scale.data.fill_(math.log(settings["logit_scale"]))
     image_bn = nn.BatchNorm1d(model.visual.head.proj.in_features, affine=False) if settings.get("image_bn") else None
-    text_bn = nn.BatchNorm1d(model.text.proj.in_features, affine=False) if settings.get("text_bn") else None
+    text_bn = nn.BatchNorm1d(model.text.transformer.config.hidden_size, affine=False) if settings.get("text_bn") else None
+    if settings.get("text_mlp_layers"):  # a deeper head than text.proj "mlp"
+        width = model.text.transformer.config.hidden_size
+        hidden = settings.get("text_mlp_hidden", width)
+        layers = [nn.Linear(width, hidden), nn.GELU()]
+        for _ in range(settings["text_mlp_layers"] - 2):
+            layers += [nn.Linear(hidden, hidden), nn.GELU()]
+        model.text.proj = nn.Sequential(*layers, nn.Linear(hidden, model.cfg.embed_dim))
+    if settings.get("image_mlp"):
+        width, out = model.visual.head.proj.in_features, model.visual.head.proj.out_features
+        model.visual.head.proj = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, out))
 
     def encode_image(x: torch.Tensor) -> torch.Tensor:
         if image_bn is None:
@@ -151,8 +215,13 @@ def train_variant(data: dict, feats: dict, prompts: dict, settings: dict, seed: 
         schedule.apply(step)
         idx, epoch = order[start : start + batch], step // (n // batch)
         texts = [sample_text(train["reports"][i], sampling, seed=seed, epoch=epoch, index=int(i),
-                             report_epochs=settings.get("report_epochs", 0)) for i in idx]
-        loss = local_contrastive_loss(encode_image(train["x"][idx]), encode_text(texts), model.logit_scale.exp())
+                             report_epochs=settings.get("report_epochs", 0),
+                             sentence_share=settings.get("sentence_share", 0.5)) for i in idx]
+        positives = None
+        if settings.get("matched"):  # main.py --positives shared
+            positives = torch.from_numpy(shared_positives(texts, [train["reports"][int(i)] for i in idx]))
+        loss = local_contrastive_loss(encode_image(train["x"][idx]), encode_text(texts), model.logit_scale.exp(),
+                                      positives)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -169,6 +238,12 @@ def train_variant(data: dict, feats: dict, prompts: dict, settings: dict, seed: 
         neg, pos = encode_text([p[0] for p in prompts.values()]), encode_text([p[1] for p in prompts.values()])
         scale = model.logit_scale.exp()
         prob = torch.softmax(scale * torch.stack([image @ neg.T, image @ pos.T], dim=-1), dim=-1)[..., 1]
+        alt = report_style_pairs(train["reports"])
+        alt_neg = encode_text([alt[c][0] for c in alt])
+        alt_pos = encode_text([alt[c][1] for c in alt])
+        alt_prob = torch.softmax(scale * torch.stack([image @ alt_neg.T, image @ alt_pos.T], dim=-1), dim=-1)[..., 1]
+    cols = [list(prompts).index(c) for c in alt]
+    alt_aucs = aucs(valid["y"][:, cols], alt_prob.numpy())
     ln_b, epoch_steps = math.log(batch), n // batch
     return {
         "steps": steps, "lr": lr, "batch": batch, "text_sampling": sampling, "settings": dict(settings),
@@ -178,6 +253,9 @@ def train_variant(data: dict, feats: dict, prompts: dict, settings: dict, seed: 
         "loss_over_lnB_every_15_steps": [round(float(np.mean(losses[i : i + 15])) / ln_b, 3)
                                          for i in range(0, min(len(losses), 300), 15)],
         "mean_auc_18": round(float(np.mean(aucs(valid["y"], prob.numpy()))), 4),
+        "auc_per_class": dict(zip(prompts, np.round(aucs(valid["y"], prob.numpy()), 3).tolist())),
+        "report_style_pairs": alt, "report_style_mean_auc": round(float(np.mean(alt_aucs)), 4),
+        "report_style_auc_per_class": dict(zip(alt, np.round(alt_aucs, 3).tolist())),
         "R@5": recall_at_5(text, image), "seconds": round(time.time() - start_time, 1),
     }  # fmt: skip
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from reaf import atomic
-from reaf.data.text_sampling import TEXT_SAMPLINGS
+from reaf.data.text_sampling import POSITIVES, TEXT_SAMPLINGS
 
 INPUT_INFO = ("-1150", "350", "resize")  # the synthetic chests are resized whole to the small model's input
 
@@ -38,6 +38,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--report-epochs", type=int, default=1,
                    help="main.py's --report-epochs: whole reports in the first N epochs, then --text-sampling "
                    "(bench/demo_levers.py measures 0 against 1)")
+    p.add_argument("--sentence-share", type=float, default=0.5,
+                   help="main.py's --sentence-share: with `both`, the share of single sentences after the report "
+                   "epochs (0.75 measured against 0.5: bench/demo_levers.py and the seed-0 demo disagree, README)")
+    p.add_argument("--positives", default="shared", choices=POSITIVES,
+                   help="main.py's --positives: a text is also a positive of every volume its sentences are true of "
+                   "(bench/demo_levers.py measures own against shared)")
     p.add_argument("--keep-in-memory", action=argparse.BooleanOptionalAction, default=True,
                    help="train from volumes held in memory after the first epoch (main.py --keep-in-memory, in this "
                    "process: no loader workers); 3-4x faster steps on 2 cores")
@@ -106,7 +112,8 @@ def train(args: argparse.Namespace, cache: Path, out: Path, name: str, model: st
         workers=0 if args.keep_in_memory else args.workers, keep_in_memory=args.keep_in_memory,
         precision="fp32", device="cpu", val_frequency=0, zeroshot_frequency=0, report_to="none",
         logs=str(out / "runs"), name=name, seed=args.seed, resume="latest", save_frequency=0,
-        text_sampling=args.text_sampling, report_epochs=args.report_epochs)
+        text_sampling=args.text_sampling, report_epochs=args.report_epochs, positives=args.positives,
+        sentence_share=args.sentence_share)
     run_dir = train_main(flags)
     return run_dir / "checkpoints" / "latest.pt"
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_train_loop import batches, context, data, tiny  # noqa: F401
+from test_train_loop import context, data, tiny  # noqa: F401
 
 from reaf.data.text_sampling import shared_positives, split_sentences
 from reaf.model.loss import _symmetric_ce, local_contrastive_loss

@@ -139,8 +139,9 @@ _SHARED_FEATURES: dict[str, dict[tuple[int, ...], Tensor]] = {}
 
 class TextTower(nn.Module):
     """Token ids (B, L) -> unit-norm embedding (B, E): BERT, CLS (or mean over the non-pad tokens) of the last hidden
-    state, Linear without bias (or text.proj "mlp": a two-layer head). Locked "all", BERT is frozen in eval mode and each distinct text's features are
-    computed once and kept (keyed by its token ids, shared by towers with the same weights)."""
+    state, Linear without bias (or with text.proj "mlp" a two-layer head). Locked "all", BERT is frozen in eval mode
+    and each distinct text's features are computed once and kept (keyed by its token ids, shared by towers with the
+    same weights)."""
 
     def __init__(self, cfg: TextConfig, embed_dim: int, bert_path: str | None = None) -> None:
         super().__init__()

@@ -1,11 +1,11 @@
 """CT-RATE-style English report text (findings, impressions, clinical information, technique) from planted findings.
 
 Every present class is stated with one of its KEYWORDS in an affirmative sentence, and each class's prompt name
-("lung opacity", "pleural effusion") is among the affirmative wordings it is drawn from. Most absent classes (NEGATED) are
-stated absent as CT-RATE reports state them, in several forms and in the class's own words, the prompts' names among
-them ("Pleural effusion-thickening was not detected.", "No enlarged lymph nodes ... were detected.", "The lungs are
-well aerated and not atelectatic.", "No pulmonary fibrotic sequela was detected."); the rest go unmentioned or are
-described as normal without their keywords. No report holds a zero-shot prompt sentence ("The volume shows: Not
+("lung opacity", "pleural effusion") is among the affirmative wordings it is drawn from. Most absent classes
+(NEGATED) are stated absent as CT-RATE reports state them, in several forms and in the class's own words, the
+prompts' names among them ("Pleural effusion-thickening was not detected.", "No enlarged lymph nodes ... were
+detected.", "The lungs are well aerated and not atelectatic.", "No pulmonary fibrotic sequela was detected."); the
+rest go unmentioned or are described as normal without their keywords. No report holds a zero-shot prompt sentence ("The volume shows: Not
 X."). Affirmative sentences never contain the words "no", "not" or "without", so a sentence-level negation check
 is exact: a class is present iff a sentence free of negation words names one of its keywords.
 """
