@@ -19,8 +19,9 @@ decay 0.05, a joint embedding of 128 or 32 dimensions instead of 64; and (r0w10_
 main.py's --positives shared ("matched": a text is also a positive of every volume of the batch whose report holds
 all its sentences), the text config's two-layer "mlp" head instead of the linear projection, and on top of both: the
 plain hierarchy, 40 epochs, an MLP image head, a wider (1536) or deeper (3-layer) text head, lr 1e-3, a 128-d
-joint embedding, 3/4 single sentences instead of 1/2 after epoch 0, or a BatchNorm before the text head. The linear head stays explicit for every variant without "text_mlp", so the
-variants recorded before the demo config took the "mlp" head rerun as they ran. Every variant also records its
+joint embedding, or 3/4 single sentences instead of 1/2 after epoch 0 (main.py's --sentence-share); and a BatchNorm
+before the linear text head. Every variant names its text head (linear, or "mlp" and its width), so the variants
+recorded before the demo config took the "mlp" head rerun as they ran. Every variant also records its
 per-class AUCs and, as a diagnostic, the mean AUC when each class's prompt pair is replaced by the training reports'
 most common sentence stating it absent and present ("report_style"): how much of the gap is the prompts' wording.
 
@@ -69,7 +70,8 @@ VARIANTS = {
     "reaf": {},
     "plain": {"overrides": {"fusion_saliency": False}},
     "reaf_previous_demo": {"lr": 1e-3, "logit_scale": 1 / 0.07, "overrides": CLS_READOUT},
-    "plain_previous_demo": {"lr": 1e-3, "logit_scale": 1 / 0.07, "overrides": {**CLS_READOUT, "fusion_saliency": False}},
+    "plain_previous_demo": {"lr": 1e-3, "logit_scale": 1 / 0.07,
+                            "overrides": {**CLS_READOUT, "fusion_saliency": False}},
     "reaf_cls_readout": {"overrides": CLS_READOUT},
     "reaf_avg_readout": {"overrides": {"global_pool": "avg"}},
     "reaf_logit_scale_14.3": {"logit_scale": 1 / 0.07},
@@ -179,7 +181,8 @@ def train_variant(data: dict, feats: dict, prompts: dict, settings: dict, seed: 
     if "logit_scale" in settings:
         model.logit_scale.data.fill_(math.log(settings["logit_scale"]))
     image_bn = nn.BatchNorm1d(model.visual.head.proj.in_features, affine=False) if settings.get("image_bn") else None
-    text_bn = nn.BatchNorm1d(model.text.transformer.config.hidden_size, affine=False) if settings.get("text_bn") else None
+    hidden = model.text.transformer.config.hidden_size
+    text_bn = nn.BatchNorm1d(hidden, affine=False) if settings.get("text_bn") else None
     if settings.get("text_mlp_layers"):  # a deeper head than text.proj "mlp"
         width = model.text.transformer.config.hidden_size
         hidden = settings.get("text_mlp_hidden", width)

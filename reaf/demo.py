@@ -29,7 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-valid", type=int, default=200)
     p.add_argument("--epochs", type=int, default=30, help="30 x 75 steps of batch 32 on 2400 volumes")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (bench/demo_levers.py measures 1e-3 against it)")
+    p.add_argument("--lr", type=float, default=2e-3,
+                   help="peak learning rate (bench/demo_levers.py measures 1e-3 against it)")
     p.add_argument("--warmup", type=int, default=10, help="warm-up steps")
     p.add_argument("--workers", type=int, default=2, help="processes for generation, preprocessing and loading")
     p.add_argument("--seed", type=int, default=0)

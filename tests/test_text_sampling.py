@@ -114,7 +114,8 @@ def test_sentence_share_sets_boths_mix_and_is_checked(split, tokenize):  # noqa:
         with pytest.raises(ValueError, match="sentence_share must be in"):
             sample_text(REPORT, "both", seed=0, epoch=0, index=0, sentence_share=share)
     assert parse_args(["--data-root", "x"]).sentence_share == 0.5
-    assert parse_args(["--data-root", "x", "--text-sampling", "both", "--sentence-share", "0.75"]).sentence_share == 0.75
+    flags = parse_args(["--data-root", "x", "--text-sampling", "both", "--sentence-share", "0.75"])
+    assert flags.sentence_share == 0.75
     for bad in (["--sentence-share", "0.75"], ["--text-sampling", "both", "--sentence-share", "1"]):
         with pytest.raises(SystemExit):  # with `report` it would do nothing; 1 is `sentence`
             parse_args(["--data-root", "x", *bad])

@@ -196,7 +196,8 @@ def build_dataloader(
     volumes are dropped from their batch and listed in its "skipped" (see reaf.data.skips), else they raise.
     text_sampling (training only): each sample's text is drawn from (seed, epoch, index), the sampler handing the
     epoch to the dataset with each index, so one loader (and its persistent workers) serves every epoch; the first
-    report_epochs epochs use whole reports whatever text_sampling says; sentence_share is `both`'s share of sentences."""
+    report_epochs epochs use whole reports whatever text_sampling says; sentence_share is `both`'s share of
+    sentences."""
     if keep_in_memory and workers > 0:
         raise ValueError(f"keeping {split.source}'s volumes in memory needs --workers 0 (each loader worker would "
                          "hold its own copy)")

@@ -28,7 +28,8 @@ def _symmetric_ce(img: torch.Tensor, txt: torch.Tensor, all_img: torch.Tensor, a
     targets_per_image = positives[:, rows].T.to(logits_per_image.dtype)  # (n, N): volume j -> texts
     targets_per_text = targets_per_text / targets_per_text.sum(1, keepdim=True)
     targets_per_image = targets_per_image / targets_per_image.sum(1, keepdim=True)
-    return (F.cross_entropy(logits_per_image, targets_per_image) + F.cross_entropy(logits_per_text, targets_per_text)) / 2
+    by_image = F.cross_entropy(logits_per_image, targets_per_image)
+    return (by_image + F.cross_entropy(logits_per_text, targets_per_text)) / 2
 
 
 def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor,

@@ -43,7 +43,8 @@ def _medical_material(rng, a):
     target = a.heart_centre if kind == "pacemaker" else (21.0, a.cavity_cy + 6.0, 10.0)
     leads = [Capsule(METAL, p0=(x, ys - 2, z), p1=target, radius=3.0)]
     if kind == "pacemaker":  # dual chamber: a second lead to the right atrium
-        atrium = (a.heart_centre[0] + 0.5 * a.heart_size[0], a.heart_centre[1], a.heart_centre[2] + 0.5 * a.heart_size[2])
+        (cx, cy, cz), (sx, _, sz) = a.heart_centre, a.heart_size
+        atrium = (cx + 0.5 * sx, cy, cz + 0.5 * sz)
         leads.append(Capsule(METAL, p0=(x, ys - 2, z), p1=atrium, radius=3.0))
     return Finding(side="left" if sign < 0 else "right", detail={"kind": kind}, shapes=(box, *leads))
 
@@ -72,7 +73,7 @@ def _pericardial_effusion(rng, a):
 
 
 def _coronary_calcification(rng, a):
-    # Calcified segments running along the heart surface (tram-track plaques, 25-40 mm long): single plaques of a
+    # Calcified segments running along the heart surface (tram-track plaques, 32-50 mm long): single plaques of a
     # few mm vanish at the demo's ~9x4x4 mm voxels.
     names = ["left anterior descending", "circumflex", "right coronary"]
     count = int(rng.integers(3, 7))

@@ -5,9 +5,10 @@ Every present class is stated with one of its KEYWORDS in an affirmative sentenc
 (NEGATED) are stated absent as CT-RATE reports state them, in several forms and in the class's own words, the
 prompts' names among them ("Pleural effusion-thickening was not detected.", "No enlarged lymph nodes ... were
 detected.", "The lungs are well aerated and not atelectatic.", "No pulmonary fibrotic sequela was detected."); the
-rest go unmentioned or are described as normal without their keywords. No report holds a zero-shot prompt sentence ("The volume shows: Not
-X."). Affirmative sentences never contain the words "no", "not" or "without", so a sentence-level negation check
-is exact: a class is present iff a sentence free of negation words names one of its keywords.
+rest go unmentioned or are described as normal without their keywords. No report holds a zero-shot prompt sentence
+("The volume shows: Not X."). Affirmative sentences never contain the words "no", "not" or "without", so a
+sentence-level negation check is exact: a class is present iff a sentence free of negation words names one of its
+keywords.
 """
 
 from __future__ import annotations
