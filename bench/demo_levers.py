@@ -19,8 +19,9 @@ decay 0.05, a joint embedding of 128 or 32 dimensions instead of 64; and (r0w10_
 main.py's --positives shared ("matched": a text is also a positive of every volume of the batch whose report holds
 all its sentences), the text config's two-layer "mlp" head instead of the linear projection, and on top of both: the
 plain hierarchy, 40 epochs, an MLP image head, a wider (1536) or deeper (3-layer) text head, lr 1e-3, a 128-d
-joint embedding, or 3/4 single sentences instead of 1/2 after epoch 0 (main.py's --sentence-share); and a BatchNorm
-before the linear text head. Every variant names its text head (linear, or "mlp" and its width), so the variants
+joint embedding, or 3/4 single sentences instead of 1/2 after epoch 0 (main.py's --sentence-share), or the
+evaluation of an exponential moving average of the trained parameters (decay 0.99 or 0.998) instead of the last
+ones; and a BatchNorm before the linear text head. Every variant names its text head (linear, or "mlp" and its width), so the variants
 recorded before the demo config took the "mlp" head rerun as they ran. Every variant also records its
 per-class AUCs and, as a diagnostic, the mean AUC when each class's prompt pair is replaced by the training reports'
 most common sentence stating it absent and present ("report_style"): how much of the gap is the prompts' wording.
@@ -122,6 +123,8 @@ AFTER = {
                                      "sentence_share": 0.75},
     "m_mlp_hidden_1536_share_0.75_embed_128": {"matched": True, "text_mlp": True, "text_mlp_hidden": 1536,
                                                "sentence_share": 0.75, "overrides": {"embed_dim": 128}},
+    "m_mlp_ema_0.99": {"matched": True, "text_mlp": True, "ema": 0.99},
+    "m_mlp_ema_0.998": {"matched": True, "text_mlp": True, "ema": 0.998},
 }
 VARIANTS.update({name: {**DEMO_SCHEDULE, **v} for name, v in EPOCH_0.items()})
 VARIANTS.update({name: {**DEMO_SCHEDULE, **NEW_DEMO, **v} for name, v in AFTER.items()})
@@ -210,6 +213,8 @@ def train_variant(data: dict, feats: dict, prompts: dict, settings: dict, seed: 
     n = settings.get("train_volumes", len(train["x"]))  # the first n training volumes only
     g = torch.Generator().manual_seed(seed)
     order, losses, start_time = torch.randperm(n, generator=g), [], time.time()
+    # an exponential moving average of the trained parameters, evaluated instead of the last ones
+    ema = [p.detach().clone() for p in params] if settings.get("ema") else None
     model.train()
     for step in range(steps):
         start = (step * batch) % (n - n % batch)
@@ -230,6 +235,13 @@ def train_variant(data: dict, feats: dict, prompts: dict, settings: dict, seed: 
         opt.step()
         model.clamp_logit_scale()
         losses.append(float(loss.detach()))
+        if ema is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - settings["ema"])
+    if ema is not None:
+        with torch.no_grad():
+            for p, e in zip(params, ema):
+                p.copy_(e)
     model.eval()
     for bn in (image_bn, text_bn):
         if bn is not None:
