@@ -20,6 +20,8 @@ main.py's --positives shared ("matched": a text is also a positive of every volu
 all its sentences), the text config's two-layer "mlp" head instead of the linear projection, and on top of both: the
 plain hierarchy, 40 epochs, an MLP image head, a wider (1536) or deeper (3-layer) text head, lr 1e-3, a 128-d
 joint embedding, or 3/4 single sentences instead of 1/2 after epoch 0 (main.py's --sentence-share), or the
+the same with another seed (initialisation, sample order and text draws: the bench's own noise), dropout (0.1 or
+0.3) on the frozen text features before the head, or the
 evaluation of an exponential moving average of the trained parameters (decay 0.99 or 0.998) instead of the last
 ones; and a BatchNorm before the linear text head. Every variant names its text head (linear, or "mlp" and its width), so the variants
 recorded before the demo config took the "mlp" head rerun as they ran. Every variant also records its
@@ -123,6 +125,10 @@ AFTER = {
                                      "sentence_share": 0.75},
     "m_mlp_hidden_1536_share_0.75_embed_128": {"matched": True, "text_mlp": True, "text_mlp_hidden": 1536,
                                                "sentence_share": 0.75, "overrides": {"embed_dim": 128}},
+    "m_mlp_seed_1": {"matched": True, "text_mlp": True, "seed": 1},
+    "m_mlp_seed_2": {"matched": True, "text_mlp": True, "seed": 2},
+    "m_mlp_text_dropout_0.1": {"matched": True, "text_mlp": True, "text_dropout": 0.1},
+    "m_mlp_text_dropout_0.3": {"matched": True, "text_mlp": True, "text_dropout": 0.3},
     "m_mlp_ema_0.99": {"matched": True, "text_mlp": True, "ema": 0.99},
     "m_mlp_ema_0.998": {"matched": True, "text_mlp": True, "ema": 0.998},
 }
@@ -170,6 +176,7 @@ def report_style_pairs(reports: list[str]) -> dict[str, tuple[str, str]]:
 
 
 def train_variant(data: dict, feats: dict, prompts: dict, settings: dict, seed: int) -> dict:
+    seed = settings.get("seed", seed)  # the *_seed_N variants: another initialisation and sample order
     steps, lr, sampling = settings.get("steps", STEPS), settings.get("lr", LR), settings.get("sampling", "both")
     total, steps = steps, min(steps, settings.get("max_steps", steps))
     batch = settings.get("batch", BATCH)
@@ -202,8 +209,12 @@ def train_variant(data: dict, feats: dict, prompts: dict, settings: dict, seed: 
             return model.encode_image(x)
         return F.normalize(model.visual.head.proj(image_bn(model.visual.trunk(x))), dim=-1)
 
+    text_dropout = settings.get("text_dropout", 0.0)
+
     def encode_text(texts: list[str]) -> torch.Tensor:
         f = torch.stack([feats[t] for t in texts])
+        if text_dropout and model.training:  # dropout on the frozen features, before the head
+            f = F.dropout(f, text_dropout)
         return F.normalize(model.text.proj(f if text_bn is None else text_bn(f)), dim=-1)
 
     params = [p for p in model.parameters() if p.requires_grad]

@@ -73,8 +73,8 @@ def _pericardial_effusion(rng, a):
 
 
 def _coronary_calcification(rng, a):
-    # Calcified segments running along the heart surface (tram-track plaques, 49-69 mm long, 9 mm across): single
-    # plaques of a few mm vanish at the demo's ~9x4x4 mm voxels.
+    # Calcified segments running along the heart surface (tram-track plaques, 32-50 mm long): single plaques of a
+    # few mm vanish at the demo's ~9x4x4 mm voxels.
     names = ["left anterior descending", "circumflex", "right coronary"]
     count = int(rng.integers(3, 7))
     shapes = []
@@ -82,9 +82,9 @@ def _coronary_calcification(rng, a):
         d = np.array([rng.uniform(-1, 1), rng.uniform(0.2, 1), rng.uniform(-0.3, 0.8)])
         d /= np.linalg.norm(d)
         tangent = np.cross(d, rng.normal(size=3))
-        tangent *= rng.uniform(20, 30) / np.linalg.norm(tangent)
-        p = np.array([c + (r + 2.0) * q for c, r, q in zip(a.heart_centre, a.heart_size, d)])
-        shapes.append(Capsule(900.0, p0=tuple(p - tangent), p1=tuple(p + tangent), radius=4.5))
+        tangent *= rng.uniform(16, 25) / np.linalg.norm(tangent)
+        p = np.array([c + (r + 1.5) * q for c, r, q in zip(a.heart_centre, a.heart_size, d)])
+        shapes.append(Capsule(900.0, p0=tuple(p - tangent), p1=tuple(p + tangent), radius=3.5))
     artery = names[int(rng.integers(3))]
     return Finding(size="a few" if count < 5 else "extensive", detail={"artery": artery}, shapes=tuple(shapes))
 

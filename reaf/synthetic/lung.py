@@ -79,17 +79,17 @@ def lung_opacity(rng: np.random.Generator, a: Anatomy) -> Finding:
 
 
 def fibrotic_sequela(rng: np.random.Generator, a: Anatomy) -> Finding:
-    """Reticular dense streaks: 12-18 soft-tissue (20 HU) rods of 7-10 mm diameter, 30-50 mm long, in one cluster."""
+    """Reticular dense streaks: 9-14 soft-tissue (20 HU) rods of 6-9 mm diameter, 30-50 mm long, in one cluster."""
     side, sides = draw_sides(rng, 0.3)
     zone = _zone(rng, (0.6, 0.3, 0.1))
     shapes = []
     for s in sides:
         centre = np.array(lung_point(rng, a, s, zone, 10.0))
-        for _ in range(int(rng.integers(12, 19))):
+        for _ in range(int(rng.integers(9, 15))):
             d = rng.normal(size=3) * np.array([1.0, 1.0, 0.4])
             d *= rng.uniform(15, 25) / np.linalg.norm(d)
             mid = centre + rng.uniform(-14, 14, 3)
-            shapes.append(Capsule(20.0, p0=tuple(mid - d), p1=tuple(mid + d), radius=rng.uniform(3.5, 5.0),
+            shapes.append(Capsule(20.0, p0=tuple(mid - d), p1=tuple(mid + d), radius=rng.uniform(3.0, 4.5),
                                   within=f"lung_{s}"))  # fmt: skip
     return Finding(side=side, size="", lobe=zone, shapes=tuple(shapes))
 
@@ -106,15 +106,15 @@ def pleural_effusion(rng: np.random.Generator, a: Anatomy) -> Finding:
 
 
 def mosaic_attenuation(rng: np.random.Generator, a: Anatomy) -> Finding:
-    """A 3-D checkerboard of 20-26 mm lobules alternating -580 / -960 HU over a lung region ~90 mm across."""
+    """A 3-D checkerboard of 14-18 mm lobules alternating -620 / -950 HU over a lung region ~60 mm across."""
     side, sides = draw_sides(rng, 0.5)
     zone = _zone(rng, (0.3, 0.4, 0.3))
-    cell = rng.uniform(20, 26)
+    cell = rng.uniform(14, 18)
     shapes = []
     for s in sides:
         c = np.array(lung_point(rng, a, s, zone, 10.0))
-        half = np.array([44.0, 48.0, 36.0])
-        shapes.append(Checker(-580.0, lo=tuple(c - half), hi=tuple(c + half), cell=cell, hu2=-960.0,
+        half = np.array([30.0, 34.0, 28.0])
+        shapes.append(Checker(-620.0, lo=tuple(c - half), hi=tuple(c + half), cell=cell, hu2=-950.0,
                               within=f"lung_{s}"))  # fmt: skip
     return Finding(side=side, size="", lobe=zone, shapes=tuple(shapes))
 
@@ -133,12 +133,12 @@ def _tubes(rng, a, s, start, count, length, outer, inner, zone) -> list:
 
 
 def peribronchial_thickening(rng: np.random.Generator, a: Anatomy) -> Finding:
-    """Airways with thick walls (outer radius 7 mm, lumen 2.5 mm), 5-8 per lung, radiating 55 mm from the hilum."""
+    """Airways with thick walls (outer radius 6 mm, lumen 2 mm), 4-6 per lung, radiating 55 mm from the hilum."""
     side, sides = draw_sides(rng, 0.5)
     shapes = []
     for s in sides:
         hilum = (a.lung_centre_x(s) * 0.6, a.trachea[1], a.carina_z - 18.0)
-        shapes += _tubes(rng, a, s, hilum, int(rng.integers(5, 9)), 55.0, 7.0, 2.5, _zone(rng, (0.2, 0.4, 0.4)))
+        shapes += _tubes(rng, a, s, hilum, int(rng.integers(4, 7)), 55.0, 6.0, 2.0, _zone(rng, (0.2, 0.4, 0.4)))
     return Finding(side=side, size="", lobe=None, shapes=tuple(shapes))
 
 
@@ -159,12 +159,12 @@ def consolidation(rng: np.random.Generator, a: Anatomy) -> Finding:
 
 
 def bronchiectasis(rng: np.random.Generator, a: Anatomy) -> Finding:
-    """Dilated air tubes (lumen radius 6.5 mm, wall to 10.5 mm), 4-7 per lung, 45 mm long, in the lower zones."""
+    """Dilated air tubes (lumen radius 6.5 mm, wall to 9 mm), 3-5 per lung, 45 mm long, in the lower zones."""
     side, sides = draw_sides(rng, 0.4)
     shapes = []
     for s in sides:
         hilum = (a.lung_centre_x(s) * 0.7, a.trachea[1] - 4.0, a.carina_z - 22.0)
-        shapes += _tubes(rng, a, s, hilum, int(rng.integers(4, 8)), 45.0, 10.5, 6.5, "lower")
+        shapes += _tubes(rng, a, s, hilum, int(rng.integers(3, 6)), 45.0, 9.0, 6.5, "lower")
     kind = ["cylindrical", "varicose", "cystic"][int(rng.integers(3))]
     return Finding(side=side, size="", lobe="lower", detail={"type": kind}, shapes=tuple(shapes))
 

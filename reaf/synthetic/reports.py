@@ -81,6 +81,7 @@ POSITIVE: dict[str, list[str]] = {
     "Lung opacity": [
         "Ground-glass opacity is observed in {where}.",
         "Patchy ground-glass opacities are seen in {where}.",
+        "Patchy ground-glass opacities are seen in {where}.",
         "The lung shows opacity (ground-glass) in {where}.",
         "Lung opacity (ground-glass) is observed in {where}.",
     ],
@@ -104,6 +105,7 @@ POSITIVE: dict[str, list[str]] = {
     ],
     "Consolidation": [
         "Consolidation with air bronchograms is observed in {where}.",
+        "An area of consolidation is seen in {where}.",
         "An area of consolidation is seen in {where}.",
         "The lung shows consolidation in {where}.",
     ],
@@ -170,7 +172,7 @@ NEGATIVE: dict[str, list[str]] = {
 }  # fmt: skip
 NEGATED = 0.8  # the share of absent classes a report states as absent (CT-RATE reports state most of them)
 IMPRESSION: dict[str, str] = {
-    "Medical material": "{Kind} (medical material)", "Arterial wall calcification": "Atherosclerotic calcification of the aorta",
+    "Medical material": "{Kind}", "Arterial wall calcification": "Atherosclerotic calcification of the aorta",
     "Cardiomegaly": "Cardiomegaly", "Pericardial effusion": "Pericardial effusion",
     "Coronary artery wall calcification": "Coronary artery calcification", "Hiatal hernia": "Hiatal hernia",
     "Lymphadenopathy": "Mediastinal lymphadenopathy", "Emphysema": "{Side} emphysema",
