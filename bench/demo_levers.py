@@ -19,12 +19,12 @@ decay 0.05, a joint embedding of 128 or 32 dimensions instead of 64; and (r0w10_
 main.py's --positives shared ("matched": a text is also a positive of every volume of the batch whose report holds
 all its sentences), the text config's two-layer "mlp" head instead of the linear projection, and on top of both: the
 plain hierarchy, 40 epochs, an MLP image head, a wider (1536) or deeper (3-layer) text head, lr 1e-3, a 128-d
-joint embedding, or 3/4 single sentences instead of 1/2 after epoch 0 (main.py's --sentence-share), or the
-the same with another seed (initialisation, sample order and text draws: the bench's own noise), dropout (0.1 or
-0.3) on the frozen text features before the head, or the
-evaluation of an exponential moving average of the trained parameters (decay 0.99 or 0.998) instead of the last
-ones; and a BatchNorm before the linear text head. Every variant names its text head (linear, or "mlp" and its width), so the variants
-recorded before the demo config took the "mlp" head rerun as they ran. Every variant also records its
+joint embedding, or 3/4 single sentences instead of 1/2 after epoch 0 (main.py's --sentence-share), or batch 64 for
+half the steps (the same samples), dropout (0.1 or 0.3) on the frozen text features before the head, the evaluation
+of an exponential moving average of the trained parameters (decay 0.99 or 0.998) instead of the last ones, or the
+same settings with another seed (initialisation, sample order and text draws: the bench's own noise); and a
+BatchNorm before the linear text head. Every variant names its text head (linear, or "mlp" and its width), so the
+variants recorded before the demo config took the "mlp" head rerun as they ran. Every variant also records its
 per-class AUCs and, as a diagnostic, the mean AUC when each class's prompt pair is replaced by the training reports'
 most common sentence stating it absent and present ("report_style"): how much of the gap is the prompts' wording.
 
@@ -125,6 +125,7 @@ AFTER = {
                                      "sentence_share": 0.75},
     "m_mlp_hidden_1536_share_0.75_embed_128": {"matched": True, "text_mlp": True, "text_mlp_hidden": 1536,
                                                "sentence_share": 0.75, "overrides": {"embed_dim": 128}},
+    "m_mlp_batch_64": {"matched": True, "text_mlp": True, "batch": 64, "steps": 1125},
     "m_mlp_seed_1": {"matched": True, "text_mlp": True, "seed": 1},
     "m_mlp_seed_2": {"matched": True, "text_mlp": True, "seed": 2},
     "m_mlp_text_dropout_0.1": {"matched": True, "text_mlp": True, "text_dropout": 0.1},

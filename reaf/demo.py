@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from reaf import atomic
-from reaf.data.text_sampling import POSITIVES, TEXT_SAMPLINGS
+from reaf.training.settings import add_text_flags
 
 INPUT_INFO = ("-1150", "350", "resize")  # the synthetic chests are resized whole to the small model's input
 
@@ -34,17 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=10, help="warm-up steps")
     p.add_argument("--workers", type=int, default=2, help="processes for generation, preprocessing and loading")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--text-sampling", default="both", choices=TEXT_SAMPLINGS,
-                   help="main.py's --text-sampling (bench/text_side.py measures each with the demo's text tower)")
-    p.add_argument("--report-epochs", type=int, default=1,
-                   help="main.py's --report-epochs: whole reports in the first N epochs, then --text-sampling "
-                   "(bench/demo_levers.py measures 0 against 1)")
-    p.add_argument("--sentence-share", type=float, default=0.5,
-                   help="main.py's --sentence-share: with `both`, the share of single sentences after the report "
-                   "epochs (0.75 measured against 0.5: bench/demo_levers.py and the seed-0 demo disagree, README)")
-    p.add_argument("--positives", default="shared", choices=POSITIVES,
-                   help="main.py's --positives: a text is also a positive of every volume its sentences are true of "
-                   "(bench/demo_levers.py measures own against shared)")
+    # main.py's text flags (help and choices from main.py's parser) with the demo's defaults: whole reports in epoch
+    # 0, then a sentence or the report with shared positives (bench/demo_levers.py and README "The demo" measure them)
+    add_text_flags(p, text_sampling="both", report_epochs=1, positives="shared")
     p.add_argument("--keep-in-memory", action=argparse.BooleanOptionalAction, default=True,
                    help="train from volumes held in memory after the first epoch (main.py --keep-in-memory, in this "
                    "process: no loader workers); 3-4x faster steps on 2 cores")

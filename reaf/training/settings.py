@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,6 +23,24 @@ PRECISIONS = ("amp", "amp_bf16", "fp32")
 REPORT_TARGETS = ("none", "wandb", "tensorboard")
 
 
+def add_text_flags(g: Any, **defaults: object) -> None:
+    """main.py's training-text flags on parser or group ``g``; reaf.demo adds the same flags with its own defaults."""
+    d = {"text_sampling": "report", "report_epochs": 0, "sentence_share": 0.5, "positives": "own", **defaults}
+    g.add_argument("--text-sampling", default=d["text_sampling"], choices=TEXT_SAMPLINGS,
+                   help="training text per sample (HLIP): the whole report, one of its sentences, or either with "
+                   "probability 1/2; validation and zero-shot always encode the whole report (default: %(default)s)")
+    g.add_argument("--report-epochs", type=int, default=d["report_epochs"],
+                   help="train on whole reports for the first N epochs, then as --text-sampling says (a first epoch "
+                   "of whole reports leaves the ln(B) plateau sooner: one sentence fits many volumes of a batch; default: %(default)s)")
+    g.add_argument("--sentence-share", type=float, default=d["sentence_share"],
+                   help="with --text-sampling both: the probability that a sample's text is one sentence rather than "
+                   "the whole report (default: %(default)s)")
+    g.add_argument("--positives", default=d["positives"], choices=POSITIVES,
+                   help="own: each text's positive is its own volume (CLIP); shared: also every volume of the global "
+                   "batch whose report holds all of the text's sentences (a repeated negation, the report of another "
+                   "reconstruction), the target spread equally over them (default: %(default)s)")
+
+
 def _data(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data-root", help="data root; with no --train-data the splits are found under it")
@@ -34,19 +53,7 @@ def _data(p: argparse.ArgumentParser) -> None:
     g.add_argument("--report-root", help="the reference's report JSON (or folder of them) to take report text from")
     g.add_argument("--sample-unit", default="volume", choices=SAMPLE_UNITS,
                    help="volume: every reconstruction each epoch; scan: one random reconstruction per scan")
-    g.add_argument("--text-sampling", default="report", choices=TEXT_SAMPLINGS,
-                   help="training text per sample (HLIP): the whole report, one of its sentences, or either with "
-                   "probability 1/2; validation and zero-shot always encode the whole report")
-    g.add_argument("--report-epochs", type=int, default=0,
-                   help="train on whole reports for the first N epochs, then as --text-sampling says (a first epoch "
-                   "of whole reports leaves the ln(B) plateau sooner: one sentence fits many volumes of a batch)")
-    g.add_argument("--sentence-share", type=float, default=0.5,
-                   help="with --text-sampling both: the probability that a sample's text is one sentence rather than "
-                   "the whole report")
-    g.add_argument("--positives", default="own", choices=POSITIVES,
-                   help="own: each text's positive is its own volume (CLIP); shared: also every volume of the global "
-                   "batch whose report holds all of the text's sentences (a repeated negation, the report of another "
-                   "reconstruction), the target spread equally over them")
+    add_text_flags(g)
     g.add_argument("--skip-bad", action="store_true", help="skip (count and log) unreadable samples instead of failing")
     g.add_argument("--workers", type=int, default=4, help="data loader workers per process")
     g.add_argument("--keep-in-memory", action="store_true",
