@@ -27,11 +27,13 @@ def add_text_flags(g: Any, **defaults: object) -> None:
     """main.py's training-text flags on parser or group ``g``; reaf.demo adds the same flags with its own defaults."""
     d = {"text_sampling": "report", "report_epochs": 0, "sentence_share": 0.5, "positives": "own", **defaults}
     g.add_argument("--text-sampling", default=d["text_sampling"], choices=TEXT_SAMPLINGS,
-                   help="training text per sample (HLIP): the whole report, one of its sentences, or either with "
-                   "probability 1/2; validation and zero-shot always encode the whole report (default: %(default)s)")
+                   help="training text per sample (HLIP): the whole report, one of its sentences, or either (a "
+                   "sentence with probability --sentence-share); validation and zero-shot always encode the whole "
+                   "report (default: %(default)s)")
     g.add_argument("--report-epochs", type=int, default=d["report_epochs"],
                    help="train on whole reports for the first N epochs, then as --text-sampling says (a first epoch "
-                   "of whole reports leaves the ln(B) plateau sooner: one sentence fits many volumes of a batch; default: %(default)s)")
+                   "of whole reports leaves the ln(B) plateau sooner: one sentence fits many volumes of a batch; "
+                   "default: %(default)s)")
     g.add_argument("--sentence-share", type=float, default=d["sentence_share"],
                    help="with --text-sampling both: the probability that a sample's text is one sentence rather than "
                    "the whole report (default: %(default)s)")
