@@ -20,7 +20,7 @@ main.py's --positives shared ("matched": a text is also a positive of every volu
 all its sentences), the text config's two-layer "mlp" head instead of the linear projection, and on top of both: the
 plain hierarchy, 40 epochs, an MLP image head, a wider (1536) or deeper (3-layer) text head, lr 1e-3, a 128-d
 joint embedding, or 3/4 single sentences instead of 1/2 after epoch 0 (main.py's --sentence-share), or batch 64 for
-half the steps (the same samples), dropout (0.1 or 0.3) on the frozen text features before the head, the evaluation
+half the steps (the same samples), dropout 0.3 on the frozen text features before the head, the evaluation
 of an exponential moving average of the trained parameters (decay 0.99 or 0.998) instead of the last ones, or the
 same settings with another seed (initialisation, sample order and text draws: the bench's own noise); and a
 BatchNorm before the linear text head. Every variant names its text head (linear, or "mlp" and its width), so the
@@ -128,7 +128,6 @@ AFTER = {
     "m_mlp_batch_64": {"matched": True, "text_mlp": True, "batch": 64, "steps": 1125},
     "m_mlp_seed_1": {"matched": True, "text_mlp": True, "seed": 1},
     "m_mlp_seed_2": {"matched": True, "text_mlp": True, "seed": 2},
-    "m_mlp_text_dropout_0.1": {"matched": True, "text_mlp": True, "text_dropout": 0.1},
     "m_mlp_text_dropout_0.3": {"matched": True, "text_mlp": True, "text_dropout": 0.3},
     "m_mlp_ema_0.99": {"matched": True, "text_mlp": True, "ema": 0.99},
     "m_mlp_ema_0.998": {"matched": True, "text_mlp": True, "ema": 0.998},
@@ -249,7 +248,8 @@ def train_variant(data: dict, feats: dict, prompts: dict, settings: dict, seed: 
         losses.append(float(loss.detach()))
         if ema is not None:
             with torch.no_grad():
-                torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - settings["ema"])
+                for p, e in zip(params, ema):
+                    e.lerp_(p, 1.0 - settings["ema"])
     if ema is not None:
         with torch.no_grad():
             for p, e in zip(params, ema):
