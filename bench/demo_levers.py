@@ -1,9 +1,10 @@
 """What each lever does to the demo's joint training (REAF `demo` config, frozen MiniLM text), measured in memory.
 
 On the demo's own data (a finished demo folder: its fast cache, held in memory) each variant trains both towers
-together as the demo does (AdamW as main.py sets it, 50 warm-up steps, cosine decay to 0 over the variant's steps,
-batch 32, peak lr 2e-3, the demo's text sampling drawn by reaf.data.text_sampling, MiniLM features computed once
-per distinct text) for 600 steps and records the training loss against ln(B) (the last 10 steps of epoch 0, steps
+together as the demo does (AdamW with main.py's betas, eps and weight decay 0.2, but on every parameter: main.py
+leaves biases, norms and the logit scale undecayed, the main_groups variant too; 50 warm-up steps, cosine decay to 0
+over the variant's steps, batch 32, peak lr 2e-3, the demo's text sampling drawn by reaf.data.text_sampling, MiniLM
+features computed once per distinct text) for 600 steps and records the training loss against ln(B) (the last 10 steps of epoch 0, steps
 140-149, the last 10), then the protocol's zero-shot AUC (18 classes, "volume" prompt pairs) and report->volume R@5
 on the validation split. Variants change one thing against the demo: the readout (CLS, mean), the logit scale's
 start, the learning rate, the text sampling, a BatchNorm (no affine) before the text projection, the batch size
@@ -22,9 +23,11 @@ plain hierarchy, 40 epochs, an MLP image head, a wider (1536) or deeper (3-layer
 joint embedding, or 3/4 single sentences instead of 1/2 after epoch 0 (main.py's --sentence-share), or batch 64 for
 half the steps (the same samples), dropout 0.3 on the frozen text features before the head, the evaluation
 of an exponential moving average of the trained parameters (decay 0.99 or 0.998) instead of the last ones, or the
-same settings with another seed (initialisation, sample order and text draws: the bench's own noise); and a
-BatchNorm before the linear text head. Every variant names its text head (linear, or "mlp" and its width), so the
-variants recorded before the demo config took the "mlp" head rerun as they ran. Every variant also records its
+same settings with another seed (initialisation, sample order and text draws: the bench's own noise), a wider
+image tower (72 or 96) or other patches (8x12x12, 4x16x16, 16x12x12; at 8x12x12 also the plain hierarchy, another
+seed, and main.py's optimiser groups instead of decaying every parameter); and a BatchNorm before the linear text
+head. Every variant names its text head (linear, or "mlp" and its width), so the variants recorded before the demo
+config took the "mlp" head rerun as they ran. Every variant also records its
 per-class AUCs and, as a diagnostic, the mean AUC when each class's prompt pair is replaced by the training reports'
 most common sentence stating it absent and present ("report_style"): how much of the gap is the prompts' wording.
 
@@ -62,7 +65,7 @@ from reaf.demo import INPUT_INFO  # noqa: E402
 from reaf.evaluation.prompts import class_prompts  # noqa: E402
 from reaf.model.config import load_model_config  # noqa: E402
 from reaf.model.loss import local_contrastive_loss  # noqa: E402
-from reaf.training.optim import CosineSchedule  # noqa: E402
+from reaf.training.optim import CosineSchedule, param_groups  # noqa: E402
 
 BATCH = 32
 STEPS = 600
@@ -131,6 +134,18 @@ AFTER = {
     "m_mlp_text_dropout_0.3": {"matched": True, "text_mlp": True, "text_dropout": 0.3},
     "m_mlp_ema_0.99": {"matched": True, "text_mlp": True, "ema": 0.99},
     "m_mlp_ema_0.998": {"matched": True, "text_mlp": True, "ema": 0.998},
+    # the image tower's capacity: wider tokens, smaller patches (more tokens per volume)
+    "m_mlp_width_96": {"matched": True, "text_mlp": True, "overrides": {"width": 96, "num_heads": 4}},
+    "m_mlp_width_72": {"matched": True, "text_mlp": True, "overrides": {"width": 72, "num_heads": 3}},
+    "m_mlp_patch_8x12x12": {"matched": True, "text_mlp": True, "overrides": {"patch_size": (8, 12, 12)}},
+    "m_mlp_patch_4x16x16": {"matched": True, "text_mlp": True, "overrides": {"patch_size": (4, 16, 16)}},
+    "m_mlp_patch_16x12x12": {"matched": True, "text_mlp": True, "overrides": {"patch_size": (16, 12, 12)}},
+    "m_mlp_patch_8x12x12_seed_1": {"matched": True, "text_mlp": True, "seed": 1,
+                                   "overrides": {"patch_size": (8, 12, 12)}},
+    "m_mlp_patch_8x12x12_main_groups": {"matched": True, "text_mlp": True, "main_groups": True,
+                                        "overrides": {"patch_size": (8, 12, 12)}},
+    "m_mlp_patch_8x12x12_plain": {"matched": True, "text_mlp": True,
+                                  "overrides": {"patch_size": (8, 12, 12), "fusion_saliency": False}},
 }
 VARIANTS.update({name: {**DEMO_SCHEDULE, **v} for name, v in EPOCH_0.items()})
 VARIANTS.update({name: {**DEMO_SCHEDULE, **NEW_DEMO, **v} for name, v in AFTER.items()})
@@ -218,7 +233,11 @@ def train_variant(data: dict, feats: dict, prompts: dict, settings: dict, seed: 
         return F.normalize(model.text.proj(f if text_bn is None else text_bn(f)), dim=-1)
 
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=settings.get("wd", 0.2), betas=(0.9, 0.98), eps=1e-6)
+    if settings.get("main_groups"):  # main.py's optimiser: weight decay on matrices only (reaf.training.optim)
+        groups = param_groups(model, settings.get("wd", 0.2))
+    else:  # as the variants before were recorded: every parameter decayed, the logit scale and biases too
+        groups = [{"params": params, "weight_decay": settings.get("wd", 0.2)}]
+    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6)
     schedule = CosineSchedule(opt, lr, settings.get("warmup", 50), total)
     train = data["train"]
     n = settings.get("train_volumes", len(train["x"]))  # the first n training volumes only
@@ -283,7 +302,8 @@ def train_variant(data: dict, feats: dict, prompts: dict, settings: dict, seed: 
         "auc_per_class": dict(zip(prompts, np.round(aucs(valid["y"], prob.numpy()), 3).tolist())),
         "report_style_pairs": alt, "report_style_mean_auc": round(float(np.mean(alt_aucs)), 4),
         "report_style_auc_per_class": dict(zip(alt, np.round(alt_aucs, 3).tolist())),
-        "R@5": recall_at_5(text, image), "seconds": round(time.time() - start_time, 1),
+        "R@5": recall_at_5(text, image), "logit_scale_end": round(float(scale), 3),
+        "seconds": round(time.time() - start_time, 1),
     }  # fmt: skip
 
 
