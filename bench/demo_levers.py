@@ -4,12 +4,12 @@ On the demo's own data (a finished demo folder: its fast cache, held in memory) 
 together as the demo does (AdamW with main.py's betas, eps and weight decay 0.2, but on every parameter: main.py
 leaves biases, norms and the logit scale undecayed, the main_groups variant too; 50 warm-up steps, cosine decay to 0
 over the variant's steps, batch 32, peak lr 2e-3, the demo's text sampling drawn by reaf.data.text_sampling, MiniLM
-features computed once per distinct text) for 600 steps and records the training loss against ln(B) (the last 10 steps of epoch 0, steps
-140-149, the last 10), then the protocol's zero-shot AUC (18 classes, "volume" prompt pairs) and report->volume R@5
-on the validation split. Variants change one thing against the demo: the readout (CLS, mean), the logit scale's
-start, the learning rate, the text sampling, a BatchNorm (no affine) before the text projection, the batch size
-(same samples), the width, the number of training volumes, the plain hierarchy instead of REAF; and the previous
-demo's settings (CLS readout, logit scale 1/0.07, lr 1e-3).
+features computed once per distinct text) for 600 steps and records the training loss against ln(B) (the last 10
+steps of epoch 0, steps 140-149, the last 10), then the protocol's zero-shot AUC (18 classes, "volume" prompt pairs)
+and report->volume R@5 on the validation split. Variants change one thing against the demo: the readout (CLS, mean),
+the logit scale's start, the learning rate, the text sampling, a BatchNorm (no affine) before the text projection,
+the batch size (same samples), the width, the number of training volumes, the plain hierarchy instead of REAF; and
+the previous demo's settings (CLS readout, logit scale 1/0.07, lr 1e-3).
 
 The e0_* variants run the demo's own schedule (2250 steps: warm-up, cosine over 30 epochs of 75) and change one
 thing: the warm-up length, a BatchNorm on the image features, the peak lr, the logit scale's start, whole reports
@@ -27,8 +27,8 @@ same settings with another seed (initialisation, sample order and text draws: th
 image tower (72 or 96) or other patches (8x12x12, 4x16x16, 16x12x12; at 8x12x12 also the plain hierarchy, another
 seed, and main.py's optimiser groups instead of decaying every parameter); and a BatchNorm before the linear text
 head. Every variant names its text head (linear, or "mlp" and its width), so the variants recorded before the demo
-config took the "mlp" head rerun as they ran. Every variant also records its
-per-class AUCs and, as a diagnostic, the mean AUC when each class's prompt pair is replaced by the training reports'
+config took the "mlp" head rerun as they ran. Every variant also records its per-class AUCs, the logit scale it
+ended at and, as a diagnostic, the mean AUC when each class's prompt pair is replaced by the training reports'
 most common sentence stating it absent and present ("report_style"): how much of the gap is the prompts' wording.
 
     python bench/demo_levers.py --demo-dir demo_runs/seed_0 [--only reaf plain ...] [--steps N]
