@@ -5,7 +5,10 @@ demo's fast cache); per class, a logistic regression on the training embeddings 
 64-d image embedding, the one zero-shot scores) is scored on the validation split, beside the zero-shot AUC the
 demo measured (protocol v1). A class with a high probe AUC and a zero-shot AUC near 0.5 is seen by the image tower
 but not reached through the text side's prompt pair. Also recorded: the mean pairwise cosine, across the 18 classes,
-of their "X" minus "Not X" prompt differences (1: every class scores along one shared direction).
+of their "X" minus "Not X" prompt differences (1: every class scores along one shared direction), and, as a
+diagnostic of the prompts' wording (the protocol's prompts do not change), the zero-shot AUC when each class's
+pair is reworded: without the "The volume shows:" prefix ("Not X." / "X."), as "No x." / "X.", and as
+"No x was detected." / "X is observed." (x: the positive finding in lower case).
 
     python bench/embedding_probe.py --demo-dir demo_runs/v3/seed_0
 
@@ -68,6 +71,30 @@ def prompt_differences(model: torch.nn.Module) -> dict:
     return {"embedding_space": mean_cosine(*emb), "text_features": mean_cosine(*raw)}
 
 
+PROMPT_FORMS = {  # (negative, positive) finding of a class's "volume" pair -> a reworded sentence pair
+    "protocol": lambda neg, pos: (f"The volume shows: {neg}.", f"The volume shows: {pos}."),
+    "without_prefix": lambda neg, pos: (f"{neg}.", f"{pos}."),
+    "no_x": lambda neg, pos: (f"No {pos.lower()}.", f"{pos}."),
+    "no_x_was_detected": lambda neg, pos: (f"No {pos.lower()} was detected.", f"{pos} is observed."),
+}
+
+
+def prompt_forms(model: torch.nn.Module, image: np.ndarray, labels: torch.Tensor) -> dict:
+    """Zero-shot AUCs (mean and per class) with each class's prompt pair reworded as PROMPT_FORMS says; "protocol"
+    rebuilds the protocol's own sentences, so it repeats the demo's zero-shot AUC."""
+    findings = {c: tuple(s.removeprefix("The volume shows: ").removesuffix(".") for s in pair)
+                for c, pair in class_prompts("volume").items()}  # fmt: skip
+    out = {}
+    for form, reword in PROMPT_FORMS.items():
+        pairs = [reword(*findings[c]) for c in CLASSES]
+        with torch.no_grad():
+            neg, pos = (model.encode_text(*model.tokenize([p[i] for p in pairs])).numpy() for i in (0, 1))
+        a = aucs(labels, image @ pos.T - image @ neg.T)  # the softmax over the pair ranks as this difference does
+        out[form] = {"mean_auc_18": round(float(np.mean(a)), 4), "per_class": dict(zip(CLASSES, np.round(a, 3)
+                                                                                        .tolist()))}  # fmt: skip
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--demo-dir", required=True, help="a finished demo folder (cache/, runs/, results/)")
@@ -87,14 +114,15 @@ def main(argv: list[str] | None = None) -> None:
             splits = find_splits(cache)
             train, valid = load_split(cache, "train", spec), load_split(cache, "val" if splits.get("val") else "test",
                                                                         spec)  # fmt: skip
-        probe_auc = probe(image_embeddings(model, train["x"]), train["y"], image_embeddings(model, valid["x"]),
-                          valid["y"])  # fmt: skip
+        valid_image = image_embeddings(model, valid["x"])
+        probe_auc = probe(image_embeddings(model, train["x"]), train["y"], valid_image, valid["y"])
         zero_shot = json.loads((root / "results" / name / "results.json").read_text())["classification"]["18"]
         per_class = {c: {"probe": round(a, 3), "zero_shot": round(zero_shot["per_class"][c]["auc"], 3)}
                      for c, a in zip(CLASSES, probe_auc)}  # fmt: skip
         results[name] = {"mean_probe_auc_18": round(float(np.mean(probe_auc)), 4),
                          "mean_zero_shot_auc_18": round(zero_shot["mean"]["auc"], 4),
                          "prompt_difference_mean_cosine": prompt_differences(model), "per_class": per_class,
+                         "prompt_forms": prompt_forms(model, valid_image, valid["y"]),
                          "seconds": round(time.time() - start, 1)}  # fmt: skip
         print(name, results[name]["mean_probe_auc_18"], results[name]["mean_zero_shot_auc_18"], flush=True)
     print(write_result("embedding_probe", {"settings": {"demo_dir": str(root), "probe": "logistic regression, C=1, "
