@@ -29,9 +29,9 @@ seed, and main.py's optimiser groups instead of decaying every parameter; 8x8x8 
 15, also the plain hierarchy and the enhancer's region scaled to 2x6x6 tokens), or each report's text feature taken
 as the mean of its sentences' features; and a BatchNorm before the linear text head. Every variant names its text
 head (linear, or "mlp" and its width), so the variants recorded before the demo config took the "mlp" head rerun as
-they ran. Every variant also records its per-class AUCs, the logit scale it
-ended at and, as a diagnostic, the mean AUC when each class's prompt pair is replaced by the training reports'
-most common sentence stating it absent and present ("report_style"): how much of the gap is the prompts' wording.
+they ran. Every variant also records its per-class AUCs, the logit scale it ended at and, as a diagnostic, the mean
+AUC when each class's prompt pair is replaced by the training reports' most common sentence stating it absent and
+present ("report_style"): how much of the gap is the prompts' wording.
 
     python bench/demo_levers.py --demo-dir demo_runs/seed_0 [--only reaf plain ...] [--steps N]
 
