@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from test_train_loop import context, data, tiny  # noqa: F401
 
-from reaf.data.text_sampling import shared_positives, split_sentences
+from reaf.data.text_sampling import sample_text, shared_positives, split_sentences
 from reaf.model.loss import _symmetric_ce, local_contrastive_loss
 from reaf.training.settings import parse_args
 from reaf.training.step import train_step
@@ -33,6 +33,25 @@ def test_a_text_is_shared_with_every_report_that_holds_all_its_sentences():
     ]
     with pytest.raises(ValueError, match="3 texts for 4 reports"):
         shared_positives(texts[:3], REPORTS)
+
+
+def test_the_mask_is_the_subset_relation_on_a_large_batch_of_drawn_texts():
+    """The vectorised mask equals its definition (the text's sentence set within the report's) on 300 reports drawn
+    from a pool of sentences, with repeated reports, sentence and whole-report texts, a blank text and a text holding a
+    sentence no report holds."""
+    rng = np.random.default_rng(0)
+    pool = [f"Finding {k} is {'absent' if k % 2 else 'present'} in the lung." for k in range(12)]
+    reports = [" ".join(rng.choice(pool, size=rng.integers(1, 6), replace=False)) for _ in range(300)]
+    reports[7] = reports[3]
+    texts = [sample_text(r, "both", seed=0, epoch=1, index=i) for i, r in enumerate(reports)]
+    texts[0], texts[1] = "  ", reports[1] + " A sentence of no report."
+    report_sets = [frozenset(split_sentences(r)) | {r.strip()} for r in reports]
+    text_sets = [frozenset(split_sentences(t)) or frozenset({t.strip()}) for t in texts]
+    expected = np.array([[t <= r for r in report_sets] for t in text_sets])
+    mask = shared_positives(texts, reports)
+    assert mask.dtype == bool and np.array_equal(mask, expected)
+    assert mask[3, 7] and mask[7, 3] and not mask[0].any() and not mask[1].any()
+    assert 300 < mask.sum() < 300 * 300  # the sentence texts are shared, the whole reports mostly not
 
 
 def test_own_positives_give_clip_and_shared_ones_spread_the_target():

@@ -52,9 +52,16 @@ def shared_positives(texts: list[str], reports: list[str]) -> np.ndarray:
     without sentences counts as one sentence, itself."""
     if len(texts) != len(reports):
         raise ValueError(f"{len(texts)} texts for {len(reports)} reports")
-    report_sets = [frozenset(split_sentences(r)) | {r.strip()} for r in reports]
-    text_sets = [frozenset(split_sentences(t)) or frozenset({t.strip()}) for t in texts]
-    return np.array([[t <= r for r in report_sets] for t in text_sets], dtype=bool)
+    # one row per distinct sentence of the texts, one column per report: [s, j] when report j holds sentence s;
+    # each distinct string is split once (a whole-report text is its report). Vectorised: nested frozenset
+    # comparisons took 0.6 s a step for a global batch of 2048.
+    split = {text: split_sentences(text) for text in {*texts, *reports}}
+    row: dict[str, int] = {}
+    text_rows = [[row.setdefault(s, len(row)) for s in (split[t] or [t.strip()])] for t in texts]
+    holds = np.zeros((len(row), len(reports)), dtype=bool)
+    for j, report in enumerate(reports):
+        holds[[row[s] for s in {*split[report], report.strip()} if s in row], j] = True
+    return np.stack([holds[rows].all(axis=0) for rows in text_rows]) if texts else np.zeros((0, 0), dtype=bool)
 
 
 def sample_text(report: str, mode: str, *, seed: int, epoch: int, index: int, report_epochs: int = 0,
