@@ -53,8 +53,8 @@ def shared_positives(texts: list[str], reports: list[str]) -> np.ndarray:
     if len(texts) != len(reports):
         raise ValueError(f"{len(texts)} texts for {len(reports)} reports")
     # one row per distinct sentence of the texts, one column per report: [s, j] when report j holds sentence s;
-    # each distinct string is split once (a whole-report text is its report). Vectorised: nested frozenset
-    # comparisons took 0.6 s a step for a global batch of 2048.
+    # each distinct string is split once (a whole-report text is its report). For a global batch of 2048 this takes
+    # 0.16 s where nested frozenset comparisons took 0.56 s (bench/bench_positives.py).
     split = {text: split_sentences(text) for text in {*texts, *reports}}
     row: dict[str, int] = {}
     text_rows = [[row.setdefault(s, len(row)) for s in (split[t] or [t.strip()])] for t in texts]
