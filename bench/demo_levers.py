@@ -26,7 +26,8 @@ of an exponential moving average of the trained parameters (decay 0.99 or 0.998)
 same settings with another seed (initialisation, sample order and text draws: the bench's own noise), a wider
 image tower (72 or 96) or other patches (8x12x12, 4x16x16, 16x12x12; at 8x12x12 also the plain hierarchy, another
 seed, and main.py's optimiser groups instead of decaying every parameter; 8x8x8 at 15 epochs, against 8x16x16 at
-15, also the plain hierarchy and the enhancer's region scaled to 2x6x6 tokens), or each report's text feature taken
+15, also the plain hierarchy, the enhancer's region scaled to 2x6x6 tokens or cut to 1x3x3, its saliency
+temperature 1 and its top 4 regions), or each report's text feature taken
 as the mean of its sentences' features; and a BatchNorm before the linear text head. Every variant names its text
 head (linear, or "mlp" and its width), so the variants recorded before the demo config took the "mlp" head rerun as
 they ran. Every variant also records its per-class AUCs, the logit scale it ended at and, as a diagnostic, the mean
@@ -161,6 +162,13 @@ AFTER = {
     # the enhancer's region scaled with the grid: 2x6x6 tokens of 8 px cover what 2x3x3 tokens of 16 px do
     "m_mlp_patch_8x8x8_15_epochs_region_2x6x6": {"matched": True, "text_mlp": True, "steps": 1125,
                                                  "overrides": {"patch_size": (8, 8, 8), "region_size": (2, 6, 6)}},
+    # REAF's enhancer at the 4x12x12 grid: softer saliency weights, more regions kept, smaller regions
+    "m_mlp_patch_8x8x8_15_epochs_temperature_1": {"matched": True, "text_mlp": True, "steps": 1125,
+                                                  "overrides": {"patch_size": (8, 8, 8), "temperature": 1.0}},
+    "m_mlp_patch_8x8x8_15_epochs_top_4": {"matched": True, "text_mlp": True, "steps": 1125,
+                                          "overrides": {"patch_size": (8, 8, 8), "top_k": 4}},
+    "m_mlp_patch_8x8x8_15_epochs_region_1x3x3": {"matched": True, "text_mlp": True, "steps": 1125,
+                                                 "overrides": {"patch_size": (8, 8, 8), "region_size": (1, 3, 3)}},
 }
 VARIANTS.update({name: {**DEMO_SCHEDULE, **v} for name, v in EPOCH_0.items()})
 VARIANTS.update({name: {**DEMO_SCHEDULE, **NEW_DEMO, **v} for name, v in AFTER.items()})
