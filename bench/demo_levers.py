@@ -1,5 +1,8 @@
 """What each lever does to the demo's joint training (REAF `demo` config, frozen MiniLM text), measured in memory.
 
+The vision tower is the `demo` config's at width 48 with 2 heads, as it was when most variants were recorded (the
+`demo` config is width 72 since), unless a variant sets its width.
+
 On the demo's own data (a finished demo folder: its fast cache, held in memory) each variant trains both towers
 together as the demo does (AdamW with main.py's betas, eps and weight decay 0.2, but on every parameter: main.py
 leaves biases, norms and the logit scale undecayed, the main_groups variant too; 50 warm-up steps, cosine decay to 0
@@ -26,8 +29,8 @@ of an exponential moving average of the trained parameters (decay 0.99 or 0.998)
 same settings with another seed (initialisation, sample order and text draws: the bench's own noise), a wider
 image tower (72 or 96) or other patches (8x12x12, 4x16x16, 16x12x12; at 8x12x12 also the plain hierarchy, another
 seed, and main.py's optimiser groups instead of decaying every parameter; 8x8x8 at 15 epochs, against 8x16x16 at
-15, also the plain hierarchy, the enhancer's region scaled to 2x6x6 tokens or cut to 1x3x3, its saliency
-temperature 1 and its top 4 regions), or each report's text feature taken
+15, also the plain hierarchy and the enhancer's region scaled to 2x6x6 tokens; at width 72 REAF, the plain hierarchy,
+regions of 1x3x3 tokens, saliency temperature 1, the top 4 regions), or each report's text feature taken
 as the mean of its sentences' features; and a BatchNorm before the linear text head. Every variant names its text
 head (linear, or "mlp" and its width), so the variants recorded before the demo config took the "mlp" head rerun as
 they ran. Every variant also records its per-class AUCs, the logit scale it ended at and, as a diagnostic, the mean
@@ -92,6 +95,9 @@ VARIANTS = {
     "reaf_width_96": {"overrides": {"width": 96, "num_heads": 4}},
     "reaf_1200_volumes": {"train_volumes": 1200},
 }
+# the `demo` vision tower's width when the variants were recorded (configs/demo.json took width 72 since): kept as the
+# base, so every variant reruns as it ran; the width_72 variants say their width
+RECORDED_VISION = {"width": 48, "num_heads": 2}
 DEMO_SCHEDULE = {"steps": 2250}  # the demo's own schedule: 30 epochs of 75 steps (run with --steps for epoch 0)
 EPOCH_0 = {
     "e0_demo": {},
@@ -162,13 +168,13 @@ AFTER = {
     # the enhancer's region scaled with the grid: 2x6x6 tokens of 8 px cover what 2x3x3 tokens of 16 px do
     "m_mlp_patch_8x8x8_15_epochs_region_2x6x6": {"matched": True, "text_mlp": True, "steps": 1125,
                                                  "overrides": {"patch_size": (8, 8, 8), "region_size": (2, 6, 6)}},
-    # REAF's enhancer at the 4x12x12 grid: softer saliency weights, more regions kept, smaller regions
-    "m_mlp_patch_8x8x8_15_epochs_temperature_1": {"matched": True, "text_mlp": True, "steps": 1125,
-                                                  "overrides": {"patch_size": (8, 8, 8), "temperature": 1.0}},
-    "m_mlp_patch_8x8x8_15_epochs_top_4": {"matched": True, "text_mlp": True, "steps": 1125,
-                                          "overrides": {"patch_size": (8, 8, 8), "top_k": 4}},
-    "m_mlp_patch_8x8x8_15_epochs_region_1x3x3": {"matched": True, "text_mlp": True, "steps": 1125,
-                                                 "overrides": {"patch_size": (8, 8, 8), "region_size": (1, 3, 3)}},
+    # REAF's enhancer at the 4x12x12 grid, width 72 (the demo's since; these first ran reading it from configs/demo.json):
+    # as configured, softer saliency weights, more regions kept, smaller regions; and the plain hierarchy
+    **{f"m_mlp_width_72_patch_8x8x8_15_epochs{name}": {
+        "matched": True, "text_mlp": True, "steps": 1125,
+        "overrides": {"width": 72, "num_heads": 3, "patch_size": (8, 8, 8), **change}}
+       for name, change in {"": {}, "_temperature_1": {"temperature": 1.0}, "_top_4": {"top_k": 4},
+                            "_region_1x3x3": {"region_size": (1, 3, 3)}, "_plain": {"fusion_saliency": False}}.items()},
 }
 VARIANTS.update({name: {**DEMO_SCHEDULE, **v} for name, v in EPOCH_0.items()})
 VARIANTS.update({name: {**DEMO_SCHEDULE, **NEW_DEMO, **v} for name, v in AFTER.items()})
@@ -225,7 +231,7 @@ def train_variant(data: dict, feats: dict, prompts: dict, settings: dict, seed: 
     mlp = settings.get("text_mlp")
     cfg = dataclasses.replace(cfg, text=dataclasses.replace(
         cfg.text, proj="mlp" if mlp else "linear", proj_hidden=settings.get("text_mlp_hidden") if mlp else None))
-    model = create_model(cfg, **settings.get("overrides", {}))
+    model = create_model(cfg, **{**RECORDED_VISION, **settings.get("overrides", {})})
     if "logit_scale" in settings:
         model.logit_scale.data.fill_(math.log(settings["logit_scale"]))
     image_bn = nn.BatchNorm1d(model.visual.head.proj.in_features, affine=False) if settings.get("image_bn") else None
