@@ -19,14 +19,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ct_like import machine_info, write_result  # noqa: E402
+from ct_like import demo_train_reports, machine_info, write_result  # noqa: E402
 
-from reaf.data.csv_tables import report_text  # noqa: E402
 from reaf.data.text_sampling import sample_text, shared_positives, split_sentences  # noqa: E402
 
 
@@ -53,8 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     machine = machine_info()
-    csv = Path(args.demo_dir) / "ct_rate" / "dataset" / "radiology_text_reports" / "train_reports.csv"
-    reports = [report_text(row) for row in pd.read_csv(csv).head(max(args.sizes)).to_dict("records")]
+    reports = demo_train_reports(args.demo_dir, max(args.sizes))
     results = {}
     for n in args.sizes:
         batch = reports[:n]

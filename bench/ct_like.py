@@ -69,6 +69,17 @@ def make_sources(workdir: Path, count: int, seed: int = 0) -> list[Path]:
     return paths
 
 
+def demo_train_reports(demo_dir: str | Path, count: int) -> list[str]:
+    """The first `count` training reports of a demo folder's synthetic CT-RATE (its CSV through pandas), as training
+    reads them (findings, then impressions)."""
+    import pandas as pd
+
+    from reaf.data.csv_tables import report_text
+
+    csv = Path(demo_dir) / "ct_rate" / "dataset" / "radiology_text_reports" / "train_reports.csv"
+    return [report_text(row) for row in pd.read_csv(csv).head(count).to_dict("records")]
+
+
 def machine_info() -> dict:
     """CPU model, cores, load, library versions, and the sharing caveat, for every benchmark JSON."""
     import platform

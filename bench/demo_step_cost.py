@@ -25,17 +25,16 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ct_like import machine_info, write_result  # noqa: E402
+from ct_like import demo_train_reports, machine_info, write_result  # noqa: E402
 
 from reaf import create_model  # noqa: E402
-from reaf.data.csv_tables import report_text  # noqa: E402
 from reaf.data.text_sampling import split_sentences  # noqa: E402
+from reaf.model.config import load_model_config  # noqa: E402
 from reaf.model.loss import local_contrastive_loss  # noqa: E402
 
 BATCH, DEMO_STEPS = 32, 2250
@@ -100,10 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.manual_seed(0)
     machine = machine_info()
-    csv = Path(args.demo_dir) / "ct_rate" / "dataset" / "radiology_text_reports" / "train_reports.csv"
-    reports = [report_text(row) for row in pd.read_csv(csv).head(BATCH).to_dict("records")]
+    reports = demo_train_reports(args.demo_dir, BATCH)
     sentences = [s for r in reports for s in split_sentences(r)][:BATCH]
-    features = torch.randn(BATCH, create_model("demo").text.transformer.config.hidden_size)
+    features = torch.randn(BATCH, load_model_config("demo").text.hidden_size)
     results = {}
     for name, overrides in IMAGE_VARIANTS.items():
         s = image_step_seconds(overrides, features, args.repeats)

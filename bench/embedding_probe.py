@@ -37,7 +37,7 @@ from reaf.data.csv_tables import CLASSES  # noqa: E402
 from reaf.data.formats import InputSpec  # noqa: E402
 from reaf.data.readers import find_splits  # noqa: E402
 from reaf.demo import INPUT_INFO  # noqa: E402
-from reaf.evaluation.prompts import class_prompts  # noqa: E402
+from reaf.evaluation.prompts import VOLUME_PAIRS, class_prompts, sentence  # noqa: E402
 from reaf.model.checkpoint import model_from_checkpoint  # noqa: E402
 
 
@@ -72,7 +72,7 @@ def prompt_differences(model: torch.nn.Module) -> dict:
 
 
 PROMPT_FORMS = {  # (negative, positive) finding of a class's "volume" pair -> a reworded sentence pair
-    "protocol": lambda neg, pos: (f"The volume shows: {neg}.", f"The volume shows: {pos}."),
+    "protocol": lambda neg, pos: (sentence("volume", "volume", neg), sentence("volume", "volume", pos)),
     "without_prefix": lambda neg, pos: (f"{neg}.", f"{pos}."),
     "no_x": lambda neg, pos: (f"No {pos.lower()}.", f"{pos}."),
     "no_x_was_detected": lambda neg, pos: (f"No {pos.lower()} was detected.", f"{pos} is observed."),
@@ -82,11 +82,9 @@ PROMPT_FORMS = {  # (negative, positive) finding of a class's "volume" pair -> a
 def prompt_forms(model: torch.nn.Module, image: np.ndarray, labels: torch.Tensor) -> dict:
     """Zero-shot AUCs (mean and per class) with each class's prompt pair reworded as PROMPT_FORMS says; "protocol"
     rebuilds the protocol's own sentences, so it repeats the demo's zero-shot AUC."""
-    findings = {c: tuple(s.removeprefix("The volume shows: ").removesuffix(".") for s in pair)
-                for c, pair in class_prompts("volume").items()}  # fmt: skip
     out = {}
     for form, reword in PROMPT_FORMS.items():
-        pairs = [reword(*findings[c]) for c in CLASSES]
+        pairs = [reword(*VOLUME_PAIRS[c]) for c in CLASSES]
         with torch.no_grad():
             neg, pos = (model.encode_text(*model.tokenize([p[i] for p in pairs])).numpy() for i in (0, 1))
         a = aucs(labels, image @ pos.T - image @ neg.T)  # the softmax over the pair ranks as this difference does
