@@ -8,9 +8,9 @@ from collections.abc import Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
-    from reaf.cli import run_cli
+    from reaf.exit_status import run_cli
+    from reaf.training.flags import parse_args
     from reaf.training.run import train_main
-    from reaf.training.settings import parse_args
 
     args = parse_args(argv)
     return run_cli("main.py", lambda: print(f"run folder: {train_main(args)}"))

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from reaf import atomic
-from reaf.training.settings import add_text_flags
+from reaf.training.flags import add_text_flags
 
 INPUT_INFO = ("-1150", "350", "resize")  # the synthetic chests are resized whole to the small model's input
 
@@ -112,42 +112,18 @@ def train(args: argparse.Namespace, cache: Path, out: Path, name: str, model: st
 
 
 def evaluate(checkpoint: Path, cache: Path, results_dir: Path, workers: int, explain: bool) -> dict:
-    """zero_shot.py's code path on the synthetic validation split; writes results, plots (and a saliency PNG)."""
-    import torch
+    """zero_shot.py's code path on the synthetic test split; writes results, plots (and a saliency PNG of the
+    volume with the most findings)."""
+    from reaf.evaluation.evaluate import MOST_FINDINGS, EvalSettings, evaluate_checkpoint
+    from reaf.evaluation.plots import summary_table
 
-    from reaf.data.formats import InputSpec
-    from reaf.data.loader import VolumeDataset
-    from reaf.data.readers import find_splits, read_split
-    from reaf.evaluation.plots import explain_volume, summary_table
-    from reaf.evaluation.protocol import run_evaluation
-    from reaf.model.checkpoint import model_from_checkpoint
-
-    model = model_from_checkpoint(checkpoint)
-    spec = InputSpec.from_args(INPUT_INFO, model.cfg.vision.img_size)
-    split = read_split(find_splits(cache)["test"], data_root=str(cache), fmt="cache", require_labels=True)
-    with torch.no_grad():
-        results = run_evaluation(
-            model,
-            split,
-            spec,
-            results_dir=results_dir,
-            batch_size=16,
-            workers=workers,
-            device="cpu",
-            checkpoint=str(checkpoint),
-            seed=0,
-        )
+    results = evaluate_checkpoint(EvalSettings(
+        checkpoint=str(checkpoint), data_root=str(cache), input_data_type="cache", input_info=list(INPUT_INFO),
+        results_dir=str(results_dir), batch_size=16, workers=workers, device="cpu",
+        explain=[MOST_FINDINGS] if explain else []))
     print(summary_table(results))
-    if explain:
-        sample = max(split.samples, key=lambda s: float(s.labels.sum()))  # the volume with the most findings
-        picture = results_dir / "plots" / f"saliency_{sample.name}.png"
-        explain_volume(
-            model,
-            VolumeDataset(split, spec)[split.samples.index(sample)]["image"],
-            picture,
-            title=f"{sample.name}: regions kept by the saliency enhancer",
-        )
-        print(f"saliency picture: {picture}")
+    for path in results["explained"]:
+        print(f"saliency picture: {path}")
     return results
 
 
@@ -214,6 +190,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from reaf.cli import run_cli
+    from reaf.exit_status import run_cli
 
     raise SystemExit(run_cli("python -m reaf.demo", main))

@@ -1,16 +1,32 @@
-"""One check that scores and embeddings are finite: a NaN must fail loudly, never rank first or count as a hit."""
+"""The one finite check: NaN/inf volumes, embeddings and scores fail loudly, never rank first or count as a hit."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
-__all__ = ["NonFiniteError", "require_finite"]
+__all__ = ["NonFiniteError", "nonfinite_count", "require_finite", "require_finite_voxels"]
 
 
 class NonFiniteError(ValueError):
     """Embeddings or scores hold NaN/inf; the message says which and, when known, which rows (volumes, texts)."""
+
+
+def nonfinite_count(values) -> int:
+    """How many NaN/inf entries a tensor or array holds (integer types: none), counted without a float64 copy."""
+    if hasattr(values, "detach"):
+        return int((~torch.isfinite(values.detach())).sum()) if values.dtype.is_floating_point else 0
+    array = np.asarray(values)
+    return int((~np.isfinite(array)).sum()) if array.dtype.kind in "fc" else 0
+
+
+def require_finite_voxels(values) -> None:
+    """ValueError naming the count of NaN/inf voxels of a volume (a tensor or array of any shape)."""
+    bad = nonfinite_count(values)
+    if bad:
+        raise ValueError(f"{bad} NaN/inf voxels")
 
 
 def require_finite(values, what: str, names: Sequence[str] | None = None) -> None:

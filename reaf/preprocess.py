@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from reaf.data.formats import add_input_info_argument
+from reaf.data.input_spec import add_input_info_argument
 from reaf.data.preprocessing import DEFAULT_MODEL, PreprocessError, PreprocessSettings, preprocess_split, summary_line
 
 
@@ -45,6 +45,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from reaf.cli import run_cli
+    from reaf.exit_status import run_cli
 
     sys.exit(run_cli("python -m reaf.preprocess", main))

@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from reaf.data.readers import CLASSES
+from reaf.data.csv_tables import CLASSES
 
 
 def check_against_outputs(out: Path, results: dict) -> None:

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from reaf.dist import DistEnv
-from reaf.training.settings import build_parser, effective_precision, parse_args, report_targets, resolve
+from reaf.training.flags import build_parser, parse_args, report_targets
+from reaf.training.settings import effective_precision, resolve
 
 # The README seed's "Custom Training" and "Distributed Training" commands, verbatim after the program name.
 README_CUSTOM = """

@@ -87,7 +87,7 @@ def test_main_flags_pass_through_torchrun():
     of torchrun's --logs-specs unless `--` ends torchrun's flags (as train_ghs.sh and this file's launch do)."""
     from torch.distributed.run import get_args_parser
 
-    from reaf.training.settings import build_parser
+    from reaf.training.flags import build_parser
 
     flags = [s for a in build_parser()._actions for s in a.option_strings if s not in ("-h", "--help")]
     torchrun = get_args_parser()

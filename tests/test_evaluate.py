@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from reaf import create_model
+from reaf.data.csv_tables import CLASSES
 from reaf.data.formats import InputSpec, save_stage2
 from reaf.data.readers import read_split
-from reaf.evaluation.prompts import CLASSES, class_prompts
+from reaf.evaluation.prompts import class_prompts
 from reaf.evaluation.protocol import run_evaluation, validate_results
 
 # scan valid_1_a has two reconstructions sharing one report; valid_2_a and valid_2_b belong to one patient

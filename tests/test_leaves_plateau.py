@@ -21,7 +21,7 @@ STEPS = 40
 @pytest.fixture(scope="module")
 def volumes(tmp_path_factory):
     """The 8 training volumes of the tiny synthetic cache, at the tiny model's input: (8, 1, D, H, W)."""
-    from reaf.data.formats import InputSpec
+    from reaf.data.input_spec import InputSpec
     from reaf.data.loader import VolumeDataset
     from reaf.data.readers import find_splits, read_split
 

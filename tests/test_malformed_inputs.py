@@ -31,11 +31,11 @@ from test_readers_bad import (
 )
 
 from reaf import create_model
-from reaf.cli import one_line, run_cli
 from reaf.data.formats import FORMATS, InputSpec, VolumeError, VolumeMeta, load_volume, save_cache
 from reaf.data.loader import TokenizingCollate, VolumeDataset
 from reaf.data.readers import ReaderError, Sample, SplitData, read_split
 from reaf.evaluation.embeddings import save_embeddings
+from reaf.exit_status import one_line, run_cli
 from reaf.model.config import config_from_dict, load_model_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from reaf.data.formats import DECISIONS, InputSpec, load_volume, nifti_to_hu, read_nifti, volume_file
+from reaf.data.formats import DECISIONS, load_volume, nifti_to_hu, read_nifti, volume_file
+from reaf.data.input_spec import InputSpec
 from reaf.data.loader import VolumeDataset
 from reaf.data.orientation import MAX_OBLIQUITY_DEG, OrientationError, file_orientation
 from reaf.data.readers import read_split

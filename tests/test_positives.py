@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from test_train_loop import context, data, tiny  # noqa: F401
 
-from reaf.data.text_sampling import sample_text, shared_positives, split_sentences
-from reaf.model.loss import _symmetric_ce, local_contrastive_loss
-from reaf.training.settings import parse_args
+from reaf.data.text_sampling import sample_text, split_sentences
+from reaf.model.loss import _symmetric_ce, local_contrastive_loss, shared_positives
+from reaf.training.flags import parse_args
 from reaf.training.step import train_step
 
 REPORTS = [

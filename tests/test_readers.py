@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from reaf.data.csv_tables import CLASSES, CLASSES_16
 from reaf.data.formats import volume_file
-from reaf.data.readers import CLASSES, CLASSES_16, ReaderError, find_splits, read_split
+from reaf.data.readers import ReaderError, find_splits, read_split
 
 TRAIN = ["train_1_a_1", "train_1_a_2", "train_2_a_1", "train_2_b_1", "train_2_b_2", "train_10_a_1"]
 VALID = ["valid_1_a_1", "valid_1_a_2", "valid_3_a_1", "valid_4_a_1"]

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from reaf import create_model
+from reaf.data.csv_tables import CLASSES
 from reaf.data.formats import InputSpec, volume_file
 from reaf.data.loader import build_dataloader
-from reaf.data.readers import CLASSES, find_splits, read_split
+from reaf.data.readers import find_splits, read_split
 from reaf.synthetic.dataset import generate
 
 

@@ -11,9 +11,9 @@ import torch.multiprocessing as mp
 from test_train_support import NUM_TRAIN, make_dataset, step_losses, train_argv
 
 import main as cli
-from reaf.data import skips
 from reaf.data.formats import volume_file
 from reaf.data.readers import find_splits, read_split
+from reaf.training import skips
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
+from reaf.data.csv_tables import CLASSES
 from reaf.evaluation.prompts import class_prompts
 from reaf.synthetic.dataset import generate, main, plan_split, scan_case, synth_volume, write_volume_nifti
-from reaf.synthetic.findings import CLASSES
 from reaf.synthetic.metadata import METADATA_COLUMNS
 from reaf.synthetic.phantom import LUNG
 from reaf.synthetic.reports import GENERIC_NEGATIVE, KEYWORDS, NAMES, NEGATIVE, write_report

@@ -5,7 +5,7 @@ from test_data import SPEC, split, tokenize  # noqa: F401  (module fixtures)
 
 from reaf.data.loader import build_dataloader
 from reaf.data.text_sampling import TEXT_SAMPLINGS, sample_text, split_sentences
-from reaf.training.settings import parse_args
+from reaf.training.flags import parse_args
 
 REPORT = "Findings: Trachea is open. A nodule of 3.5 mm, e.g. in the lingula, is seen.Heart is normal.\n1. No effusion."
 

@@ -98,8 +98,8 @@ def test_resume_of_a_reference_file_with_another_trainable_set_points_to_load_ch
 def test_vision_init_loads_mae_weights_through_the_cli(tmp_path):
     from test_mae import synthetic_mae
 
+    from reaf.training.flags import parse_args
     from reaf.training.run import build_model
-    from reaf.training.settings import parse_args
 
     def qkv(*flags):
         args = parse_args(["--model", "tiny", "--train-data", "x", *flags])
@@ -112,8 +112,8 @@ def test_vision_init_loads_mae_weights_through_the_cli(tmp_path):
 
 
 def test_load_checkpoint_flag_loads_weights_only(tmp_path):
+    from reaf.training.flags import parse_args
     from reaf.training.run import build_model
-    from reaf.training.settings import parse_args
 
     torch.manual_seed(1)
     source = create_model("tiny")

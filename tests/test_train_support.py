@@ -62,7 +62,7 @@ def step_losses(run_dir: Path) -> dict[int, list[float]]:
 
 def test_the_dataset_helper_gives_cached_splits_at_the_tiny_input(tmp_path):
     from reaf.data import readers
-    from reaf.data.formats import InputSpec, load_volume, volume_file
+    from reaf.data.input_spec import InputSpec, load_volume, volume_file
 
     root = make_dataset(tmp_path)
     found = readers.find_splits(root)

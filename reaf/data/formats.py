@@ -18,8 +18,9 @@ import zstandard
 
 from reaf import atomic
 from reaf.data import transforms as T
-from reaf.data.input_spec import InputSpec, add_input_info_argument  # noqa: F401  (the flag goes with the formats)
+from reaf.data.input_spec import InputSpec
 from reaf.data.orientation import OrientationError, read_orientation
+from reaf.finite import require_finite_voxels
 
 try:
     from isal.igzip import decompress as gunzip
@@ -157,7 +158,7 @@ def nifti_to_hu(path: Path, meta: VolumeMeta | None = None,
         csv = (float(meta.slope), float(meta.intercept))
     values = torch.from_numpy(stored.astype(np.float32))
     if stored.dtype.kind == "f":
-        T.check_finite(values)
+        require_finite_voxels(values)
     decision = T.decide_hu(T.air_level(values), header_scale, csv)
     DECISIONS[f"HU from {decision.source}"] += 1
     log.debug("%s: %s", path, decision.describe())
@@ -177,7 +178,7 @@ def read_stage1(path: Path) -> torch.Tensor:
     if not isinstance(hu, torch.Tensor) or hu.ndim != 3 or not hu.dtype.is_floating_point:
         what = f"{hu.dtype} tensor of shape {tuple(hu.shape)}" if isinstance(hu, torch.Tensor) else type(hu).__name__
         raise ValueError(f"stage1 file must hold a 3-D float HU tensor (z, y, x), got {what}")
-    T.check_finite(hu)
+    require_finite_voxels(hu)
     return hu.to(torch.float32)
 
 
@@ -196,7 +197,7 @@ def _load_stage2(path: Path, spec: InputSpec, meta: VolumeMeta | None) -> torch.
     if not isinstance(x, torch.Tensor) or x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"stage2 file must hold a float32/float16 tensor, got {getattr(x, 'dtype', type(x))}")
     _check_shape(path, tuple(x.shape), spec)
-    T.check_finite(x)
+    require_finite_voxels(x)
     return x.to(torch.float32)
 
 

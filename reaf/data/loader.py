@@ -9,9 +9,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from reaf import dist
-from reaf.data.formats import InputSpec, VolumeError, load_volume, volume_file
+from reaf.data.csv_tables import CLASSES
+from reaf.data.formats import VolumeError, load_volume, volume_file
+from reaf.data.input_spec import InputSpec
 from reaf.data.orientation import LAYOUT_POLICY
-from reaf.data.readers import CLASSES, SplitData
+from reaf.data.readers import SplitData
 from reaf.data.text_sampling import sample_text
 
 __all__ = ["SAMPLE_UNITS", "TokenizingCollate", "UnitSampler", "VolumeDataset", "build_dataloader", "seed_worker"]

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from reaf import atomic
 from reaf.data import csv_tables as tables
 from reaf.data import formats as V
+from reaf.data.input_spec import InputSpec
 from reaf.data.orientation import file_orientation
 from reaf.model.config import load_model_config
 
@@ -114,7 +115,7 @@ def find_jobs(settings: PreprocessSettings) -> tuple[Path, list[Job]]:
     return root, jobs[: settings.limit] if settings.limit is not None else jobs
 
 
-def verify(job: Job, fmt: str, spec: V.InputSpec) -> str | None:
+def verify(job: Job, fmt: str, spec: InputSpec) -> str | None:
     """None when the existing output is readable and has the right shape, else why it must be redone."""
     try:
         if fmt == "stage1":
@@ -126,7 +127,7 @@ def verify(job: Job, fmt: str, spec: V.InputSpec) -> str | None:
         return V.describe_error(e)
 
 
-def convert(job: Job, fmt: str, spec: V.InputSpec, stage2_dtype: str) -> dict:
+def convert(job: Job, fmt: str, spec: InputSpec, stage2_dtype: str) -> dict:
     """Worker: verify or (re)write one output. Returns {"status": written|existing|bad, "reason", "decisions",
     "orientation", "reoriented"}."""
     result: dict = {"rel": job.rel, "src": str(job.src), "out": str(job.out), "status": "written"}
@@ -158,7 +159,7 @@ def _init_worker(level: str) -> None:
             os._exit(1)
 
 
-def run_jobs(jobs: list[Job], settings: PreprocessSettings, spec: V.InputSpec):
+def run_jobs(jobs: list[Job], settings: PreprocessSettings, spec: InputSpec):
     """Yield one result per job, from a process pool (or this process when --workers <= 1)."""
     call = (settings.format, spec, settings.stage2_dtype)
     if settings.workers <= 1:
@@ -196,7 +197,7 @@ def remove_stale_temps(out: Path) -> int:
     return len(stale)
 
 
-def build_manifest(settings: PreprocessSettings, spec: V.InputSpec, jobs: list[Job], results: list[dict],
+def build_manifest(settings: PreprocessSettings, spec: InputSpec, jobs: list[Job], results: list[dict],
                    **extra) -> dict:
     """Manifest: counts and per-file lists of written, verified-existing and skipped-bad (with reason) volumes."""
     by = {s: [r for r in results if r["status"] == s] for s in ("written", "existing", "bad")}
@@ -230,7 +231,7 @@ def summary_line(m: dict) -> str:
 def preprocess_split(settings: PreprocessSettings) -> dict:
     """Convert one split and write its manifest; returns the manifest. Stops at the first bad volume unless
     skip_bad: then manifest["failure"] is "<file>: <cause>" (the CLI exits with it)."""
-    spec = V.InputSpec.from_args(list(settings.input_info), tuple(load_model_config(settings.model).vision.img_size))
+    spec = InputSpec.from_args(list(settings.input_info), tuple(load_model_config(settings.model).vision.img_size))
     out = Path(settings.out)
     root, jobs = find_jobs(settings)
     stale = remove_stale_temps(out)

@@ -11,7 +11,6 @@ import numpy as np
 
 from reaf.data.csv_tables import (
     CLASSES,
-    CLASSES_16,
     Problems,
     ReaderError,
     find_files,
@@ -26,7 +25,7 @@ from reaf.data.csv_tables import (
     strip_suffix,
 )
 
-__all__ = ["CLASSES", "CLASSES_16", "ReaderError", "Sample", "SplitData", "find_splits", "read_split"]
+__all__ = ["ReaderError", "Sample", "SplitData", "find_splits", "read_split"]
 
 log = logging.getLogger(__name__)
 

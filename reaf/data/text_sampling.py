@@ -14,7 +14,6 @@ import re
 import numpy as np
 
 TEXT_SAMPLINGS = ("report", "sentence", "both")
-POSITIVES = ("own", "shared")  # main.py --positives: see shared_positives
 HEADING = re.compile(
     r"^\s*(findings?|impressions?|conclusions?|clinical information|technique|comparison|history)\s*:\s*",
     re.IGNORECASE,
@@ -43,25 +42,6 @@ def split_sentences(report: str) -> list[str]:
         if re.search(r"[A-Za-z]{2}", piece):  # "1." or "-" alone is a list marker, not a sentence
             sentences.append(piece)
     return sentences
-
-
-def shared_positives(texts: list[str], reports: list[str]) -> np.ndarray:
-    """(N, N) bool: [i, j] when every sentence of text i is a sentence of report j, so text i is as true of volume j
-    as of its own (a repeated negation such as "No pleural effusion was detected.", the one report of two
-    reconstructions of a scan). Text i is sample i's, drawn from reports[i], so the diagonal is always true. A text
-    without sentences counts as one sentence, itself."""
-    if len(texts) != len(reports):
-        raise ValueError(f"{len(texts)} texts for {len(reports)} reports")
-    # one row per distinct sentence of the texts, one column per report: [s, j] when report j holds sentence s;
-    # each distinct string is split once (a whole-report text is its report). For a global batch of 2048 this takes
-    # 0.16 s where nested frozenset comparisons took 0.56 s (bench/bench_positives.py).
-    split = {text: split_sentences(text) for text in {*texts, *reports}}
-    row: dict[str, int] = {}
-    text_rows = [[row.setdefault(s, len(row)) for s in (split[t] or [t.strip()])] for t in texts]
-    holds = np.zeros((len(row), len(reports)), dtype=bool)
-    for j, report in enumerate(reports):
-        holds[[row[s] for s in {*split[report], report.strip()} if s in row], j] = True
-    return np.stack([holds[rows].all(axis=0) for rows in text_rows]) if texts else np.zeros((0, 0), dtype=bool)
 
 
 def sample_text(report: str, mode: str, *, seed: int, epoch: int, index: int, report_epochs: int = 0,

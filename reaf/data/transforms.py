@@ -88,14 +88,6 @@ def decide_hu(air_stored: float, header: tuple[float, float], csv: tuple[float, 
     return good[0]
 
 
-def check_finite(values: torch.Tensor) -> None:
-    """ValueError naming the count of NaN/inf voxels (integer tensors are always finite)."""
-    if values.dtype.is_floating_point:
-        bad = int((~torch.isfinite(values)).sum())
-        if bad:
-            raise ValueError(f"{bad} NaN/inf voxels")
-
-
 def to_hu(values: torch.Tensor, decision: HUDecision) -> torch.Tensor:
     """float32 stored values (any shape) -> HU = slope * values + intercept, in place."""
     if decision.slope != 1.0:

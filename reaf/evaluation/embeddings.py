@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from reaf import atomic, dist
-from reaf.evaluation.encoding import encode_split, split_labels, unwrap
+from reaf.evaluation.encoding import encode_split, split_labels
 from reaf.finite import require_finite
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,8 @@ def encoded_split(
     (None, reused). `encoded`: the split already encoded by the caller: only written (no collective, no reuse)."""
     from reaf.model.bert_folder import describe_folder
 
-    config = unwrap(model).cfg.to_dict()
-    text = describe_folder(getattr(unwrap(model), "bert_path", None))
+    config = dist.unwrap(model).cfg.to_dict()
+    text = describe_folder(getattr(dist.unwrap(model), "bert_path", None))
     key = cache_key(checkpoint, config, data, text)
     path = results_dir / "embeddings.pt"
     if encoded is None:  # no collective otherwise: training's rank 0 calls this alone with its encoding

@@ -22,17 +22,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
-    return getattr(model, "module", model)
-
-
 @torch.inference_mode()
 def encode_texts(
     model: torch.nn.Module, texts: list[str], *, batch_size: int, device: str | torch.device
 ) -> np.ndarray:
     """Unit-norm text embeddings (T, E) float32 of `texts`, batched through model.tokenize + model.encode_text."""
-    model = unwrap(model)
+    model = dist.unwrap(model)
     chunks = []
     for start in range(0, len(texts), batch_size):
         input_ids, attention_mask = model.tokenize(texts[start : start + batch_size])
@@ -56,7 +51,7 @@ def encode_volumes(
     With `skipped` (a dict to fill: name -> cause of volumes the loader dropped under --skip-bad) the rows of
     the skipped volumes are left out: (N - len(skipped), E) in the order of the remaining names; (0, 0) when no
     volume was encoded (every one skipped, or `names` empty)."""
-    model = unwrap(model)
+    model = dist.unwrap(model)
     position = {name: i for i, name in enumerate(names)}
     out: np.ndarray | None = None
     seen = np.zeros(len(names), dtype=bool)
@@ -141,7 +136,7 @@ def encode_split(
     in "skipped" ([{name, cause}], split order). `loader`: this rank's share (built here when None; training
     passes its own so that persistent workers live across epochs).
     """
-    inner = unwrap(model)
+    inner = dist.unwrap(model)
     names = [s.name for s in split.samples]
     if loader is None:
         loader = _loader(split, spec, inner.tokenize, batch_size=batch_size, workers=workers, seed=seed,

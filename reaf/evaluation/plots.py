@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from reaf.atomic import atomic_output  # noqa: E402
-from reaf.evaluation.prompts import CLASSES  # noqa: E402
+from reaf.data.csv_tables import CLASSES
 from reaf.evaluation.retrieval import MAP_KS, RECALL_KS, recall_curve  # noqa: E402
 
 DPI = 100
@@ -236,7 +236,9 @@ def explain_volume(model: Any, volume: Any, path: Path, *, title: str, device: s
     """
     import torch
 
-    trunk = getattr(model, "module", model).visual.trunk
+    from reaf.dist import unwrap
+
+    trunk = unwrap(model).visual.trunk
     with torch.inference_mode():
         masks = trunk.saliency_masks(volume[None].to(device))
     grids = {level: m[0].cpu().numpy().astype(bool) for level, m in masks.items()}

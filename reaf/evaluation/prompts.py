@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from reaf.data.csv_tables import CLASSES, CLASSES_16  # noqa: F401  (re-exported for the evaluation code)
+from reaf.data.csv_tables import CLASSES
 
 TEMPLATE_MODES = ("volume", "organ", "both")
 

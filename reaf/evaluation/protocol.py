@@ -16,11 +16,12 @@ import torch
 from scipy.special import expit
 
 from reaf import atomic, dist
+from reaf.data.csv_tables import CLASSES, CLASSES_16
 from reaf.evaluation import metrics, retrieval
 from reaf.evaluation.embeddings import REPORT_TEXT, data_description, encoded_split, file_fingerprint
-from reaf.evaluation.encoding import encode_texts, unwrap
+from reaf.evaluation.encoding import encode_texts
 from reaf.evaluation.plots import write_plots
-from reaf.evaluation.prompts import CLASSES, CLASSES_16, class_prompts, templates_for
+from reaf.evaluation.prompts import class_prompts, templates_for
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def run_evaluation(
     are always recomputed. The model's train/eval mode is restored on return. skip_bad: unreadable volumes are left
     out and listed in results["data"]["skipped"]. Returns the results.json dict.
     """
-    inner, results_dir = unwrap(model), Path(results_dir)
+    inner, results_dir = dist.unwrap(model), Path(results_dir)
     was_training, given = inner.training, encoded is not None
     inner.eval()
     try:

@@ -14,15 +14,18 @@ REFERENCE_MODEL = "vit_base_singlescan_h2_token2744"  # the architecture of the 
 DROPPED_KEYS = ("text.transformer.embeddings.position_ids", "text.transformer.embeddings.token_type_ids")
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """torch.load with weights_only=True on the CPU; memory-mapped when the file allows (skips optimizer pages)."""
+def read_checkpoint(path: str | Path, *, mmap: bool = True) -> dict[str, Any]:
+    """The one reader of a checkpoint file: torch.load with weights_only=True on the CPU, memory-mapped when the
+    file allows and `mmap` (skips optimizer pages when only weights are wanted; resuming reads it whole)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
+            if not mmap:
+                raise
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... for a foreign or cut file
         raise ValueError(not_a_checkpoint(path, err)) from err
@@ -45,6 +48,12 @@ def is_reference_format(obj: dict[str, Any]) -> bool:
     """Ours carry {"config": {"model": ...}}; the reference's (and bare state dicts) do not."""
     config = obj.get("config")
     return not (isinstance(config, dict) and isinstance(config.get("model"), dict))
+
+
+def is_training_checkpoint(obj: dict[str, Any]) -> bool:
+    """Ours (main.py's) carry the resume fields besides their model config; the reference's has only
+    epoch/name/state_dict/optimizer/scaler."""
+    return not is_reference_format(obj) and {"step", "scheduler_step", "rng"} <= set(obj)
 
 
 def clean_state_dict(obj: dict[str, Any]) -> dict[str, Tensor]:
@@ -79,13 +88,14 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, Tensor], source: s
     model.load_state_dict(state, strict=True)
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
+def load_checkpoint(model: nn.Module, path: str | Path, ckpt: dict[str, Any] | None = None) -> dict[str, Any]:
     """Load weights from our checkpoint or the reference's `reaf.pt` (with or without `module.`) into `model`.
 
     A reference-format file switches the model to `reference_compat`, so the official weights give the official
-    embeddings. Raises on any mismatch. Returns the whole loaded checkpoint (optimizer state etc. for resuming).
+    embeddings. Raises on any mismatch. `ckpt`: the file as read_checkpoint already gave it (not read again).
+    Returns the whole loaded checkpoint (optimizer state etc. for resuming).
     """
-    obj = read_checkpoint(path)
+    obj = read_checkpoint(path) if ckpt is None else ckpt
     reference = is_reference_format(obj)
     compat = True if reference else bool(obj["config"]["model"]["vision"].get("reference_compat", False))
     load_state_dict_strict(model, clean_state_dict(obj), str(path))
@@ -104,17 +114,15 @@ def model_from_checkpoint(path: str | Path, *, model: str | None = None, cxr_ber
     from reaf.model.clip import create_model
     from reaf.model.config import config_from_dict
 
+    ckpt = read_checkpoint(path)  # read once: the config (when needed) and the weights come from this one load
     if model is not None:
         net = create_model(model, cxr_bert_path=cxr_bert_path)
     elif config is not None:
         net = create_model(config_from_dict(config, where=str(path)), cxr_bert_path=cxr_bert_path)
+    elif is_reference_format(ckpt):
+        log.info("%s is in the reference format: building %s", path, REFERENCE_MODEL)
+        net = create_model(REFERENCE_MODEL, cxr_bert_path=cxr_bert_path)
     else:
-        ckpt = read_checkpoint(path)
-        if is_reference_format(ckpt):
-            log.info("%s is in the reference format: building %s", path, REFERENCE_MODEL)
-            net = create_model(REFERENCE_MODEL, cxr_bert_path=cxr_bert_path)
-        else:
-            net = create_model(config_from_dict(ckpt["config"]["model"], where=str(path)), cxr_bert_path=cxr_bert_path)
-        del ckpt
-    load_checkpoint(net, path)
+        net = create_model(config_from_dict(ckpt["config"]["model"], where=str(path)), cxr_bert_path=cxr_bert_path)
+    load_checkpoint(net, path, ckpt)
     return net.eval()

@@ -2,7 +2,7 @@
 
 import sys
 
-from reaf.cli import run_cli
+from reaf.exit_status import run_cli
 from reaf.synthetic.dataset import main
 
 sys.exit(run_cli("python -m reaf.synthetic", main))

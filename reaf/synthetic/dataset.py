@@ -31,8 +31,9 @@ import pandas as pd
 from tqdm import tqdm
 
 from reaf import atomic
+from reaf.data.csv_tables import CLASSES
 from reaf.synthetic.anatomy import Anatomy, render, sample_anatomy
-from reaf.synthetic.findings import CLASSES, finding_shapes, sample_findings, stream
+from reaf.synthetic.findings import finding_shapes, sample_findings, stream
 from reaf.synthetic.metadata import METADATA_COLUMNS, metadata_row
 from reaf.synthetic.phantom import Finding, Geometry, Shape
 from reaf.synthetic.reports import write_report
@@ -57,12 +58,7 @@ class VolumeJob:
 
 
 # Bumped whenever the same seed would draw different volumes or text (the demo refuses a folder made otherwise).
-# 2: volumes stored in CT-RATE's (L, P, S) voxel order. 3: the small findings enlarged, so that every class changes
-# some demo token (16x16x8 voxels of the 96x96x32 input) by >= 20 HU on average in tests/test_synthetic.py's
-# volumes (per class over more volumes: bench/results/finding_visibility.json against finding_visibility_v2.json).
-# 4: "lung opacity", the prompts' name, also in affirmative sentences (it was only ever negated).
-# A 5 (commit a5538a8: larger mosaic region, coronary plaques, fibrotic streaks and airways) was measured on three
-# seeds and reverted (bench/results/demo_seeds_v5_candidate.json); the next change takes 6.
+# docs/demo.md records what each version changed; version 5 was measured and not kept, so the next change takes 6.
 GENERATOR_VERSION = 4
 
 

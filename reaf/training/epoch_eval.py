@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from reaf.data.readers import CLASSES
+from reaf.data.csv_tables import CLASSES
 from reaf.evaluation.encoding import encode_split
 from reaf.model.loss import local_contrastive_loss
 from reaf.training import state as train_state

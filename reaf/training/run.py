@@ -11,8 +11,9 @@ from typing import Any
 import torch
 
 from reaf import atomic, dist
-from reaf.data import skips
 from reaf.data.loader import build_dataloader
+from reaf.model.checkpoint import is_training_checkpoint, read_checkpoint
+from reaf.training import skips
 from reaf.training import state as train_state
 from reaf.training.epoch_eval import evaluate_epoch
 from reaf.training.flags import TrainFlags
@@ -101,7 +102,7 @@ class RunData:
 
 def build_data(args: TrainFlags, settings: RunSettings, model: torch.nn.Module) -> RunData:
     """read_split for the train / val / zero-shot sources and the InputSpec for the model's input size."""
-    from reaf.data.formats import InputSpec
+    from reaf.data.input_spec import InputSpec
     from reaf.data.readers import read_split
 
     def read(source: str | None, labels: bool = False) -> Any:
@@ -218,8 +219,8 @@ class TrainingRun:
 def _build(args: TrainFlags, env: dist.DistEnv) -> tuple[TrainingRun, Position, dict | None, int]:
     train_state.seed_everything(args.seed + env.rank)
     resume = locate_resume(args)
-    resumed = train_state.load_file(resume) if resume else None
-    ours = resumed is not None and train_state.is_reaf_training_checkpoint(resumed)
+    resumed = read_checkpoint(resume, mmap=False) if resume else None
+    ours = resumed is not None and is_training_checkpoint(resumed)
     settings = resolve(args, env, resume, resumed["name"] if ours else None)
     run_dir = Path(settings.run_dir)
     prepare_run_dir(run_dir, resuming=resume is not None)

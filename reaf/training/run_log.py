@@ -44,7 +44,7 @@ def setup_logging(log_file: Path | None, is_main: bool) -> None:
     if log_file is not None and is_main:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, mode="a"))
-    from reaf.cli import debug_enabled
+    from reaf.exit_status import debug_enabled
 
     for handler in handlers:
         brief = isinstance(handler, _TqdmHandler) and not debug_enabled()

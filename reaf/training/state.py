@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from reaf import atomic
+from reaf.model.checkpoint import is_training_checkpoint
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
@@ -100,23 +101,6 @@ def write_checkpoint(payload: dict[str, Any], run_dir: Path, *, epoch_file: bool
     else:
         atomic.torch_save(payload, latest)
     return latest
-
-
-def load_file(path: Path, mmap: bool = False) -> dict[str, Any]:
-    """torch.load a checkpoint on the CPU with weights_only=True (mmap for big foreign files read once)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as err:  # a foreign or cut file: say so, naming it
-        from reaf.model.checkpoint import not_a_checkpoint
-
-        raise ValueError(not_a_checkpoint(path, err)) from err
-
-
-def is_reaf_training_checkpoint(ckpt: dict[str, Any]) -> bool:
-    """Our format carries the resume fields; the reference's has only epoch/name/state_dict/optimizer/scaler."""
-    return {"step", "scheduler_step", "config", "rng"} <= set(ckpt)
 
 
 def find_resume(resume: str, logs: Path, name: str | None) -> Path | None:
@@ -228,7 +212,7 @@ def restore_run(resume: Path, resumed: dict[str, Any], model: torch.nn.Module, o
                 rank: int) -> tuple[Position, dict | None]:
     """Restore a --resume checkpoint: our format fully (RNG when the world size matches), the reference's via
     `restore_reference`. Returns the position (batches to skip in the current geometry) and this rank's RNG."""
-    if not is_reaf_training_checkpoint(resumed):
+    if not is_training_checkpoint(resumed):
         return restore_reference(resume, resumed, model, optimizer), None
     pos = restore_training(resumed, model, optimizer, scaler)
     skip = batches_to_skip(resumed, batch_size, world_size)

@@ -12,8 +12,7 @@ import torch
 from torch import nn
 
 from reaf import dist
-from reaf.data.text_sampling import shared_positives
-from reaf.model.loss import contrastive_loss
+from reaf.model.loss import contrastive_loss, shared_positives
 from reaf.training.optim import CosineSchedule
 from reaf.training.run_log import RunLogger
 from reaf.training.state import Position
