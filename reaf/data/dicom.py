@@ -306,9 +306,9 @@ def _geometry(folder: Path, series_uid: str | None) -> _Geometry:
     groups, skipped = _read_headers(folder, _pydicom(folder))
     uid = _pick_series(folder, groups, series_uid, _describe(skipped))
     files = groups[uid]
-    modalities = sorted({str(ds.get("Modality", "")) for _, ds in files})
-    if modalities != ["CT"]:
-        raise VolumeError(f"{folder}: modality {', '.join(m or '(none)' for m in modalities)}, not CT")
+    other = sorted({str(ds.get("Modality", "")) for _, ds in files} - {"CT"})
+    if other:
+        raise VolumeError(f"{folder}: modality {', '.join(m or '(none)' for m in other)}, not CT")
     _check_decoders(folder, files)
     slices = [s for path, ds in files for s in (_frame_slices(path, ds, folder) if int(ds.get("NumberOfFrames", 1)) > 1
                                                 else [_classic_slice(path, ds, folder)])]
