@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -199,6 +200,22 @@ def test_nifti_and_dicom_series_of_the_same_volume_give_the_same_model_input(tmp
     series.to_nifti().to_filename(tmp_path / "again.nii.gz")  # the series as a NIfTI reads as the folder does
     torch.testing.assert_close(load_volume(tmp_path / "again.nii.gz", "ori", SPEC, None, "header"), from_dicom,
                                atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("tilt", [15.0, 35.0])
+def test_gantry_tilt_spacing_along_the_normal_and_the_nifti_tilt_limit(tmp_path, tilt):
+    hu, affine = world_volume(), LPS_STORED.copy()
+    affine[1, 2] = 2.5 * np.tan(np.radians(tilt))  # each slice shifted along y: the slice axis is sheared
+    write_series(tmp_path, hu, affine)
+    series = read_dicom_series(tmp_path)
+    assert_same_world(series, hu, affine)
+    assert series.spacing[2] == pytest.approx(2.5)  # along the normal, not the 2.59 / 3.05 mm between positions
+    if tilt < 30:
+        assert "15.0 deg oblique" in series.orientation().describe()
+        assert dicom_to_hu(tmp_path)[0].shape == dicom_stage1_shape(tmp_path)
+    else:
+        with pytest.raises(ValueError, match="^" + re.escape(f"{tmp_path}: cannot be made axial: ") + ".* 35.0 deg"):
+            dicom_to_hu(tmp_path)
 
 
 def test_rescale_differing_per_slice_gives_exact_hu(tmp_path):
