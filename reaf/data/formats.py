@@ -19,7 +19,7 @@ import zstandard
 from reaf import atomic
 from reaf.data import transforms as T
 from reaf.data.input_spec import InputSpec
-from reaf.data.orientation import OrientationError, read_orientation
+from reaf.data.orientation import Orientation, OrientationError, read_orientation
 from reaf.finite import require_finite_voxels
 
 try:
@@ -53,12 +53,15 @@ class VolumeMeta:
 
 
 def volume_file(root: Path, rel: str, fmt: str) -> Path:
-    """Path of volume `rel` (relative to the data root, without suffix) in format `fmt`; `ori` also finds `.nii`."""
+    """Path of volume `rel` (relative to the data root, without suffix) in format `fmt`; `ori` also finds `.nii` and
+    a DICOM series folder `rel/`."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown volume format {fmt!r} (one of {sorted(FORMATS)})")
     path = Path(root) / f"{rel}{FORMATS[fmt]}"
     if fmt == "ori" and not path.exists() and (Path(root) / f"{rel}{NIFTI_SUFFIXES[1]}").exists():
         return Path(root) / f"{rel}{NIFTI_SUFFIXES[1]}"
+    if fmt == "ori" and not path.exists() and (Path(root) / rel).is_dir():  # a DICOM series folder
+        return Path(root) / rel
     return path
 
 
@@ -110,10 +113,17 @@ def read_nifti(path: Path, orientation: str = "ct-rate") -> tuple[np.ndarray, tu
     scale = (1.0 if slope is None else float(slope), 0.0 if inter is None else float(inter))
     # pixdim as stored: nibabel's header check quietly turns a zero spacing into 1 mm (abs() is its fix for < 0)
     stored_pixdim = type(hdr).from_fileobj(io.BytesIO(raw), check=False)["pixdim"][1:4]
-    zooms = found.permute(tuple(abs(float(z)) for z in stored_pixdim))
-    DECISIONS[found.describe()] += 1
     log.debug("%s: %s", path, found.describe())
-    return found.apply(stored).transpose(2, 1, 0), scale, zooms[::-1]
+    zyx, zooms = to_ct_rate_order(stored, tuple(abs(float(z)) for z in stored_pixdim), found)
+    return zyx, scale, zooms
+
+
+def to_ct_rate_order(stored: np.ndarray, spacing: tuple[float, ...],
+                     found: Orientation) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Voxels (i, j, k) in nibabel's layout with their spacing (i, j, k) mm -> ((z, y, x) view in the order `found`
+    gives, spacing (z, y, x) mm); the orientation decision is counted. Shared by NIfTI files and DICOM series."""
+    DECISIONS[found.describe()] += 1
+    return found.apply(stored).transpose(2, 1, 0), found.permute(spacing)[::-1]
 
 
 def _csv_spacing(meta: VolumeMeta | None) -> tuple[float, float, float] | None:
@@ -123,7 +133,11 @@ def _csv_spacing(meta: VolumeMeta | None) -> tuple[float, float, float] | None:
 
 
 def stage1_shape(path: Path, meta: VolumeMeta | None = None, orientation: str = "ct-rate") -> tuple[int, int, int]:
-    """(z, y, x) of the stage1 tensor `nifti_to_hu` makes of this NIfTI, from its header alone (no voxels read)."""
+    """(z, y, x) of the stage1 tensor `source_to_hu` makes of this NIfTI or DICOM series, from headers alone."""
+    if Path(path).is_dir():
+        from reaf.data.dicom import dicom_stage1_shape
+
+        return dicom_stage1_shape(path)
     img = nib.load(path)
     found = read_orientation(img.header, orientation)
     zyx = tuple(int(n) for n in found.permute(img.shape[:3])[::-1])
@@ -167,8 +181,19 @@ def nifti_to_hu(path: Path, meta: VolumeMeta | None = None,
     return T.to_hu(resampled, decision), decision
 
 
+def source_to_hu(path: Path, meta: VolumeMeta | None = None,
+                 orientation: str = "ct-rate") -> tuple[torch.Tensor, T.HUDecision]:
+    """An `ori` volume -> ((z', y', x') float32 HU at 3x1x1 mm, the HU decision): a NIfTI file (nifti_to_hu) or a DICOM
+    series folder (reaf.data.dicom.dicom_to_hu: HU, spacing and orientation from its own tags; meta is not used)."""
+    if Path(path).is_dir():
+        from reaf.data.dicom import dicom_to_hu
+
+        return dicom_to_hu(path)
+    return nifti_to_hu(path, meta, orientation)
+
+
 def _load_ori(path: Path, spec: InputSpec, meta: VolumeMeta | None, orientation: str = "ct-rate") -> torch.Tensor:
-    hu, _ = nifti_to_hu(path, meta, orientation)
+    hu, _ = source_to_hu(path, meta, orientation)
     return T.model_input(hu, spec.size, spec.hu_min, spec.hu_max, spec.mode)
 
 
@@ -274,7 +299,8 @@ def load_volume(path: Path, fmt: str, spec: InputSpec, meta: VolumeMeta | None =
                 orientation: str = "ct-rate") -> torch.Tensor:
     """Volume file in format `fmt` -> (1, D, H, W) float32 normalised model input; VolumeError naming the file.
 
-    ori: NIfTI -> HU (decided per file, see reaf.data.transforms.decide_hu) -> 3x1x1 mm -> window -> crop|resize -> norm;
+    ori: NIfTI -> HU (decided per file, see reaf.data.transforms.decide_hu) -> 3x1x1 mm -> window -> crop|resize -> norm,
+    or a DICOM series folder (reaf.data.dicom, read as a layout-B NIfTI of the same voxels and affine);
     stage1: .pt HU at 3x1x1 mm -> window -> crop|resize -> norm; stage2: .pt.gz final tensor as stored;
     cache: windowed tensor quantised to 4095 levels (error <= 1.2e-4 of the window) -> norm. `meta` and `orientation`
     ("ct-rate" for layout A, "header" for layout B: reaf.data.orientation) are used by `ori` only.
@@ -282,7 +308,7 @@ def load_volume(path: Path, fmt: str, spec: InputSpec, meta: VolumeMeta | None =
     if fmt not in _LOADERS:
         raise ValueError(f"unknown --input-data-type {fmt!r} (one of {sorted(_LOADERS)})")
     path = Path(path)
-    if not path.is_file():
+    if not (path.is_file() or (fmt == "ori" and path.is_dir())):
         raise VolumeError(f"{path}: volume file not found")
     try:
         if fmt == "ori":

@@ -1,5 +1,5 @@
-"""Preprocessing: NIfTI -> stage1 / stage2 / cache files at the same relative paths, in parallel, resumable, with a
-manifest. `python -m reaf.preprocess` is its CLI; the demo calls `preprocess_split` with typed settings."""
+"""Preprocessing: NIfTI (layout B: or DICOM series folder) -> stage1 / stage2 / cache files at the same relative paths,
+in parallel, resumable, with a manifest. `python -m reaf.preprocess` is its CLI; the demo calls `preprocess_split`."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from tqdm import tqdm
 from reaf import atomic
 from reaf.data import csv_tables as tables
 from reaf.data import formats as V
+from reaf.data.dicom import dicom_orientation, series_folders
 from reaf.data.input_spec import InputSpec
 from reaf.data.orientation import file_orientation
 from reaf.model.config import load_model_config
@@ -55,8 +56,9 @@ class PreprocessSettings:
 
 @dataclass
 class Job:
-    """One volume to convert: source NIfTI, output path, its metadata, a problem found before reading it, and the
-    orientation policy of its layout (reaf.data.orientation: "ct-rate" for A, "header" for B)."""
+    """One volume to convert: source NIfTI (layout B: or DICOM series folder), output path, its metadata, a problem
+    found before reading it, and the orientation policy of its layout (reaf.data.orientation: "ct-rate" for A,
+    "header" for B)."""
 
     src: Path
     out: Path
@@ -93,7 +95,8 @@ def find_jobs(settings: PreprocessSettings) -> tuple[Path, list[Job]]:
         raise FileNotFoundError(f"{flag} {given}: no such folder")
     if settings.data_root:
         root = Path(settings.data_root)
-        found, metas, meta_csv = _niftis(root / settings.split / "volumes"), None, None
+        volumes = root / settings.split / "volumes"
+        found, metas, meta_csv = {**series_folders(volumes), **_niftis(volumes)}, None, None
     else:
         root = Path(settings.ct_rate_root)
         if settings.split not in METADATA_CSV:
@@ -102,11 +105,12 @@ def find_jobs(settings: PreprocessSettings) -> tuple[Path, list[Job]]:
         meta_csv = root / "dataset" / "metadata" / METADATA_CSV[settings.split]
         metas = read_metadata(meta_csv)
     if not found:
-        raise PreprocessError(f"no .nii.gz/.nii volumes found for split {settings.split!r} under {root}")
+        dicom = " or DICOM series folders" if settings.data_root else ""
+        raise PreprocessError(f"no .nii.gz/.nii volumes{dicom} found for split {settings.split!r} under {root}")
     jobs = []
     for name, src in found.items():
         rel = str(src.relative_to(root))
-        rel = rel[: -len(next(s for s in V.NIFTI_SUFFIXES if rel.endswith(s)))]
+        rel = rel[: -len(next(s for s in V.NIFTI_SUFFIXES if rel.endswith(s)))] if src.is_file() else rel
         meta = None if metas is None else metas.get(name)
         problem = f"no row for {name} in metadata CSV {meta_csv}" if metas is not None and meta is None else None
         policy = "header" if settings.data_root else "ct-rate"
@@ -140,12 +144,14 @@ def convert(job: Job, fmt: str, spec: InputSpec, stage2_dtype: str) -> dict:
         result["redone"] = invalid
     before = Counter(V.DECISIONS)
     try:
-        hu, _ = V.nifti_to_hu(job.src, job.meta, job.orientation)
-        found = file_orientation(job.src, job.orientation)  # what nifti_to_hu did, for the manifest
+        hu, _ = V.source_to_hu(job.src, job.meta, job.orientation)
+        # what source_to_hu did, for the manifest
+        found = dicom_orientation(job.src) if job.src.is_dir() else file_orientation(job.src, job.orientation)
         result.update(orientation=found.describe(), reoriented=found.transform is not None)
         V.save_volume(job.out, fmt, hu, spec, stage2_dtype)
     except Exception as e:  # a bad input is reported with its file and cause; the caller fails or skips
-        return {**result, "status": "bad", "reason": V.describe_error(e)}
+        reason = V.describe_error(e).removeprefix(f"{job.src}: ")  # DICOM errors name their folder, as src does
+        return {**result, "status": "bad", "reason": reason}
     return {**result, "decisions": dict(Counter(V.DECISIONS) - before)}
 
 

@@ -210,12 +210,18 @@ def _reports_a(homes: list[Path], name: str, report_root, problems: Problems) ->
 
 
 def _layout_b(src: Path, data_root, suffix: str, report_root, problems: Problems) -> _Tables:
-    """The README seed's layout: volumes/<id>.<suffix>, reports/reports.json, optional labels.csv, metadata.csv."""
+    """The README seed's layout: volumes/<id>.<suffix> (`ori`: or a DICOM series folder volumes/<id>/),
+    reports/reports.json, optional labels.csv, metadata.csv."""
     root = Path(data_root) if data_root else src.parent
     volume_dir = root / src.name / "volumes"
     if not volume_dir.is_dir():
         raise ReaderError(f"{volume_dir}: volume folder does not exist")
     files = find_files([volume_dir], 0, suffix, root)
+    if suffix == _suffix("ori"):  # a volume may also be a folder holding one DICOM series (reaf.data.dicom)
+        from reaf.data.dicom import series_folders
+
+        for name, folder in series_folders(volume_dir).items():
+            files.setdefault(name, folder.relative_to(root).as_posix())
     reports_path = Path(report_root) if report_root else src / "reports" / "reports.json"
     if not reports_path.exists():
         raise ReaderError(f"{reports_path}: report JSON does not exist")
