@@ -1,19 +1,25 @@
 """Encoder train step (fwd+bwd): REAF vs the plain scan/slice hierarchy vs a full-attention ViT; time and peak memory.
 
 Each variant runs in its own subprocess so its peak RSS (CPU) or peak allocated memory (GPU) is its own.
-CPU default: a reduced size (ViT-B width, 6 blocks, 112x168x168 input = 14x7x7 = 686 tokens). Writes JSON.
+CPU default: a reduced size (ViT-B width, 6 blocks, 112x168x168 input = 14x7x7 = 686 tokens). Writes JSON
+(bench/results/encoder_cpu.json unless --out); step time is the median of the timed steps (statistics.median: with
+an even count, the mean of the middle two).
+
+    python -m bench.bench_encoder --steps 6
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.common import REPO, RESULTS, machine_info
+
 VARIANTS = {
     "reaf": {},
     "plain_hierarchy": {"fusion_saliency": False},
@@ -27,7 +33,6 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
 
     import torch
 
-    sys.path.insert(0, str(ROOT))
     from reaf.model.config import load_model_config
     from reaf.model.vision import VisionTower
 
@@ -71,7 +76,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
     return {
         "variant": variant,
         "tokens": cfg.grid[0] * cfg.grid[1] * cfg.grid[2],
-        "step_s_median": sorted(times)[len(times) // 2],
+        "step_s_median": statistics.median(times),
         "step_s_all": times,
         "peak_mem_mib": peak,
         "peak_mem_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS",
@@ -80,10 +85,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
 
 
 def machine() -> dict:
-    """The shared machine description (bench/ct_like.py), with this benchmark's own timing note."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    from ct_like import machine_info
-
+    """The shared machine description (bench/common.py), with this benchmark's own timing note."""
     return {
         **machine_info(),
         "note": "each variant in its own process; step time = median of timed steps after one "
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--grad-checkpointing", action="store_true")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "encoder_cpu.json"))
+    parser.add_argument("--out", default=str(RESULTS / "encoder_cpu.json"))
     parser.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -125,16 +127,17 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     for variant in VARIANTS:
         out = subprocess.run(
-            [sys.executable, __file__, *passthrough, "--child", variant],
+            [sys.executable, "-m", "bench.bench_encoder", *passthrough, "--child", variant],
             check=True,
             capture_output=True,
             text=True,
-            cwd=ROOT,
+            cwd=REPO,
         )
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"{variant:16s} step {results[-1]['step_s_median']:.3f} s  peak {results[-1]['peak_mem_mib']:.0f} MiB")
     base = {r["variant"]: r for r in results}
     report = {
+        "command": " ".join(["python -m bench.bench_encoder", *(argv if argv is not None else sys.argv[1:])]),
         "settings": {k: v for k, v in vars(args).items() if k != "child"},
         "machine": machine(),
         "results": results,

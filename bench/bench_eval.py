@@ -1,11 +1,13 @@
-"""Benchmark evaluation on CPU: encode-once zero-shot + retrieval vs re-encoding each image once per class (CT-CLIP)."""
+"""Benchmark evaluation on CPU: encode-once zero-shot + retrieval vs re-encoding each image once per class (CT-CLIP).
+
+    python -m bench.bench_eval  -> bench/results/eval.json (with the machine it ran on)
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -14,15 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import RESULTS, machine_info
+from reaf import atomic, create_model
+from reaf.evaluation.encoding import encode_texts
+from reaf.evaluation.prompts import CLASSES, class_prompts
+from reaf.evaluation.protocol import classify, prompt_embeddings, zero_shot_probabilities
+from reaf.evaluation.retrieval import retrieval_metrics
 
-from reaf import atomic, create_model  # noqa: E402
-from reaf.evaluation.encoding import encode_texts  # noqa: E402
-from reaf.evaluation.prompts import CLASSES, class_prompts  # noqa: E402
-from reaf.evaluation.protocol import classify, prompt_embeddings, zero_shot_probabilities  # noqa: E402
-from reaf.evaluation.retrieval import retrieval_metrics  # noqa: E402
-
-OUT = Path(__file__).resolve().parent / "results" / "eval.json"
+OUT = RESULTS / "eval.json"
 
 
 def synthetic_inputs(model: torch.nn.Module, n: int, seed: int) -> tuple[torch.Tensor, list[str], np.ndarray]:
@@ -148,9 +149,7 @@ def main() -> int:
         "per_class_volumes": m,
         "batch_size": args.batch_size,
         "torch_threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
+        "machine": machine_info(),
         "encode_once": ours,
         "encode_once_batch1": ours_b1,
         "per_class_reencode": ctclip,
@@ -162,6 +161,7 @@ def main() -> int:
         "cost_ratio_per_class_vs_encode_once_batched_pipeline": per_volume["per_class_reencode_batch1_s"]
         / per_volume["encode_once_batched_s"],
     }
+    result["machine"]["load_average_at_end"] = os.getloadavg()
     atomic.write_text(Path(args.out), json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     return 0

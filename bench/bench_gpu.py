@@ -1,14 +1,13 @@
 """Full-size REAF train step on one GPU: bf16 autocast, with and without gradient checkpointing; samples/s, peak
 memory, model FLOP utilisation (FLOPs counted by torch's FlopCounterMode), and whether the cache loader keeps up.
 
-Run through bench/gpu.sh. Installs nothing, reads nothing from a network; finishes in a few minutes on an H100.
+Run through bench/gpu.sh (`python -m bench.bench_gpu`). Installs nothing, reads nothing from a network; finishes in a few minutes on an H100.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,11 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from reaf import create_model  # noqa: E402
-from reaf.data.formats import InputSpec, load_volume, save_cache  # noqa: E402
+from bench.common import RESULTS, machine_info
+from reaf import create_model
+from reaf.data.formats import InputSpec, load_volume, save_cache
 
 BF16_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
 
@@ -110,12 +107,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--text-len", type=int, default=256)
     parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "gpu.json"))
+    parser.add_argument("--out", default=str(RESULTS / "gpu.json"))
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_gpu.py needs a CUDA GPU")
     torch.backends.cuda.matmul.allow_tf32 = True
-    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "runs": []}
+    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "machine": machine_info(), "runs": []}
     for gc in (False, True):
         try:
             results["runs"].append(measure(args.batch, gc, args.steps, args.text_len))

@@ -1,6 +1,6 @@
 """Loader benchmark: volumes/s per core and bytes on disk per volume for ori, stage1, stage2 and the cache.
 
-python bench/bench_loader.py [--volumes 2] [--repeats 5] [--workdir DIR]  -> bench/results/loader.json
+python -m bench.bench_loader [--volumes 2] [--repeats 5] [--workdir DIR]  -> bench/results/loader.json
 Sources are CT-RATE-sized (512 x 512 x 300 int16, 0.7 x 0.7 x 1.5 mm) synthetic chests; the model input is the
 paper's (112, 336, 336) with --input-info -1150 350 crop.
 """
@@ -11,18 +11,15 @@ import argparse
 import gzip
 import io
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.ct_like import machine_info, make_sources, write_result  # noqa: E402
-from reaf.data import transforms as T  # noqa: E402
-from reaf.data.formats import InputSpec, VolumeMeta, load_volume, nifti_to_hu, save_cache, save_stage1, save_stage2  # noqa: E402
+from bench.common import machine_info, make_sources, write_result
+from reaf.data import transforms as T
+from reaf.data.formats import InputSpec, VolumeMeta, load_volume, nifti_to_hu, save_cache, save_stage1, save_stage2
 
 SPEC = InputSpec((112, 336, 336), -1150.0, 350.0, "crop")
 META = VolumeMeta(xy_spacing=(0.7, 0.7), z_spacing=1.5, slope=1.0, intercept=-1024.0)

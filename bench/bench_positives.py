@@ -5,7 +5,7 @@ reaf.data.text_sampling.shared_positives against the subset definition it implem
 within each report's, as nested frozenset comparisons: the implementation before it), on N reports of a demo folder
 (pandas CSV) with the texts `--text-sampling both` draws in epoch 1, and checks that both give the same mask.
 
-    python bench/bench_positives.py --demo-dir demo_runs/v4/seed_0
+    python -m bench.bench_positives --demo-dir demo_runs/v4/seed_0
 
 Writes bench/results/positives.json (or --out).
 """
@@ -14,18 +14,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ct_like import demo_train_reports, machine_info, write_result  # noqa: E402
-
-from reaf.data.text_sampling import sample_text, shared_positives, split_sentences  # noqa: E402
+from bench.common import demo_train_reports, machine_info, write_result
+from reaf.data.text_sampling import sample_text, shared_positives, split_sentences
 
 
 def by_definition(texts: list[str], reports: list[str]) -> np.ndarray:

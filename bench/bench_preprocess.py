@@ -1,6 +1,6 @@
 """Preprocessing benchmark: seconds per 512x512x300 int16 NIfTI per core, REAF vs a CT-CLIP-style float64 pipeline.
 
-python bench/bench_preprocess.py [--volumes 2] [--repeats 2] [--workdir DIR] [--no-scipy]
+python -m bench.bench_preprocess [--volumes 2] [--repeats 2] [--workdir DIR] [--no-scipy]
   -> bench/results/preprocess.json
 Both pipelines go NIfTI -> HU -> 3x1x1 mm -> window -> crop to (112, 336, 336) -> normalise, single-threaded.
 End to end, each writes its output: REAF its cache (reaf.data.preprocessing.convert, the CLI's worker), CT-CLIP-style the
@@ -13,7 +13,6 @@ import argparse
 import gzip
 import io
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,13 +22,11 @@ import scipy.ndimage
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.ct_like import machine_info, make_sources, write_result  # noqa: E402
-from reaf.atomic import write_bytes  # noqa: E402
-from reaf.data import transforms as T  # noqa: E402
-from reaf.data.formats import InputSpec, VolumeMeta, nifti_to_hu  # noqa: E402
-from reaf.data.preprocessing import Job, convert  # noqa: E402
+from bench.common import machine_info, make_sources, write_result
+from reaf.atomic import write_bytes
+from reaf.data import transforms as T
+from reaf.data.formats import InputSpec, VolumeMeta, nifti_to_hu
+from reaf.data.preprocessing import Job, convert
 
 SPEC = InputSpec((112, 336, 336), -1150.0, 350.0, "crop")
 META = VolumeMeta(xy_spacing=(0.7, 0.7), z_spacing=1.5, slope=1.0, intercept=-1024.0)

@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
-timeout 540 python3 bench/bench_gpu.py "$@"
+timeout 540 python3 -m bench.bench_gpu "$@"

@@ -37,9 +37,9 @@ they ran. Every variant also records its per-class AUCs, the logit scale it ende
 AUC when each class's prompt pair is replaced by the training reports' most common sentence stating it absent and
 present ("report_style"): how much of the gap is the prompts' wording.
 
-    python bench/demo_levers.py --demo-dir demo_runs/seed_0 [--only reaf plain ...] [--steps N]
+    python -m bench.demo_research.demo_levers --demo-dir demo_runs/seed_0 [--only reaf plain ...] [--steps N]
 
-Writes bench/results/demo_levers.json (or --out).
+Writes bench/demo_research/results/demo_levers.json (or --out).
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ import argparse
 import dataclasses
 import functools
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -57,21 +56,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ct_like import machine_info, write_result  # noqa: E402
-from demo_diagnostics import aucs, load_split, recall_at_5  # noqa: E402
-
-from reaf import create_model  # noqa: E402
-from reaf.data.formats import InputSpec  # noqa: E402
-from reaf.data.readers import find_splits  # noqa: E402
-from reaf.data.text_sampling import sample_text, shared_positives, split_sentences  # noqa: E402
-from reaf.demo import INPUT_INFO  # noqa: E402
-from reaf.evaluation.prompts import class_prompts  # noqa: E402
-from reaf.model.config import load_model_config  # noqa: E402
-from reaf.model.loss import local_contrastive_loss  # noqa: E402
-from reaf.training.optim import CosineSchedule, param_groups  # noqa: E402
+from bench.common import RESEARCH_RESULTS, machine_info, write_result
+from bench.demo_research.demo_diagnostics import aucs, load_split, recall_at_5
+from reaf import create_model
+from reaf.data.formats import InputSpec
+from reaf.data.readers import find_splits
+from reaf.data.text_sampling import sample_text, shared_positives, split_sentences
+from reaf.demo import INPUT_INFO
+from reaf.evaluation.prompts import class_prompts
+from reaf.model.config import load_model_config
+from reaf.model.loss import local_contrastive_loss
+from reaf.training.optim import CosineSchedule, param_groups
 
 BATCH = 32
 STEPS = 600
@@ -368,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
         "settings": {"demo_dir": str(args.demo_dir), "seed": args.seed, "batch": BATCH, "chance_R@5": 5 / len(
             data["valid"]["x"]), "distinct_texts": len(feats), "text_feature_seconds": feature_seconds},
         "machine": {**machine, "note": "one process; other jobs may share the cores (see load averages)"},
-        "results": results}, args.out)  # fmt: skip
+        "results": results}, args.out, folder=RESEARCH_RESULTS)  # fmt: skip
     print(out)
 
 

@@ -10,16 +10,15 @@ diagnostic of the prompts' wording (the protocol's prompts do not change), the z
 pair is reworded: without the "The volume shows:" prefix ("Not X." / "X."), as "No x." / "X.", and as
 "No x was detected." / "X is observed." (x: the positive finding in lower case).
 
-    python bench/embedding_probe.py --demo-dir demo_runs/v3/seed_0
+    python -m bench.demo_research.embedding_probe --demo-dir demo_runs/v3/seed_0
 
-Writes bench/results/embedding_probe.json (or --out).
+Writes bench/demo_research/results/embedding_probe.json (or --out).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -27,18 +26,14 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ct_like import machine_info, write_result  # noqa: E402
-from demo_diagnostics import aucs, load_split  # noqa: E402
-
-from reaf.data.csv_tables import CLASSES  # noqa: E402
-from reaf.data.formats import InputSpec  # noqa: E402
-from reaf.data.readers import find_splits  # noqa: E402
-from reaf.demo import INPUT_INFO  # noqa: E402
-from reaf.evaluation.prompts import VOLUME_PAIRS, class_prompts, sentence  # noqa: E402
-from reaf.model.checkpoint import model_from_checkpoint  # noqa: E402
+from bench.common import RESEARCH_RESULTS, machine_info, write_result
+from bench.demo_research.demo_diagnostics import aucs, load_split
+from reaf.data.csv_tables import CLASSES
+from reaf.data.formats import InputSpec
+from reaf.data.readers import find_splits
+from reaf.demo import INPUT_INFO
+from reaf.evaluation.prompts import VOLUME_PAIRS, class_prompts, sentence
+from reaf.model.checkpoint import model_from_checkpoint
 
 
 def image_embeddings(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
@@ -125,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         print(name, results[name]["mean_probe_auc_18"], results[name]["mean_zero_shot_auc_18"], flush=True)
     print(write_result("embedding_probe", {"settings": {"demo_dir": str(root), "probe": "logistic regression, C=1, "
                        "standardised 64-d image embeddings, fit on the training split, scored on validation"},
-                       "machine": machine, "results": results}, args.out))  # fmt: skip
+                       "machine": machine, "results": results}, args.out, folder=RESEARCH_RESULTS))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -24,14 +24,13 @@ the better of the two at this size:
                      REAF's code, to tell a harmful added vector from a fault elsewhere in the REAF path
 
 Every learner reports validation AUC per class and its mean (and report->volume R@5 for the CLIP ones, chance
-5/N). Writes bench/results/demo_diagnostics.json. About 13 minutes on 2 cores (2 of them making the data).
+5/N). Writes bench/demo_research/results/demo_diagnostics.json. About 13 minutes on 2 cores (2 of them making the data).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -43,23 +42,19 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ct_like import machine_info, write_result  # noqa: E402
-
-from reaf import create_model  # noqa: E402
-from reaf.data.formats import InputSpec  # noqa: E402
-from reaf.data.loader import VolumeDataset  # noqa: E402
-from reaf.data.readers import find_splits, read_split  # noqa: E402
-from reaf.demo import INPUT_INFO, make_data  # noqa: E402
-from reaf.demo import parse_args as demo_args  # noqa: E402
-from reaf.evaluation.metrics import weighted_auroc  # noqa: E402
-from reaf.evaluation.prompts import CLASSES  # noqa: E402
-from reaf.evaluation.protocol import prompt_embeddings, zero_shot_probabilities  # noqa: E402
-from reaf.evaluation.retrieval import rank_summary, report_volume_ranks  # noqa: E402
-from reaf.model.loss import local_contrastive_loss  # noqa: E402
-from reaf.training.optim import CosineSchedule  # noqa: E402
+from bench.common import RESEARCH_RESULTS, machine_info, write_result
+from reaf import create_model
+from reaf.data.formats import InputSpec
+from reaf.data.loader import VolumeDataset
+from reaf.data.readers import find_splits, read_split
+from reaf.demo import INPUT_INFO, make_data
+from reaf.demo import parse_args as demo_args
+from reaf.evaluation.metrics import weighted_auroc
+from reaf.evaluation.prompts import CLASSES
+from reaf.evaluation.protocol import prompt_embeddings, zero_shot_probabilities
+from reaf.evaluation.retrieval import rank_summary, report_volume_ranks
+from reaf.model.loss import local_contrastive_loss
+from reaf.training.optim import CosineSchedule
 
 
 def load_split(cache: Path, which: str, spec: InputSpec) -> dict:
@@ -287,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=600, help="optimiser steps per learner (batch 32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", help="keep the generated data here (default: a temporary folder)")
-    p.add_argument("--out", help="write the JSON here instead of bench/results/demo_diagnostics.json")
+    p.add_argument("--out", help="write the JSON here instead of bench/demo_research/results/demo_diagnostics.json")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     info = machine_info()
@@ -337,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
         "results": results,
         "machine": info,
     }
-    print(f"wrote {write_result('demo_diagnostics', result, args.out)}")
+    print(f"wrote {write_result('demo_diagnostics', result, args.out, folder=RESEARCH_RESULTS)}")
 
 
 if __name__ == "__main__":

@@ -7,21 +7,20 @@ vision-tower variant in VARIANTS (config overrides of the `demo` model):
              along the way (input voxels, CLS before / after the final norm, mean-pooled tokens) to show where the
              volumes' differences are lost; for REAF the added vector's norm next to the CLS token's
   learn      CLIP loss between the vision tower and a learned embedding of each volume's label vector (a perfect
-             text side, `clip_label_text` of bench/demo_diagnostics.py), AdamW, batch 32: the loss over the first
+             text side, `clip_label_text` of bench/demo_research/demo_diagnostics.py), AdamW, batch 32: the loss over the first
              epoch (75 steps, the demo's) against ln(B), validation AUC per class and report->volume R@5 (chance 5/N)
   visibility per class, how much a planted finding changes the model input: each volume rendered with that finding
              alone and with none (reaf.synthetic.synth_volume, same anatomy and noise), fitted to the demo input,
              the max over tokens (8x16x16 voxels) of the mean |difference| in each token, in units of the
              normalised input (1 unit = 0.226 x 1500 HU = 339 HU)
 
-Writes bench/results/vision_side.json (or --out).
+Writes bench/demo_research/results/vision_side.json (or --out).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,21 +30,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ct_like import machine_info, write_result  # noqa: E402
-from demo_diagnostics import aucs, load_split, recall_at_5  # noqa: E402
-
-from reaf import create_model  # noqa: E402
-from reaf.data import transforms as T  # noqa: E402
-from reaf.data.formats import InputSpec  # noqa: E402
-from reaf.demo import INPUT_INFO, make_data  # noqa: E402
-from reaf.evaluation.prompts import CLASSES  # noqa: E402
-from reaf.model.config import load_model_config  # noqa: E402
-from reaf.model.loss import local_contrastive_loss  # noqa: E402
-from reaf.synthetic.dataset import plan_split, synth_volume  # noqa: E402
-from reaf.training.optim import CosineSchedule  # noqa: E402
+from bench.common import RESEARCH_RESULTS, machine_info, write_result
+from bench.demo_research.demo_diagnostics import aucs, load_split, recall_at_5
+from reaf import create_model
+from reaf.data import transforms as T
+from reaf.data.formats import InputSpec
+from reaf.demo import INPUT_INFO, make_data
+from reaf.evaluation.prompts import CLASSES
+from reaf.model.config import load_model_config
+from reaf.model.loss import local_contrastive_loss
+from reaf.synthetic.dataset import plan_split, synth_volume
+from reaf.training.optim import CosineSchedule
 
 # REAF with the enhancer as the reference computes it
 PAPER_REAF = {
@@ -250,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--visibility-volumes", type=int, default=12, help="0: skip the visibility measurement")
     p.add_argument("--threads", type=int, default=2, help="1 when other work shares the cores (2 threads thrash)")
     p.add_argument("--workdir", help="keep the generated data here (default: a temporary folder)")
-    p.add_argument("--out", help="write the JSON here instead of bench/results/vision_side.json")
+    p.add_argument("--out", help="write the JSON here instead of bench/demo_research/results/vision_side.json")
     args = p.parse_args(argv)
     unknown = sorted(set(args.variants) - set(VARIANTS)) + sorted(set(args.probe_variants) - set(PROBES))
     if unknown:
@@ -290,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
         "results": results,
         "machine": info,
     }
-    print(f"wrote {write_result('vision_side', result, args.out)}")
+    print(f"wrote {write_result('vision_side', result, args.out, folder=RESEARCH_RESULTS)}")
 
 
 if __name__ == "__main__":

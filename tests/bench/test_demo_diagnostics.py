@@ -1,4 +1,4 @@
-"""bench/demo_diagnostics.py at a tiny size: every learner runs on the demo's own data path and reports 18 AUCs."""
+"""bench.demo_research.demo_diagnostics at a tiny size: every learner runs on the demo's data path, 18 AUCs each."""
 
 import json
 import subprocess
@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_demo_diagnostics_runs_every_learner(tmp_path):
     out = tmp_path / "diag.json"
-    cmd = [sys.executable, str(REPO / "bench" / "demo_diagnostics.py"), "--num-train", "32", "--num-valid", "24",
+    cmd = [sys.executable, "-m", "bench.demo_research.demo_diagnostics", "--num-train", "32", "--num-valid", "24",
            "--steps", "3", "--workdir", str(tmp_path / "data"), "--out", str(out)]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     results = result["results"]
@@ -47,4 +47,4 @@ def test_demo_diagnostics_runs_every_learner(tmp_path):
             assert row["kept_token_share"] == 0.25 and 0.0 < row["weight_on_kept_tokens"] <= 1.0
             assert 1 <= row["distinct_kept_region_sets"] <= 24 and 0.0 < row["most_common_set_share"] <= 1.0
     assert result["settings"]["steps"] == 3 and "cpu_model" in result["machine"]
-    assert not (REPO / "bench" / "results" / "demo_diagnostics.json").samefile(out)
+    assert not (REPO / "bench" / "demo_research" / "results" / "demo_diagnostics.json").samefile(out)

@@ -1,9 +1,11 @@
-"""CT-RATE-sized synthetic chest CT NIfTIs for benchmarks: smooth anatomy + noise, stored as CT-RATE v1 int16."""
+"""What the benchmarks share: CT-RATE-sized synthetic NIfTIs, the machine record, result files, config variants."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -13,6 +15,9 @@ import torch.nn.functional as F
 from reaf import atomic
 
 SOURCE_SPACING = (1.5, 0.7, 0.7)  # (z, y, x) mm, typical of CT-RATE
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"  # the benchmarks' results
+RESEARCH_RESULTS = Path(__file__).resolve().parent / "demo_research" / "results"  # the demo research's results
 
 
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, int, int], coarse: int, amp: float) -> np.ndarray:
@@ -103,10 +108,42 @@ def machine_info() -> dict:
     }  # fmt: skip
 
 
-def write_result(name: str, result: dict, out: Path | None = None) -> Path:
-    """bench/results/<name>.json (or `out`), atomically."""
-    out = Path(out) if out else Path(__file__).resolve().parent / "results" / f"{name}.json"
+def write_result(name: str, result: dict, out: Path | None = None, folder: Path = RESULTS) -> Path:
+    """<folder>/<name>.json (bench/results/ unless told), or `out`, atomically, with the load at the end."""
+    out = Path(out) if out else Path(folder) / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     result["machine"]["load_average_at_end"] = os.getloadavg()
     atomic.write_json(result, out, indent=1)
+    return out
+
+
+def merge_config(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`changes` laid over `base`: a dict under a dict is merged key by key, any other value replaces the base's."""
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_config(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def variant_config(path: str | Path) -> dict[str, Any]:
+    """The full model config of a variant file `{"base": NAME, <the fields it changes>}`: configs/NAME.json with the
+    changes laid over it (a file without "base" is already a full config and comes back as it is)."""
+    changes = json.loads(Path(path).read_text())
+    if "base" not in changes:
+        return changes
+    base = json.loads((REPO / "configs" / f"{changes.pop('base')}.json").read_text())
+    return merge_config(base, changes)
+
+
+def resolve_model_config(path: str | Path, folder: str | Path) -> Path:
+    """A config variant written out whole as <folder>/<its name>.json, a path any `--model` flag takes; a file
+    without "base" is returned unchanged."""
+    if "base" not in json.loads(Path(path).read_text()):
+        return Path(path)
+    out = Path(folder) / Path(path).name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(variant_config(path), out, indent=2)
     return out

@@ -2,10 +2,14 @@
 
 For each seed it records the demo's own summary (mean zero-shot AUC over the 18 classes, report->volume R@5 and its
 chance level, the training loss against ln(B) at the end of epoch 0 and at the end, for REAF and the plain
-hierarchy) and the demo's wall time, then writes bench/results/demo_seeds.json naming the machine. A seed whose
-demo folder already holds a demo_summary.json is read, not rerun (`--rerun` forces a run).
+hierarchy) and the demo's wall time, then writes bench/demo_research/results/demo_seeds.json naming the machine. A
+seed whose demo folder already holds a demo_summary.json is read, not rerun (`--rerun` forces a run). A `--model`
+in --demo-args may name a config variant (bench/demo_research/configs/*.json: the fields it changes over a named
+base); it is written out whole under --root and the demo reads that file.
 
-    python bench/demo_seeds.py --seeds 0 1 2
+    python -m bench.demo_research.demo_seeds --seeds 0 1 2
+    python -m bench.demo_research.demo_seeds --seeds 0 --root demo_runs/p12 \
+        --demo-args "--model bench/demo_research/configs/demo_patch12.json"
 """
 
 from __future__ import annotations
@@ -18,12 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ct_like import machine_info, write_result  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
+from bench.common import REPO, RESEARCH_RESULTS, machine_info, resolve_model_config, write_result
 
 
 def run_seed(seed: int, root: Path, rerun: bool, demo_args: list[str]) -> dict:
@@ -44,17 +43,26 @@ def run_seed(seed: int, root: Path, rerun: bool, demo_args: list[str]) -> dict:
     return result
 
 
+def resolve_model_args(demo_args: list[str], root: Path) -> list[str]:
+    """The demo's flags with a `--model` config variant replaced by its full config written under `root`."""
+    out = list(demo_args)
+    for i, arg in enumerate(out[:-1]):
+        if arg == "--model" and out[i + 1].endswith(".json"):
+            out[i + 1] = str(resolve_model_config(out[i + 1], root))
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--root", default=str(REPO / "demo_runs"), help="one demo folder per seed under it")
     p.add_argument("--rerun", action="store_true", help="delete and rerun a seed's demo folder that already exists")
-    p.add_argument("--out", default=None, help="result file (default bench/results/demo_seeds.json)")
+    p.add_argument("--out", default=None, help="result file (default bench/demo_research/results/demo_seeds.json)")
     p.add_argument("--note", default="", help="how the seeds' demos were run (recorded in settings)")
     p.add_argument("--demo-args", default="", help="more flags for reaf.demo, e.g. \"--epochs 15 --model X.json\"")
     args = p.parse_args(argv)
     machine = machine_info()
-    demo_args = args.demo_args.split()
+    demo_args = resolve_model_args(args.demo_args.split(), Path(args.root))
     seeds = {str(seed): run_seed(seed, Path(args.root), args.rerun, demo_args) for seed in args.seeds}
     rows = []
     for seed, summary in seeds.items():
@@ -73,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
                           "training and evaluation; other jobs may share the cores (see load averages)"},
               "rows": rows, "summaries": seeds}
     print(json.dumps(rows, indent=1))
-    print(write_result("demo_seeds", result, args.out))
+    print(write_result("demo_seeds", result, args.out, folder=RESEARCH_RESULTS))
 
 
 if __name__ == "__main__":

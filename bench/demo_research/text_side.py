@@ -15,13 +15,12 @@ protocol's prompt pairs ("The volume shows: Not X." / "The volume shows: X.", 18
 
 For the MiniLM learners the BERT time during training (the feature cache's misses: each distinct training text once)
 and the number of distinct texts are recorded. Writes
-bench/results/text_side.json. About 5 minutes on 2 cores.
+bench/demo_research/results/text_side.json. About 5 minutes on 2 cores.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -30,20 +29,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ct_like import machine_info, write_result  # noqa: E402
-from demo_diagnostics import aucs, recall_at_5, train_steps  # noqa: E402
-
-from reaf import create_model  # noqa: E402
-from reaf.data.csv_tables import report_text  # noqa: E402
-from reaf.data.text_sampling import TEXT_SAMPLINGS, sample_text  # noqa: E402
-from reaf.evaluation.prompts import CLASSES  # noqa: E402
-from reaf.evaluation.protocol import prompt_embeddings, zero_shot_probabilities  # noqa: E402
-from reaf.model.config import load_model_config  # noqa: E402
-from reaf.model.loss import local_contrastive_loss  # noqa: E402
-from reaf.synthetic.dataset import plan_split_tables  # noqa: E402
+from bench.common import RESEARCH_RESULTS, machine_info, write_result
+from bench.demo_research.demo_diagnostics import aucs, recall_at_5, train_steps
+from reaf import create_model
+from reaf.data.csv_tables import report_text
+from reaf.data.text_sampling import TEXT_SAMPLINGS, sample_text
+from reaf.evaluation.prompts import CLASSES
+from reaf.evaluation.protocol import prompt_embeddings, zero_shot_probabilities
+from reaf.model.config import load_model_config
+from reaf.model.loss import local_contrastive_loss
+from reaf.synthetic.dataset import plan_split_tables
 
 # The demo's text section before it became MiniLM (configs/demo.json until issue #12): the from-scratch baseline.
 SCRATCH_TEXT = {"vocab_size": 383, "hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -121,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=600, help="optimiser steps per learner (batch 32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", nargs="*", help="run only these learners")
-    p.add_argument("--out", help="write the JSON here instead of bench/results/text_side.json")
+    p.add_argument("--out", help="write the JSON here instead of bench/demo_research/results/text_side.json")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     info = machine_info()
@@ -162,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
             "results": results,
             "machine": dict(info),
         }
-        path = write_result("text_side", result, args.out)  # after every learner: a long run keeps what it measured
+        # after every learner: a long run keeps what it measured
+        path = write_result("text_side", result, args.out, folder=RESEARCH_RESULTS)
     print(f"wrote {path}")
 
 

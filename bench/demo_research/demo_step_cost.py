@@ -1,7 +1,7 @@
 """What the demo's untried levers would cost: seconds per training step of batch 32, on the demo's own reports.
 
 The demo trains each of its two models for 2250 steps of batch 32 within a 15-minute budget it shares with data
-generation, preprocessing and evaluation (README "The demo"). This times one optimiser step (forward, backward,
+generation, preprocessing and evaluation (README.md, "The demo"). This times one optimiser step (forward, backward,
 AdamW) of
 - the image side of the `demo` config at width 48 (its width when this was first run), and with 8x8x8 patches
   (4x12x12 = 576 tokens) or 8x12x12 patches (4x8x8 = 256) or width 72, the text side reading cached features as in
@@ -12,30 +12,24 @@ AdamW) of
 and projects each to the demo's 2250 steps. Volumes are random (timing only); reports come from a demo folder's
 CSV (pandas), tokenised by the model's MiniLM tokenizer.
 
-    python bench/demo_step_cost.py --demo-dir demo_runs/v4/seed_0
+    python -m bench.demo_research.demo_step_cost --demo-dir demo_runs/v4/seed_0
 
-Writes bench/results/demo_step_cost.json (or --out).
+Writes bench/demo_research/results/demo_step_cost.json (or --out).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ct_like import demo_train_reports, machine_info, write_result  # noqa: E402
-
-from reaf import create_model  # noqa: E402
-from reaf.data.text_sampling import split_sentences  # noqa: E402
-from reaf.model.config import load_model_config  # noqa: E402
-from reaf.model.loss import local_contrastive_loss  # noqa: E402
+from bench.common import RESEARCH_RESULTS, demo_train_reports, machine_info, write_result
+from reaf import create_model
+from reaf.data.text_sampling import split_sentences
+from reaf.model.config import load_model_config
+from reaf.model.loss import local_contrastive_loss
 
 BATCH, DEMO_STEPS = 32, 2250
 WIDTH_48 = {"width": 48, "num_heads": 2}  # the `demo` config's width when this was first run (72 since)
@@ -117,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     print(write_result("demo_step_cost", {
         "settings": {"demo_dir": args.demo_dir, "batch": BATCH, "repeats": args.repeats, "demo_steps": DEMO_STEPS,
                      "timing": "median of the repeats after two warm-up steps, fp32, torch threads as the demo"},
-        "machine": machine, "results": results}, args.out))  # fmt: skip
+        "machine": machine, "results": results}, args.out, folder=RESEARCH_RESULTS))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Benchmarks a user reruns, as `python -m bench.<name>` from the repository root (demo research: demo_research/)."""
