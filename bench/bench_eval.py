@@ -18,8 +18,9 @@ import torch
 
 from bench.common import RESULTS, machine_info
 from reaf import atomic, create_model
+from reaf.data.csv_tables import CLASSES
 from reaf.evaluation.encoding import encode_texts
-from reaf.evaluation.prompts import CLASSES, class_prompts
+from reaf.evaluation.prompts import class_prompts
 from reaf.evaluation.protocol import classify, prompt_embeddings, zero_shot_probabilities
 from reaf.evaluation.retrieval import retrieval_metrics
 
@@ -73,7 +74,7 @@ def encode_per_class(model, volumes) -> dict[str, float]:
 
 def end_to_end(model, n: int, *, batch_size: int, workers: int) -> dict[str, float]:
     """run_evaluation on n synthetic CT-RATE volumes read from NIfTI (ori, resized): loading included, no plots."""
-    from reaf.data.formats import InputSpec
+    from reaf.data.input_spec import InputSpec
     from reaf.data.readers import read_split
     from reaf.evaluation.protocol import run_evaluation
     from reaf.synthetic.dataset import generate

@@ -18,7 +18,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import RESULTS, machine_info
 from reaf import create_model
-from reaf.data.formats import InputSpec, load_volume, save_cache
+from reaf.data.formats import load_volume, save_cache
+from reaf.data.input_spec import InputSpec
 
 BF16_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
 

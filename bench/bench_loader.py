@@ -19,7 +19,8 @@ import torch
 
 from bench.common import machine_info, make_sources, write_result
 from reaf.data import transforms as T
-from reaf.data.formats import InputSpec, VolumeMeta, load_volume, nifti_to_hu, save_cache, save_stage1, save_stage2
+from reaf.data.formats import VolumeMeta, load_volume, nifti_to_hu, save_cache, save_stage1, save_stage2
+from reaf.data.input_spec import InputSpec
 
 SPEC = InputSpec((112, 336, 336), -1150.0, 350.0, "crop")
 META = VolumeMeta(xy_spacing=(0.7, 0.7), z_spacing=1.5, slope=1.0, intercept=-1024.0)

@@ -1,7 +1,7 @@
 """What `--positives shared` costs a training step: the (N, N) text-is-true-of-volume mask of a global batch.
 
 Every rank computes the mask of the whole global batch before the loss (reaf.training.step._positives). This times
-reaf.data.text_sampling.shared_positives against the subset definition it implements (each text's sentence set
+reaf.model.loss.shared_positives against the subset definition it implements (each text's sentence set
 within each report's, as nested frozenset comparisons: the implementation before it), on N reports of a demo folder
 (pandas CSV) with the texts `--text-sampling both` draws in epoch 1, and checks that both give the same mask.
 
@@ -19,7 +19,8 @@ import time
 import numpy as np
 
 from bench.common import demo_train_reports, machine_info, write_result
-from reaf.data.text_sampling import sample_text, shared_positives, split_sentences
+from reaf.data.text_sampling import sample_text, split_sentences
+from reaf.model.loss import shared_positives
 
 
 def by_definition(texts: list[str], reports: list[str]) -> np.ndarray:

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from bench.common import machine_info, make_sources, write_result
 from reaf.atomic import write_bytes
 from reaf.data import transforms as T
-from reaf.data.formats import InputSpec, VolumeMeta, nifti_to_hu
+from reaf.data.formats import VolumeMeta, nifti_to_hu
+from reaf.data.input_spec import InputSpec
 from reaf.data.preprocessing import Job, convert
 
 SPEC = InputSpec((112, 336, 336), -1150.0, 350.0, "crop")

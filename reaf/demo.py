@@ -30,12 +30,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=30, help="30 x 75 steps of batch 32 on 2400 volumes")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3,
-                   help="peak learning rate (bench/demo_levers.py measures 1e-3 against it)")
+                   help="peak learning rate (bench/demo_research/demo_levers.py measures 1e-3 against it)")
     p.add_argument("--warmup", type=int, default=10, help="warm-up steps")
     p.add_argument("--workers", type=int, default=2, help="processes for generation, preprocessing and loading")
     p.add_argument("--seed", type=int, default=0)
     # main.py's text flags (help and choices from main.py's parser) with the demo's defaults: whole reports in epoch
-    # 0, then a sentence or the report with shared positives (bench/demo_levers.py and README "The demo" measure them)
+    # 0, then a sentence or the report with shared positives (docs/demo.md records the measurements)
     add_text_flags(p, text_sampling="both", report_epochs=1, positives="shared")
     p.add_argument("--keep-in-memory", action=argparse.BooleanOptionalAction, default=True,
                    help="train from volumes held in memory after the first epoch (main.py --keep-in-memory, in this "

@@ -44,13 +44,13 @@ from torch import nn
 
 from bench.common import RESEARCH_RESULTS, machine_info, write_result
 from reaf import create_model
-from reaf.data.formats import InputSpec
+from reaf.data.csv_tables import CLASSES
+from reaf.data.input_spec import InputSpec
 from reaf.data.loader import VolumeDataset
 from reaf.data.readers import find_splits, read_split
 from reaf.demo import INPUT_INFO, make_data
 from reaf.demo import parse_args as demo_args
 from reaf.evaluation.metrics import weighted_auroc
-from reaf.evaluation.prompts import CLASSES
 from reaf.evaluation.protocol import prompt_embeddings, zero_shot_probabilities
 from reaf.evaluation.retrieval import rank_summary, report_volume_ranks
 from reaf.model.loss import local_contrastive_loss

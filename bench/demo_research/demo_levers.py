@@ -59,13 +59,13 @@ from torch import nn
 from bench.common import RESEARCH_RESULTS, machine_info, write_result
 from bench.demo_research.demo_diagnostics import aucs, load_split, recall_at_5
 from reaf import create_model
-from reaf.data.formats import InputSpec
+from reaf.data.input_spec import InputSpec
 from reaf.data.readers import find_splits
-from reaf.data.text_sampling import sample_text, shared_positives, split_sentences
+from reaf.data.text_sampling import sample_text, split_sentences
 from reaf.demo import INPUT_INFO
 from reaf.evaluation.prompts import class_prompts
 from reaf.model.config import load_model_config
-from reaf.model.loss import local_contrastive_loss
+from reaf.model.loss import local_contrastive_loss, shared_positives
 from reaf.training.optim import CosineSchedule, param_groups
 
 BATCH = 32

@@ -29,7 +29,7 @@ from sklearn.linear_model import LogisticRegression
 from bench.common import RESEARCH_RESULTS, machine_info, write_result
 from bench.demo_research.demo_diagnostics import aucs, load_split
 from reaf.data.csv_tables import CLASSES
-from reaf.data.formats import InputSpec
+from reaf.data.input_spec import InputSpec
 from reaf.data.readers import find_splits
 from reaf.demo import INPUT_INFO
 from reaf.evaluation.prompts import VOLUME_PAIRS, class_prompts, sentence

@@ -32,9 +32,8 @@ from torch import nn
 from bench.common import RESEARCH_RESULTS, machine_info, write_result
 from bench.demo_research.demo_diagnostics import aucs, recall_at_5, train_steps
 from reaf import create_model
-from reaf.data.csv_tables import report_text
+from reaf.data.csv_tables import CLASSES, report_text
 from reaf.data.text_sampling import TEXT_SAMPLINGS, sample_text
-from reaf.evaluation.prompts import CLASSES
 from reaf.evaluation.protocol import prompt_embeddings, zero_shot_probabilities
 from reaf.model.config import load_model_config
 from reaf.model.loss import local_contrastive_loss

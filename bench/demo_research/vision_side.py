@@ -34,9 +34,9 @@ from bench.common import RESEARCH_RESULTS, machine_info, write_result
 from bench.demo_research.demo_diagnostics import aucs, load_split, recall_at_5
 from reaf import create_model
 from reaf.data import transforms as T
-from reaf.data.formats import InputSpec
+from reaf.data.csv_tables import CLASSES
+from reaf.data.input_spec import InputSpec
 from reaf.demo import INPUT_INFO, make_data
-from reaf.evaluation.prompts import CLASSES
 from reaf.model.config import load_model_config
 from reaf.model.loss import local_contrastive_loss
 from reaf.synthetic.dataset import plan_split, synth_volume

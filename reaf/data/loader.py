@@ -195,7 +195,7 @@ def build_dataloader(
     """A loader of TokenizingCollate batches over `split`, sharded by UnitSampler over the distributed ranks
     (num_replicas/rank override them). Deterministic given seed and epoch; the caller calls
     loader.sampler.set_epoch(epoch) before each later epoch. drop_last defaults to `train`. skip_bad: unreadable
-    volumes are dropped from their batch and listed in its "skipped" (see reaf.data.skips), else they raise.
+    volumes are dropped from their batch and listed in its "skipped" (see reaf.training.skips), else they raise.
     text_sampling (training only): each sample's text is drawn from (seed, epoch, index), the sampler handing the
     epoch to the dataset with each index, so one loader (and its persistent workers) serves every epoch; the first
     report_epochs epochs use whole reports whatever text_sampling says; sentence_share is `both`'s share of

@@ -1,4 +1,4 @@
-"""Loading weights: our checkpoints and the reference's (open_clip) format, mapped by key and checked strictly."""
+"""Loading weights: our checkpoints and the reference's (open_clip) format, whose keys are ours, checked strictly."""
 
 from __future__ import annotations
 

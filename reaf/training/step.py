@@ -154,7 +154,7 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[Batch], pos: Position, *
         micro.append(to_device(batch, ctx.device))
         if len(micro) < ctx.accum_freq:
             continue
-        live = [b for b in micro if b["name"]]  # --skip-bad can empty a batch (on every rank alike, reaf.data.skips)
+        live = [b for b in micro if b["name"]]  # --skip-bad can empty a batch (on every rank alike, reaf.training.skips)
         if not live:
             pos, micro = Position(pos.epoch, pos.batches_done + len(micro), pos.step), []
             continue

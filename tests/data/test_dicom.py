@@ -26,7 +26,8 @@ from pydicom.uid import (  # noqa: E402
 )
 
 from reaf.data.dicom import dicom_stage1_shape, dicom_to_hu, is_dicom_series, read_dicom_series  # noqa: E402
-from reaf.data.formats import InputSpec, load_volume, volume_file  # noqa: E402
+from reaf.data.formats import load_volume, volume_file  # noqa: E402
+from reaf.data.input_spec import InputSpec  # noqa: E402
 from reaf.data.loader import VolumeDataset  # noqa: E402
 from reaf.data.readers import read_split  # noqa: E402
 from reaf.preprocess import main as preprocess_main  # noqa: E402

@@ -41,7 +41,7 @@ def records_machine(result: dict) -> bool:
 
 
 def test_every_flag_is_in_the_readme(monkeypatch):
-    from reaf.training.settings import build_parser
+    from reaf.training.flags import build_parser
 
     documented = set(re.findall(r"`(--[a-z0-9-]+)`", README))
     missing = (flags(build_parser()) | flags(zero_shot_parser(monkeypatch))) - documented

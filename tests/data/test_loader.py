@@ -1,0 +1,166 @@
+"""DataLoader assembly: contract batches from real files, seeded order, rank sharding, scan sampling, errors."""
+
+import gzip
+
+import numpy as np
+import pytest
+import torch
+
+from reaf.data.formats import load_volume, volume_file
+from reaf.data.loader import UnitSampler, VolumeDataset, build_dataloader
+from tests.support.layouts import SPEC, TRAIN
+
+
+def names_of(loader) -> list[str]:
+    return [name for batch in loader for name in batch["name"]]
+
+
+def test_batches_follow_the_contract(split, tokenize):
+    loader = build_dataloader(split, SPEC, tokenize, batch_size=4, workers=0, seed=0, train=False)
+    batches = list(loader)
+    assert [len(b["name"]) for b in batches] == [4, 2] and names_of(loader) == [s.name for s in split.samples]
+    for batch in batches:
+        b = len(batch["name"])
+        assert batch["image"].shape == (b, 1, *SPEC.size) and batch["image"].dtype == torch.float32
+        assert batch["input_ids"].dtype == torch.long and batch["attention_mask"].dtype == torch.long
+        assert batch["input_ids"].shape == batch["attention_mask"].shape and batch["input_ids"].shape[0] == b
+        ids, mask = tokenize(batch["report"])
+        assert torch.equal(batch["input_ids"], ids) and torch.equal(batch["attention_mask"], mask)
+        for i, name in enumerate(batch["name"]):
+            sample = next(s for s in split.samples if s.name == name)
+            assert batch["report"][i] == sample.report
+            assert torch.equal(batch["labels"][i], torch.from_numpy(sample.labels))
+            direct = load_volume(volume_file(split.root, sample.rel, "ori"), "ori", SPEC, sample.meta)
+            assert torch.equal(batch["image"][i], direct)
+    assert loader.pin_memory == torch.cuda.is_available() and not loader.persistent_workers
+
+
+def test_unlabelled_split_gives_nan_labels(split, tokenize):
+    unlabelled = type(split)(split.samples[:2], split.root, split.fmt, False, split.source)
+    unlabelled.samples = [type(s)(**{**vars(s), "labels": None}) for s in unlabelled.samples]
+    batch = next(iter(build_dataloader(unlabelled, SPEC, tokenize, batch_size=2, workers=0, seed=0, train=False)))
+    assert batch["labels"].shape == (2, 18) and torch.isnan(batch["labels"]).all()
+
+
+def test_same_seed_same_batches_with_workers(split, tokenize):
+    def run(seed, workers, epoch=0):
+        loader = build_dataloader(split, SPEC, tokenize, batch_size=2, workers=workers, seed=seed, train=True)
+        loader.sampler.set_epoch(epoch)
+        return [(b["name"], b["image"], b["input_ids"]) for b in loader]
+
+    first, again = run(3, workers=2), run(3, workers=0)
+    assert len(first) == 3 and [b[0] for b in first] == [b[0] for b in again]
+    assert all(torch.equal(x[1], y[1]) and torch.equal(x[2], y[2]) for x, y in zip(first, again))
+    orders = {tuple(n for b in run(seed, 0, epoch) for n in b[0]) for seed, epoch in [(3, 0), (4, 0), (3, 1)]}
+    assert len(orders) == 3, "seed and epoch change the order"
+    assert all(sorted(order) == sorted(TRAIN) for order in orders)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_two_ranks_cover_without_overlap(split, tokenize, train):
+    shards = [
+        names_of(
+            build_dataloader(
+                split, SPEC, tokenize, batch_size=1, workers=0, seed=5, train=train, num_replicas=2, rank=r
+            )
+        )
+        for r in (0, 1)
+    ]
+    assert isinstance(
+        build_dataloader(split, SPEC, tokenize, batch_size=1, workers=0, seed=5, train=train).sampler,
+        torch.utils.data.DistributedSampler,
+    )
+    assert len(shards[0]) == len(shards[1]) == 3
+    assert not set(shards[0]) & set(shards[1]) and sorted(shards[0] + shards[1]) == sorted(TRAIN)
+
+
+def test_sampler_shard_sizes(split):
+    def shards(train, drop_last, world=4):
+        return [
+            list(
+                UnitSampler(
+                    split, sample_unit="volume", seed=0, train=train, num_replicas=world, rank=r, drop_last=drop_last
+                )
+            )
+            for r in range(world)
+        ]
+
+    evaluation = shards(False, False)
+    assert [len(s) for s in evaluation] == [2, 2, 1, 1] and sorted(sum(evaluation, [])) == list(range(6))
+    dropped = shards(True, True)
+    assert [len(s) for s in dropped] == [1, 1, 1, 1] and len(set(sum(dropped, []))) == 4
+    padded = shards(True, False)
+    assert [len(s) for s in padded] == [2, 2, 2, 2] and set(sum(padded, [])) == set(range(6))
+
+
+def test_sample_unit_scan_one_reconstruction_per_scan(split, tokenize):
+    scans = [s.scan_id for s in split.samples]
+    chosen = []
+    for epoch in range(6):
+        per_rank = [
+            UnitSampler(split, sample_unit="scan", seed=1, train=True, num_replicas=2, rank=r, drop_last=False)
+            for r in (0, 1)
+        ]
+        for sampler in per_rank:
+            sampler.set_epoch(epoch)
+        picked = sorted(i for sampler in per_rank for i in sampler)
+        assert sorted(scans[i] for i in picked) == sorted(set(scans)), "one reconstruction of each scan, across ranks"
+        chosen.append(tuple(picked))
+    assert len(set(chosen)) > 1, "the reconstruction changes across epochs"
+    loader = build_dataloader(split, SPEC, tokenize, batch_size=2, workers=0, seed=1, train=True, sample_unit="scan")
+    assert len(loader) == 2 and sorted(n.rsplit("_", 1)[0] for n in names_of(loader)) == sorted(set(scans))
+    with pytest.raises(ValueError, match="sample_unit"):
+        build_dataloader(split, SPEC, tokenize, batch_size=2, workers=0, seed=1, train=True, sample_unit="patient")
+
+
+def test_worker_error_names_the_file(split, tokenize, tmp_path):
+    broken = type(split)(list(split.samples), tmp_path, split.fmt, True, split.source)
+    for sample in broken.samples:
+        src, dst = split.root / (sample.rel + ".nii.gz"), tmp_path / (sample.rel + ".nii.gz")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(src.read_bytes())
+    victim = tmp_path / (broken.samples[3].rel + ".nii.gz")
+    victim.write_bytes(gzip.compress(b"not a nifti")[:20])
+    dataset = VolumeDataset(broken, SPEC)
+    assert dataset[0]["image"].shape == (1, *SPEC.size)
+    loader = build_dataloader(broken, SPEC, tokenize, batch_size=2, workers=1, seed=0, train=False)
+    with pytest.raises(Exception, match=victim.name):
+        names_of(loader)
+
+
+def test_drop_last_needs_a_full_batch(split, tokenize):
+    with pytest.raises(ValueError, match="batch size"):
+        build_dataloader(split, SPEC, tokenize, batch_size=7, workers=0, seed=0, train=True)
+    assert np.isclose(len(build_dataloader(split, SPEC, tokenize, batch_size=7, workers=0, seed=0, train=False)), 1)
+
+
+def test_keep_in_memory_reads_each_file_once(split, tokenize, monkeypatch):
+    import reaf.data.loader as loader_module
+
+    reads = []
+    real = loader_module.load_volume
+    monkeypatch.setattr(loader_module, "load_volume", lambda path, *a: reads.append(path) or real(path, *a))
+    loader = build_dataloader(split, SPEC, tokenize, batch_size=2, workers=0, seed=0, train=True,
+                              keep_in_memory=True)
+    first = {name: img for b in loader for name, img in zip(b["name"], b["image"])}
+    loader.sampler.set_epoch(1)
+    second = {name: img for b in loader for name, img in zip(b["name"], b["image"])}
+    assert len(reads) == len(first) == len(set(reads))  # the second epoch read no file
+    assert all(torch.equal(second[name], first[name]) for name in second)
+    with pytest.raises(ValueError, match="--workers 0"):
+        build_dataloader(split, SPEC, tokenize, batch_size=2, workers=1, seed=0, train=True, keep_in_memory=True)
+
+
+def test_one_loader_with_a_persistent_worker_samples_new_sentences_each_epoch(split, tokenize):
+    from reaf.data.text_sampling import sample_text
+
+    loader = build_dataloader(split, SPEC, tokenize, batch_size=2, workers=1, seed=3, train=True,
+                              text_sampling="sentence")
+    index = {s.name: i for i, s in enumerate(split.samples)}
+    for epoch in (0, 1, 2):
+        loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            ids, _ = tokenize([sample_text(split.samples[index[n]].report, "sentence", seed=3, epoch=epoch,
+                                           index=index[n]) for n in batch["name"]])
+            assert torch.equal(batch["input_ids"][:, : ids.shape[1]], ids)
+    assert loader.persistent_workers
