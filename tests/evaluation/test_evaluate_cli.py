@@ -76,6 +76,21 @@ def test_reference_format_checkpoint_end_to_end(synthetic, tmp_path, capsys):
     assert load_embeddings(out / "embeddings.pt")["meta"]["checkpoint"]["sha256"] == results["checkpoint"]["sha256"]
 
 
+def test_zero_shot_reads_the_checkpoint_once_on_its_way_to_the_model(synthetic, tmp_path, monkeypatch):
+    import zero_shot
+
+    root, labels_csv, names = synthetic
+    torch.manual_seed(2)
+    model = create_model("tiny")
+    ckpt = tmp_path / "ours.pt"  # our format: the model is built from the checkpoint's own config
+    torch.save({"state_dict": model.state_dict(), "config": {"model": model.cfg.to_dict()}}, ckpt)
+    loads, real_load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **k: loads.append(str(f)) or real_load(f, *a, **k))
+    args = zero_shot_args(labels_csv, ckpt, tmp_path / "out", names[0])
+    assert zero_shot.main([*args[:-2], "--no-plots"]) == 0
+    assert loads.count(str(ckpt)) == 1, loads
+
+
 def test_main_py_checkpoint_then_zero_shot_cli(synthetic, tmp_path):
     import main
 

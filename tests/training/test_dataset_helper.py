@@ -7,7 +7,8 @@ from tests.support.training import NUM_TRAIN, make_dataset
 
 def test_the_dataset_helper_gives_cached_splits_at_the_tiny_input(tmp_path):
     from reaf.data import readers
-    from reaf.data.input_spec import InputSpec, load_volume, volume_file
+    from reaf.data.formats import load_volume, volume_file
+    from reaf.data.input_spec import InputSpec
 
     root = make_dataset(tmp_path)
     found = readers.find_splits(root)
