@@ -15,8 +15,13 @@ DROPPED_KEYS = ("text.transformer.embeddings.position_ids", "text.transformer.em
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """torch.load with weights_only=True on the CPU; memory-mapped when the file allows (skips optimizer pages)."""
+    """torch.load with weights_only=True on the CPU; memory-mapped when the file allows (skips optimizer pages).
+    A weights folder (reaf.export) is read from safetensors instead, into the same dict shape."""
     path = Path(path)
+    if path.is_dir():
+        from reaf.model.pretrained import read_weights
+
+        return read_weights(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
@@ -104,6 +109,10 @@ def model_from_checkpoint(path: str | Path, *, model: str | None = None, cxr_ber
     from reaf.model.clip import create_model
     from reaf.model.config import config_from_dict
 
+    if Path(path).is_dir():  # a weights folder builds its own text tower and tokenizer (reaf.model.pretrained)
+        from reaf.model.pretrained import from_pretrained
+
+        return from_pretrained(path, model=model, config=config, cxr_bert_path=cxr_bert_path)
     if model is not None:
         net = create_model(model, cxr_bert_path=cxr_bert_path)
     elif config is not None:
