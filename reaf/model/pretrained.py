@@ -253,13 +253,14 @@ def export_checkpoint(checkpoint: str | Path, folder: str | Path, *, results: st
     reference = is_reference_format(obj)
     train = None if reference else (obj["config"].get("args") or None)
     run = {k: obj[k] for k in ("epoch", "step", "name") if isinstance(obj.get(k), (int, str))}
+    kind = "reference (open_clip reaf.pt)" if reference else "reaf checkpoint"
     if "weights_folder" in obj:
-        run = dict(obj["weights_folder"].get("source_checkpoint", {}).get("run") or {})
+        kind = "reaf weights folder"
+        run = dict((obj["weights_folder"].get("source_checkpoint") or {}).get("run") or {})
     del obj
     net = model_from_checkpoint(checkpoint, model=model, cxr_bert_path=cxr_bert_path)
     spec = recorded_input_spec(read_checkpoint(checkpoint), net.cfg.vision.img_size)
-    source = {**file_fingerprint(checkpoint), "format": "reference (open_clip reaf.pt)" if reference else "reaf",
-              "run": run}
+    source = {**file_fingerprint(checkpoint), "format": kind, "run": run}
     evaluation = read_results(results) if results is not None else None
     card = model_card(net, source=source, train=train, input_spec=spec, results=evaluation)
     return save_pretrained(net, folder, input_spec=spec, source=source, train=train, card=card)
