@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from reaf.evaluation.predictor import Prediction, Predictor
     from reaf.model.checkpoint import load_checkpoint
     from reaf.model.clip import ReafCLIP, create_model
+    from reaf.model.pretrained import from_pretrained
 
-__all__ = ["ReafCLIP", "create_model", "load_checkpoint"]
+__all__ = ["Prediction", "Predictor", "ReafCLIP", "create_model", "from_pretrained", "load_checkpoint"]
 
 
 def __getattr__(name: str) -> Any:
@@ -17,6 +19,14 @@ def __getattr__(name: str) -> Any:
         from reaf.model.checkpoint import load_checkpoint
 
         return load_checkpoint
+    if name == "from_pretrained":
+        from reaf.model.pretrained import from_pretrained
+
+        return from_pretrained
+    if name in ("Predictor", "Prediction"):
+        from reaf.evaluation import predictor
+
+        return getattr(predictor, name)
     if name in ("ReafCLIP", "create_model"):
         from reaf.model import clip as model
 

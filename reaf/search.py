@@ -76,6 +76,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     store = load_embeddings(Path(args.embeddings))
+    if args.volume is not None and store.get("reports") is None:
+        raise ValueError(f"{args.embeddings}: holds no reports (made by reaf.predict); --volume needs a split's "
+                         "embeddings from zero_shot.py, --query works on it")
     if args.volume is not None and args.volume not in store["names"]:
         raise KeyError(f"{args.embeddings}: volume {args.volume!r} is not in it (it holds {len(store['names'])} volumes)")
     if args.volume is not None:

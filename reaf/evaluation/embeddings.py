@@ -89,8 +89,13 @@ def encoded_split(
 
 
 def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
-    """{"path", "size", "sha256", "sha256_scope"} of a file; huge files hash first+last MiB and the size (said so)."""
+    """{"path", "size", "sha256", "sha256_scope"} of a file; huge files hash first+last MiB and the size (said so).
+    A weights folder (reaf.export) is fingerprinted by its config.json and model.safetensors."""
     path = Path(path)
+    if path.is_dir():
+        from reaf.model.pretrained import folder_fingerprint
+
+        return folder_fingerprint(path)
     size = path.stat().st_size
     digest = hashlib.sha256()
     with path.open("rb") as f:

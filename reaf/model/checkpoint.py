@@ -15,9 +15,14 @@ DROPPED_KEYS = ("text.transformer.embeddings.position_ids", "text.transformer.em
 
 
 def read_checkpoint(path: str | Path, *, mmap: bool = True) -> dict[str, Any]:
-    """The one reader of a checkpoint file: torch.load with weights_only=True on the CPU, memory-mapped when the
-    file allows and `mmap` (skips optimizer pages when only weights are wanted; resuming reads it whole)."""
+    """The one reader of a checkpoint: a file through torch.load with weights_only=True on the CPU, memory-mapped
+    when the file allows and `mmap` (skips optimizer pages when only weights are wanted; resuming reads it whole);
+    a weights folder (reaf.export) from its safetensors, never unpickled, into the same dict shape."""
     path = Path(path)
+    if path.is_dir():
+        from reaf.model.pretrained import read_weights
+
+        return read_weights(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
@@ -114,6 +119,10 @@ def model_from_checkpoint(path: str | Path, *, model: str | None = None, cxr_ber
     from reaf.model.clip import create_model
     from reaf.model.config import config_from_dict
 
+    if Path(path).is_dir():  # a weights folder builds its own text tower and tokenizer (reaf.model.pretrained)
+        from reaf.model.pretrained import from_pretrained
+
+        return from_pretrained(path, model=model, config=config, cxr_bert_path=cxr_bert_path)
     ckpt = read_checkpoint(path)  # read once: the config (when needed) and the weights come from this one load
     if model is not None:
         net = create_model(model, cxr_bert_path=cxr_bert_path)

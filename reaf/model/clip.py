@@ -24,13 +24,13 @@ class ReafCLIP(nn.Module):
     (`logit_scale`, `visual.trunk.*`, `visual.head.proj.weight`, `text.transformer.*`, `text.proj.weight`).
     """
 
-    def __init__(self, cfg: ModelConfig, bert_path: str | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, bert_path: str | None = None, bert: nn.Module | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.bert_path = bert_path
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
         self.visual = VisionTower(cfg.vision, cfg.embed_dim)
-        self.text = TextTower(cfg.text, cfg.embed_dim, bert_path)
+        self.text = TextTower(cfg.text, cfg.embed_dim, bert_path, bert=bert)
         self._tokenizer = None  # built on first use: a random-init CXR-BERT tower has no tokenizer files
         if cfg.text.lock:
             self.text.lock(whole=cfg.text.lock == "all")

@@ -143,10 +143,13 @@ class TextTower(nn.Module):
     and each distinct text's features are computed once and kept (keyed by its token ids, shared by towers with the
     same weights)."""
 
-    def __init__(self, cfg: TextConfig, embed_dim: int, bert_path: str | None = None) -> None:
+    def __init__(self, cfg: TextConfig, embed_dim: int, bert_path: str | None = None,
+                 bert: BertModel | None = None) -> None:
         super().__init__()
         self.cfg = cfg
-        if bert_path is not None:
+        if bert is not None:  # built by the caller (a weights folder: architecture from its text/config.json)
+            self.transformer = bert
+        elif bert_path is not None:
             self.transformer = load_bert(bert_path)  # CXR-BERT's code never runs; nothing is fetched
         elif cfg.pretrained is not None:
             self.transformer = load_pretrained_bert(cfg)

@@ -1,0 +1,208 @@
+"""reaf.predict on NIfTI scans: the probabilities zero_shot.py gives for the same volumes and weights, embeddings
+reaf.search reads, kept regions mapped back to the scan's own voxels and affine, token maps, inputs found in
+folders and CSVs, and unreadable scans stopping the run with one line or listed under --skip-bad."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from reaf import Predictor, create_model
+from reaf.cli import run_cli
+from reaf.data import transforms as T
+from reaf.data.formats import read_nifti
+from reaf.data.input_spec import InputSpec
+from reaf.evaluation.encoding import encode_texts
+from reaf.evaluation.prompts import CLASSES
+from reaf.evaluation.saliency_map import grid_to_voxels, saliency_image
+from reaf.evaluation.scans import ScanError, find_scans, read_geometry, read_hu
+from reaf.export import main as export_main
+from reaf.predict import main as predict_main
+
+NAMES = ["valid_1_a_1", "valid_2_a_1", "valid_3_a_1", "valid_4_a_1"]
+RESIZE = ["--input-info", "-1150", "350", "resize"]
+
+
+def write_scan(path, seed, shape=(100, 90, 16), zooms=(1.0, 1.0, 5.0), codes="LPS"):
+    """An int16 HU NIfTI: air around a noisy body box with a bright spot; axes stated as `codes` (LPS or RAS)."""
+    rng = np.random.default_rng(seed)
+    data = rng.normal(-1000, 15, shape)
+    body = tuple(slice(int(n * f), n - int(n * f)) for n, f in zip(shape, (0.15, 0.15, 0.1)))
+    data[body] = rng.normal(20, 120, data[body].shape)
+    centre = rng.integers([30, 30, 4], [shape[0] - 30, shape[1] - 30, shape[2] - 4])
+    data[tuple(slice(c - 5, c + 5) for c in centre)] = 900
+    signs = (-1.0, -1.0) if codes == "LPS" else (1.0, 1.0)
+    affine = np.diag([signs[0] * zooms[0], signs[1] * zooms[1], zooms[2], 1.0])
+    affine[:3, 3] = (12.0, -30.0, -200.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data.astype(np.int16), affine), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny model's checkpoint and weights folder, and a layout-B split of NIfTI scans with reports and labels."""
+    root = tmp_path_factory.mktemp("predict")
+    torch.manual_seed(0)
+    model = create_model("tiny").eval()
+    ckpt = root / "ckpt.pt"
+    torch.save({"state_dict": model.state_dict(), "config": {"model": model.cfg.to_dict()}}, ckpt)
+    export_main([str(ckpt), "--out", str(root / "weights")])
+    split = root / "test"
+    for n, name in enumerate(NAMES):
+        write_scan(split / "volumes" / f"{name}.nii.gz", seed=n, codes="RAS" if n % 2 else "LPS")
+    (split / "reports").mkdir()
+    (split / "reports" / "reports.json").write_text(json.dumps({n: f"Findings: case {n}." for n in NAMES}))
+    labels = pd.DataFrame(np.random.default_rng(0).integers(0, 2, (len(NAMES), len(CLASSES))), columns=CLASSES)
+    labels.insert(0, "VolumeName", [f"{n}.nii.gz" for n in NAMES])
+    labels.to_csv(split / "labels.csv", index=False)
+    return model, ckpt, root / "weights", split
+
+
+def test_probabilities_equal_zero_shot_and_search_reads_the_embeddings(setup, tmp_path, capsys):
+    import zero_shot
+
+    model, ckpt, weights, split = setup
+    assert zero_shot.main(["--resume", str(weights), "--zeroshot-ct-rate", str(split), "--input-data-type", "ori",
+                           *RESIZE, "--results-dir", str(tmp_path / "zs"), "--batch-size", "2", "--workers", "0",
+                           "--device", "cpu", "--bootstrap", "10", "--no-plots"]) == 0
+    expected = pd.read_csv(tmp_path / "zs" / "probabilities.csv").set_index("VolumeName")
+    expected = expected[[f"volume:{c}" for c in CLASSES]].loc[NAMES].to_numpy()
+    assert np.ptp(expected, axis=0).max() > 1e-5  # the volumes differ by far more than the tolerance below
+    for source in (ckpt, weights):
+        out = tmp_path / f"out_{source.name}"
+        assert predict_main([str(split / "volumes"), "--model", str(source), "--out", str(out), *RESIZE,
+                             "--batch-size", "2", "--device", "cpu"]) == 0
+        table = pd.read_csv(out / "predictions.csv")
+        assert list(table.columns) == ["source", *CLASSES, "error"]
+        assert table["source"].tolist() == [str(split / "volumes" / f"{n}.nii.gz") for n in NAMES]
+        assert np.abs(table[CLASSES].to_numpy() - expected).max() <= 1e-9  # the same arithmetic: equal to the digit
+    printed = capsys.readouterr().out
+    assert "4 scan(s) predicted, 0 skipped" in printed and "valid_1_a_1.nii.gz" in printed
+
+    from reaf.search import main as search_main
+
+    store = out / "embeddings.pt"
+    assert search_main(["--embeddings", str(store), "--query", "bilateral pleural effusion", "-k", "4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "4 volumes" in lines[0]
+    query = encode_texts(model, ["bilateral pleural effusion"], batch_size=1, device="cpu")[0]
+    image = np.stack([Predictor(model, input_info=RESIZE[1:]).predict(p).embedding for p in table["source"]])
+    order = np.argsort(-(image @ query), kind="stable")
+    assert [line.split()[2] for line in lines[1:]] == table["source"][order].tolist()
+    with pytest.raises(ValueError, match="holds no reports"):
+        search_main(["--embeddings", str(store), "--volume", NAMES[0]])
+
+
+def pushed_forward(image, spec, folder):
+    """A label NIfTI read as a scan is (reoriented by its header), resampled to 3x1x1 mm and fitted to the input."""
+    path = folder / "label.nii.gz"
+    nib.save(image, path)
+    stored, _, spacing = read_nifti(path, "header")
+    forward = T.resample(torch.from_numpy(stored.astype(np.float32)), spacing)
+    return T.pad_crop(forward, spec.size) if spec.mode == "crop" else T.resize(forward, spec.size)
+
+
+def settled(expected, window, pad):
+    """Voxels whose `window`-neighbourhood holds one value, outside `pad` planes of z padding at each end."""
+    low = -F.max_pool3d(-expected[None, None], window, 1, window // 2)[0, 0]
+    check = low == F.max_pool3d(expected[None, None], window, 1, window // 2)[0, 0]
+    check[:pad], check[check.shape[0] - pad:] = False, False
+    return check
+
+
+def upsample(grid):
+    return grid.repeat_interleave(8, 0).repeat_interleave(16, 1).repeat_interleave(16, 2)  # tiny's patch size
+
+
+@pytest.mark.parametrize(("mode", "slices", "z_mm", "window"), [("crop", 26, 3.0, 1), ("crop", 20, 4.5, 3),
+                                                                 ("resize", 20, 4.5, 5)])
+def test_token_maps_land_in_the_scans_own_voxels(tmp_path, mode, slices, z_mm, window):
+    """A token map mapped to the input's voxels, pushed forward through reading (an RAS scan is flipped to CT-RATE's
+    order), 3x1x1 mm resampling and the crop|resize fit, gives the token map back: exactly where nothing resamples
+    it (3 mm slices, crop), else wherever a `window`-voxel neighbourhood holds one token's value."""
+    path = write_scan(tmp_path / "ras.nii.gz", seed=7, shape=(110, 100, slices), zooms=(1.0, 1.0, z_mm), codes="RAS")
+    spec = InputSpec((32, 96, 96), -1150, 350, mode)
+    source = find_scans([path])[0]
+    geometry = read_geometry(source)
+    grid = np.random.default_rng(0).integers(0, 4, (4, 6, 6)).astype(np.uint8)
+    label = grid_to_voxels(grid, geometry, tuple(read_hu(source).shape), spec, (8, 16, 16))
+    image = saliency_image(label, geometry)
+    assert image.shape == nib.load(path).shape and np.allclose(image.affine, nib.load(path).affine)
+    expected = upsample(torch.from_numpy(grid).float())
+    check = settled(expected, window, (32 - round(slices * z_mm / 3)) // 2 if mode == "crop" else 0)
+    assert check.sum() > 0.4 * check.numel()
+    assert torch.allclose(pushed_forward(image, spec, tmp_path)[check], expected[check], atol=1e-4)
+
+
+def test_predicted_kept_regions_and_tokens(tmp_path):
+    """Predictor's hooks record the regions trunk.saliency_masks gives and the final normed patch tokens, without
+    changing the embedding; the kept regions land in the scan's own voxels (exact case: 3 mm slices, crop)."""
+    torch.manual_seed(0)
+    model = create_model("tiny", region_size=(1, 1, 1), top_k=4).eval()
+    path = write_scan(tmp_path / "ras.nii.gz", seed=7, shape=(110, 100, 26), zooms=(1.0, 1.0, 3.0), codes="RAS")
+    spec = InputSpec((32, 96, 96), -1150, 350, "crop")
+    predictor = Predictor(model, input_spec=spec)
+    pred = predictor.predict(path, saliency=True, tokens=True)
+    item = predictor.prepare(find_scans([path])[0], "ras", saliency=False)
+    trunk = model.visual.trunk
+    with torch.no_grad():
+        masks = trunk.saliency_masks(item.volume[None])
+        assert np.array_equal(pred.embedding, model.encode_image(item.volume[None])[0].numpy())
+        last, outputs = trunk.run_blocks(trunk.embed(item.volume[None]))
+        tokens = trunk.norm(last + trunk.added_vector(outputs)[:, None])[0, 1:].reshape(*trunk.grid, -1)
+    assert torch.equal(pred.tokens, tokens)
+    for level in ("scan", "slice"):
+        assert np.array_equal(pred.saliency_grid[level], masks[level][0].numpy())
+    expected = upsample(torch.from_numpy(masks["scan"][0].numpy() * 1 + masks["slice"][0].numpy() * 2).float())
+    check = settled(expected, 1, 3)
+    assert (expected[check] > 0).any() and torch.equal(pushed_forward(pred.saliency, spec, tmp_path)[check], expected[check])
+
+
+def test_inputs_from_folders_and_csv(tmp_path):
+    a = write_scan(tmp_path / "data" / "a.nii.gz", seed=1)
+    b = write_scan(tmp_path / "data" / "sub" / "b.nii", seed=2)
+    series = tmp_path / "data" / "sub" / "series1"
+    series.mkdir()
+    (series / "IM0001").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 16)
+    (tmp_path / "data" / "notes.txt").write_text("not a scan")
+    found = find_scans([tmp_path / "data"])
+    assert [(s.path, s.kind) for s in found] == [(a, "nifti"), (b, "nifti"), (series, "dicom")]
+    assert found[1].stem == "b"
+    (tmp_path / "list.csv").write_text(f"path,comment\ndata/a.nii.gz,x\n{series},y\ndata/a.nii.gz,again\n")
+    listed = find_scans([tmp_path / "list.csv"], series="1.2.3")
+    assert [(s.path, s.kind, s.series) for s in listed] == [(a, "nifti", None), (series, "dicom", "1.2.3")]
+    assert listed[1].label == f"{series}#1.2.3"
+    (tmp_path / "bad.csv").write_text("file\na.nii.gz\n")
+    for inputs, cause in (([tmp_path / "missing.nii.gz"], "no such file or folder"), ([tmp_path / "bad.csv"],
+                          "no 'path' column"), ([tmp_path / "data" / "notes.txt"], "not a NIfTI file")):
+        with pytest.raises(ScanError, match=cause):
+            find_scans(inputs)
+
+
+def test_unreadable_scan_one_line_error_or_listed_with_skip_bad(setup, tmp_path, capsys):
+    _, ckpt, _, split = setup
+    good = split / "volumes" / f"{NAMES[0]}.nii.gz"
+    bad = tmp_path / "cut.nii.gz"
+    bad.write_bytes(good.read_bytes()[:300])
+    argv = [str(good), str(bad), "--model", str(ckpt), "--out", str(tmp_path / "out"), *RESIZE, "--saliency",
+            "--tokens"]
+    assert run_cli("python -m reaf.predict", lambda: predict_main(argv)) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"python -m reaf.predict: error: {bad}: ") and "gzip" in err
+    assert not (tmp_path / "out" / "predictions.csv").exists()
+    assert predict_main([*argv, "--skip-bad"]) == 0
+    assert "1 scan(s) predicted, 1 skipped (unreadable)" in capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "out" / "predictions.csv", keep_default_na=False)
+    assert table["error"][0] == "" and table["error"][1].startswith(f"{bad}: ")
+    assert table.loc[1, CLASSES].eq("").all() and table.loc[0, CLASSES].astype(float).between(0, 1).all()
+    name = NAMES[0]
+    saliency = nib.load(tmp_path / "out" / "saliency" / f"{name}.nii.gz")
+    assert saliency.shape == nib.load(good).shape and np.allclose(saliency.affine, nib.load(good).affine)
+    assert (tmp_path / "out" / "saliency" / f"{name}.png").stat().st_size > 1000
+    assert load_file(tmp_path / "out" / "tokens" / f"{name}.safetensors")["tokens"].shape == (4, 6, 6, 48)
