@@ -58,6 +58,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from reaf.cli import run_cli
+    from reaf.exit_status import run_cli
 
     sys.exit(run_cli("python -m reaf.predict", main))

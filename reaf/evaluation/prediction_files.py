@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from reaf import atomic
+from reaf.data.csv_tables import CLASSES
 from reaf.evaluation.predictor import Prediction, Predictor
-from reaf.evaluation.prompts import CLASSES
 
 PREDICTIONS, EMBEDDINGS, SALIENCY_DIR, TOKENS_DIR = "predictions.csv", "embeddings.pt", "saliency", "tokens"
 

@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from reaf.data import transforms as T
+from reaf.data.csv_tables import CLASSES
 from reaf.data.input_spec import InputSpec
-from reaf.evaluation.prompts import CLASSES, templates_for
+from reaf.evaluation.prompts import templates_for
 from reaf.evaluation.protocol import PROTOCOL_VERSION, prompt_embeddings, zero_shot_probabilities
 from reaf.evaluation.saliency_map import grid_to_voxels, kept_label_map, saliency_image
 from reaf.evaluation.scans import Geometry, ScanError, ScanSource, find_scans, read_geometry, read_hu

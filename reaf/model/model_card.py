@@ -7,8 +7,8 @@ from typing import Any
 from torch import nn
 
 from reaf.data import transforms as T
+from reaf.data.csv_tables import CLASSES
 from reaf.data.input_spec import InputSpec
-from reaf.evaluation.prompts import CLASSES
 
 # the training flags a card shows, in this order, when the checkpoint recorded them
 TRAIN_FLAGS = ("train_data", "data_root", "input_data_type", "input_info", "sample_unit", "text_sampling",

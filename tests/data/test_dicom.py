@@ -18,7 +18,6 @@ from pydicom.encaps import encapsulate  # noqa: E402
 from pydicom.pixels import get_decoder  # noqa: E402
 from pydicom.sequence import Sequence  # noqa: E402
 from pydicom.uid import (  # noqa: E402
-    CTImageStorage,
     EnhancedCTImageStorage,
     ExplicitVRLittleEndian,
     JPEGLosslessSV1,
@@ -31,6 +30,7 @@ from reaf.data.input_spec import InputSpec  # noqa: E402
 from reaf.data.loader import VolumeDataset  # noqa: E402
 from reaf.data.readers import read_split  # noqa: E402
 from reaf.preprocess import main as preprocess_main  # noqa: E402
+from tests.support.dicom import decimal_strings, planes, slice_dataset, write_series  # noqa: E402
 
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests"
 SPEC = InputSpec((6, 16, 16), mode="resize")
@@ -68,59 +68,6 @@ def rotation(degrees: float) -> np.ndarray:
     out = np.eye(4)
     out[1:3, 1:3] = [[c, -s], [s, c]]
     return out
-
-
-def _ds(values: list[float]) -> list[str]:
-    return [f"{v:.10g}"[:16] for v in values]
-
-
-def slice_dataset(plane: np.ndarray, position, cosines, pixel_spacing, series_uid: str, instance: int, *,
-                  rescale: tuple[float, float] = (1.0, -1024.0), modality: str = "CT",
-                  image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "AXIAL"), description: str = "CHEST") -> Dataset:
-    """A CT image file written from scratch: plane (rows, columns) HU stored as int16 with the given rescale."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.SeriesInstanceUID, ds.SeriesDescription = modality, series_uid, description
-    ds.StudyInstanceUID, ds.InstanceNumber, ds.ImageType = "1.2.3.4", instance, list(image_type)
-    ds.ImagePositionPatient, ds.ImageOrientationPatient = _ds(position), _ds(cosines)
-    ds.PixelSpacing, ds.SliceThickness = _ds(pixel_spacing), "7.0"  # SliceThickness is deliberately wrong
-    ds.RescaleSlope, ds.RescaleIntercept = _ds([rescale[0]])[0], _ds([rescale[1]])[0]
-    ds.Rows, ds.Columns = plane.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    stored = (plane.astype(np.float64) - rescale[1]) / rescale[0]
-    assert np.array_equal(stored, np.round(stored)), "the test's HU must be representable with this rescale"
-    ds.PixelData = stored.astype(np.int16).tobytes()
-    return ds
-
-
-def planes(hu: np.ndarray, affine: np.ndarray) -> list[dict]:
-    """Per slice k: the plane (rows, columns) and its DICOM geometry (LPS) for voxels `hu` (i, j, k) at `affine`."""
-    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
-    col_step, row_step = lps[:3, 0], lps[:3, 1]
-    cosines = [*(col_step / np.linalg.norm(col_step)), *(row_step / np.linalg.norm(row_step))]
-    spacing = [np.linalg.norm(row_step), np.linalg.norm(col_step)]  # (between rows, between columns)
-    return [{"plane": hu[:, :, k].T, "position": lps[:3, 3] + k * lps[:3, 2], "cosines": cosines,
-             "pixel_spacing": spacing} for k in range(hu.shape[2])]  # fmt: skip
-
-
-def write_series(folder: Path, hu: np.ndarray, affine: np.ndarray, *, series_uid: str | None = None, seed: int = 0,
-                 rescale=lambda k: (1.0, -1024.0), **extra) -> str:
-    """Write a series as one file per slice under shuffled names with shuffled, meaningless InstanceNumbers."""
-    folder.mkdir(parents=True, exist_ok=True)
-    uid = series_uid or generate_uid()
-    rng = np.random.default_rng(seed)
-    instances = rng.permutation(hu.shape[2]) + 1
-    for k, p in enumerate(planes(hu, affine)):
-        ds = slice_dataset(p["plane"], p["position"], p["cosines"], p["pixel_spacing"], uid, int(instances[k]),
-                           rescale=rescale(k), **extra)
-        ds.save_as(folder / f"IM{rng.integers(1e9):09d}_{uid[-4:]}", enforce_file_format=True)
-    return uid
 
 
 def assert_same_world(series, hu: np.ndarray, affine: np.ndarray) -> None:
@@ -316,16 +263,16 @@ def test_enhanced_multiframe_ct_reads_as_the_same_series(tmp_path):
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
     shared = Dataset()
     shared.PlaneOrientationSequence = Sequence([Dataset()])
-    shared.PlaneOrientationSequence[0].ImageOrientationPatient = _ds(p[0]["cosines"])
+    shared.PlaneOrientationSequence[0].ImageOrientationPatient = decimal_strings(p[0]["cosines"])
     shared.PixelMeasuresSequence = Sequence([Dataset()])
-    shared.PixelMeasuresSequence[0].PixelSpacing = _ds(p[0]["pixel_spacing"])
+    shared.PixelMeasuresSequence[0].PixelSpacing = decimal_strings(p[0]["pixel_spacing"])
     ds.SharedFunctionalGroupsSequence = Sequence([shared])
     order = [3, 0, 7, 1, 6, 2, 5, 4]  # frames out of position order
     frames, stored = [], []
     for k in order:
         frame = Dataset()
         frame.PlanePositionSequence = Sequence([Dataset()])
-        frame.PlanePositionSequence[0].ImagePositionPatient = _ds(p[k]["position"])
+        frame.PlanePositionSequence[0].ImagePositionPatient = decimal_strings(p[k]["position"])
         frame.PixelValueTransformationSequence = Sequence([Dataset()])
         slope, intercept = (0.5, -1000.0) if k % 2 else (1.0, -1024.0)
         transform = frame.PixelValueTransformationSequence[0]

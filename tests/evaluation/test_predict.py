@@ -13,14 +13,14 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from reaf import Predictor, create_model
-from reaf.cli import run_cli
 from reaf.data import transforms as T
+from reaf.data.csv_tables import CLASSES
 from reaf.data.formats import read_nifti
 from reaf.data.input_spec import InputSpec
 from reaf.evaluation.encoding import encode_texts
-from reaf.evaluation.prompts import CLASSES
 from reaf.evaluation.saliency_map import grid_to_voxels, saliency_image
 from reaf.evaluation.scans import ScanError, find_scans, read_geometry, read_hu
+from reaf.exit_status import run_cli
 from reaf.export import main as export_main
 from reaf.predict import main as predict_main
 
@@ -97,6 +97,33 @@ def test_probabilities_equal_zero_shot_and_search_reads_the_embeddings(setup, tm
     assert [line.split()[2] for line in lines[1:]] == table["source"][order].tolist()
     with pytest.raises(ValueError, match="holds no reports"):
         search_main(["--embeddings", str(store), "--volume", NAMES[0]])
+
+
+def test_a_dicom_series_predicts_as_its_nifti_and_as_zero_shot(setup, tmp_path):
+    """The same voxels and geometry as a NIfTI file and as a DICOM series (one file per slice, shuffled names)
+    give the same probabilities, and those equal zero_shot.py's for that volume."""
+    import zero_shot
+
+    pytest.importorskip("pydicom")
+    from tests.support.dicom import write_series
+
+    model, ckpt, weights, split = setup
+    assert zero_shot.main(["--resume", str(ckpt), "--zeroshot-ct-rate", str(split), "--input-data-type", "ori",
+                           *RESIZE, "--results-dir", str(tmp_path / "zs"), "--batch-size", "2", "--workers", "0",
+                           "--device", "cpu", "--bootstrap", "10", "--no-plots"]) == 0
+    expected = pd.read_csv(tmp_path / "zs" / "probabilities.csv").set_index("VolumeName")
+    for name in NAMES[:2]:  # one LPS and one RAS NIfTI
+        image = nib.load(split / "volumes" / f"{name}.nii.gz")
+        series = tmp_path / "dicom" / name
+        write_series(series, np.asarray(image.dataobj).astype(np.int16), image.affine)
+        found = {}
+        for source in (split / "volumes" / f"{name}.nii.gz", series):
+            out = tmp_path / f"out_{source.name}"
+            assert predict_main([str(source), "--model", str(ckpt), "--out", str(out), *RESIZE, "--device", "cpu"]) == 0
+            found[source.suffix] = pd.read_csv(out / "predictions.csv")[CLASSES].to_numpy()[0]
+        zero_shot_row = expected.loc[name, [f"volume:{c}" for c in CLASSES]].to_numpy(dtype=float)
+        assert np.abs(found[".gz"] - found[""]).max() <= 1e-4, name
+        assert np.abs(found[""] - zero_shot_row).max() <= 1e-4, name
 
 
 def pushed_forward(image, spec, folder):

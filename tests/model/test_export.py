@@ -12,9 +12,9 @@ from safetensors.torch import save_file
 from transformers import BertConfig, BertForMaskedLM
 
 from reaf import create_model, from_pretrained, load_checkpoint
-from reaf.cli import run_cli
+from reaf.data.csv_tables import CLASSES
 from reaf.evaluation.encoding import encode_texts
-from reaf.evaluation.prompts import CLASSES
+from reaf.exit_status import run_cli
 from reaf.export import main as export_main
 from reaf.model.checkpoint import model_from_checkpoint
 from reaf.model.config import config_from_dict
