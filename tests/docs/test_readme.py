@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 RESULT_FILE = re.compile(r"bench/(?:demo_research/)?results/[\w.-]+\.json")
-NARRATION = re.compile(r"\b(stops?|this stop|two stops ago|previous demo|reverted)\b", re.I)
+NARRATION = re.compile(r"\b(this stop|(two|three|the last) stops ago|previous (demo|stop)|stop \d+|reverted)\b", re.I)
 
 
 def flags(parser: argparse.ArgumentParser) -> set[str]:
@@ -60,7 +60,15 @@ def test_readme_is_a_manual_not_a_research_record():
     assert len(README.splitlines()) <= 400
     narration = [line for line in README.splitlines() if NARRATION.search(line)]
     assert not narration, f"research narration in README.md (it belongs in docs/demo.md): {narration}"
-    assert "<!-- your own scans: added with reaf.predict -->" in README
+
+
+def test_every_python_dash_m_module_named_exists():
+    import importlib.util
+
+    named = set(re.findall(r"python -m (reaf(?:\.\w+)+)", README))
+    assert {"reaf.predict", "reaf.export", "reaf.search", "reaf.preprocess"} <= named
+    for module in named:
+        assert importlib.util.find_spec(module) is not None, f"README.md runs python -m {module}, which does not exist"
 
 
 def test_every_result_file_named_exists_and_records_its_machine():
