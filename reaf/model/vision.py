@@ -18,6 +18,13 @@ from reaf.model.layers import LayerFusion, RegionalSaliency, sincos_3d, to_scan,
 _layer_norm = partial(nn.LayerNorm, eps=1e-6)  # timm ViT's norm
 
 
+def _dense_grad(grad: Tensor) -> Tensor:
+    """The CLS token's gradient in its own dense layout. With one volume per rank it arrives as a slice of the token
+    gradient, keeping the whole token tensor's strides on its size-1 dims: a layout DDP's gradient bucket cannot take
+    in place ("Grad strides do not match bucket view strides"), so every step would copy it."""
+    return grad.clone(memory_format=torch.contiguous_format)
+
+
 class PatchEmbed3d(nn.Module):
     """Conv3d patch embedding: (B, 1, D, H, W) -> (B, d*h*w, C), tokens in (d, h, w) row-major order."""
 
@@ -40,6 +47,7 @@ class VolumeEncoder(nn.Module):
         self.grad_checkpointing = False
         c = cfg.width
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c))
+        self.cls_token.register_hook(_dense_grad)
         self.spatial_posemb = nn.Parameter(sincos_3d(self.grid, c), requires_grad=False)
         self.patch_embed = PatchEmbed3d(cfg.patch_size, c)
         dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
@@ -47,6 +55,8 @@ class VolumeEncoder(nn.Module):
             Block(c, cfg.num_heads, cfg.mlp_ratio, qkv_bias=True, drop_path=dpr[i], norm_layer=_layer_norm)
             for i in range(cfg.depth)
         )
+        for block in self.blocks:  # always F.scaled_dot_product_attention, whatever timm's environment switch says
+            block.attn.fused_attn = True
         self.norm = _layer_norm(c)
         self._init_weights()
         if cfg.fusion_saliency:
