@@ -219,9 +219,13 @@ def _layout_b(src: Path, data_root, suffix: str, report_root, problems: Problems
     files = find_files([volume_dir], 0, suffix, root)
     if suffix == _suffix("ori"):  # a volume may also be a folder holding one DICOM series (reaf.data.dicom)
         from reaf.data.dicom import series_folders
+        from reaf.data.formats import volume_file
 
         for name, folder in series_folders(volume_dir).items():
-            files.setdefault(name, folder.relative_to(root).as_posix())
+            if name in files:
+                raise ReaderError(f"{volume_file(root, files[name], 'ori')} and {folder}: a NIfTI file and a DICOM "
+                                  f"series folder named {name}; keep one")
+            files[name] = folder.relative_to(root).as_posix()
     reports_path = Path(report_root) if report_root else src / "reports" / "reports.json"
     if not reports_path.exists():
         raise ReaderError(f"{reports_path}: report JSON does not exist")
