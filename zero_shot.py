@@ -19,7 +19,7 @@ from reaf.model.checkpoint import REFERENCE_MODEL
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(prog="zero_shot.py", description=__doc__)
     p.add_argument("--model", help="model config name or JSON (default: the checkpoint's own config; the paper "
                    f"model {REFERENCE_MODEL} for a reference-format checkpoint)")
     p.add_argument("--resume", required=True, help="checkpoint: ours (main.py) or the reference's reaf.pt")

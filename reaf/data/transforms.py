@@ -117,8 +117,8 @@ def checked_resampled_shape(shape: tuple[int, int, int], spacing: tuple[float, f
     a typo) and a resampled volume of more than MAX_RESAMPLED_VOXELS voxels, before anything is allocated."""
     low, high = SPACING_RANGE
     if not all(low < s <= high for s in spacing):
-        raise ValueError(f"voxel spacing (z, y, x) {tuple(float(s) for s in spacing)} mm is outside the plausible "
-                         f"({low:g}, {high:g}] mm of a CT")
+        shown = ", ".join(f"{float(s):.4g}" for s in spacing)
+        raise ValueError(f"voxel spacing (z, y, x) ({shown}) mm is outside the plausible ({low:g}, {high:g}] mm of a CT")
     size = resampled_shape(shape, spacing)
     voxels = size[0] * size[1] * size[2]
     if voxels > MAX_RESAMPLED_VOXELS:

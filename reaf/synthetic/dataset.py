@@ -235,7 +235,7 @@ def generate(out_dir: str | Path, seed: int = 0, num_train: int = 240, num_valid
 
 def main(argv: list[str] | None = None) -> dict:
     """CLI entry point: parse ``argv``, generate, print one summary line, return the summary dict."""
-    parser = argparse.ArgumentParser(description="Write a small synthetic CT-RATE (layout A) under OUT/dataset.")
+    parser = argparse.ArgumentParser(prog="python -m reaf.synthetic", description="Write a small synthetic CT-RATE (layout A) under OUT/dataset.")
     parser.add_argument("--out", required=True, help="output folder; the dataset goes to OUT/dataset")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-train", type=non_negative_int, default=240, help="number of train volumes (reconstructions)")
