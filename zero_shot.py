@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from reaf.arg_types import non_negative_int, positive_int
 from reaf.data.input_spec import add_input_info_argument
 from reaf.dist import init_distributed, shutdown
 from reaf.evaluation.evaluate import EvalSettings, evaluate_checkpoint
@@ -18,7 +19,7 @@ from reaf.model.checkpoint import REFERENCE_MODEL
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(prog="zero_shot.py", description=__doc__)
     p.add_argument("--model", help="model config name or JSON (default: the checkpoint's own config; the paper "
                    f"model {REFERENCE_MODEL} for a reference-format checkpoint)")
     p.add_argument("--resume", required=True, help="checkpoint: ours (main.py) or the reference's reaf.pt")
@@ -34,15 +35,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--zeroshot-template", choices=TEMPLATE_MODES, default="volume",
                    help="prompt sentences: 'The volume shows: X.', 'The <organ> shows: X.', or both")
     p.add_argument("--results-dir", default="results/zero_shot", help="where results.json, CSV, plots go")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-size", type=positive_int, default=4)
+    p.add_argument("--workers", type=non_negative_int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0, help="torch seed and bootstrap seed")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the AUC CIs")
+    p.add_argument("--bootstrap", type=non_negative_int, default=1000, help="bootstrap resamples for the AUC CIs (0: none)")
     p.add_argument("--explain", metavar="NAME", action="append", default=[],
                    help="also draw the saliency picture of volume NAME (repeatable)")
-    p.add_argument("--skip-bad", action="store_true",
-                   help="leave out (count, log, list in results.json) samples or volume files that cannot be used")
+    p.add_argument("--skip-bad", action="store_true", help="leave out (count, log, list in results.json) bad samples")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="skip the ROC/AUC/recall PNGs")
     return p.parse_args(argv)
 

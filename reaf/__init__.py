@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -32,3 +33,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(model, name)
     raise AttributeError(f"module 'reaf' has no attribute {name!r}")
+
+
+if "timm" in sys.modules:  # `import timm, reaf`: register the encoder in timm's registry (torch is loaded already);
+    import reaf.model.timm_models  # noqa: E402, F401  # without timm, `import reaf` stays light for the data tools

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from reaf import atomic
+from reaf.arg_types import non_negative_int, positive_int
 from reaf.training.flags import add_text_flags
 
 INPUT_INFO = ("-1150", "350", "resize")  # the synthetic chests are resized whole to the small model's input
@@ -25,14 +26,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo_runs/demo", help="demo folder (data, cache, runs, results)")
     p.add_argument("--model", default="demo", help="model config (configs/ name or JSON)")
-    p.add_argument("--num-train", type=int, default=2400)
-    p.add_argument("--num-valid", type=int, default=200)
-    p.add_argument("--epochs", type=int, default=30, help="30 x 75 steps of batch 32 on 2400 volumes")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--num-train", type=positive_int, default=2400)
+    p.add_argument("--num-valid", type=positive_int, default=200)
+    p.add_argument("--epochs", type=positive_int, default=30, help="30 x 75 steps of batch 32 on 2400 volumes")
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--lr", type=float, default=2e-3,
                    help="peak learning rate (bench/demo_research/demo_levers.py measures 1e-3 against it)")
-    p.add_argument("--warmup", type=int, default=10, help="warm-up steps")
-    p.add_argument("--workers", type=int, default=2, help="processes for generation, preprocessing and loading")
+    p.add_argument("--warmup", type=non_negative_int, default=10, help="warm-up steps")
+    p.add_argument("--workers", type=non_negative_int, default=2, help="processes for generation, preprocessing and loading")
     p.add_argument("--seed", type=int, default=0)
     # main.py's text flags (help and choices from main.py's parser) with the demo's defaults: whole reports in epoch
     # 0, then a sentence or the report with shared positives (docs/demo.md records the measurements)

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 
+from reaf.arg_types import non_negative_int, positive_int
 from reaf.data.input_spec import add_input_info_argument
 from reaf.data.preprocessing import DEFAULT_MODEL, PreprocessError, PreprocessSettings, preprocess_split, summary_line
 
@@ -22,8 +23,8 @@ def parse_args(argv: list[str] | None = None) -> PreprocessSettings:
     p.add_argument("--model", default=DEFAULT_MODEL, help="config name or JSON: input size")
     add_input_info_argument(p)
     p.add_argument("--stage2-dtype", choices=["float32", "float16"], default="float32")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes; <= 1 runs in this process")
-    p.add_argument("--limit", type=int, default=None, help="only the first N volumes (sorted by path)")
+    p.add_argument("--workers", type=non_negative_int, default=os.cpu_count() or 1, help="processes; <= 1 runs in this process")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N volumes (sorted by path)")
     p.add_argument("--skip-bad", action="store_true", help="count, log and record bad volumes instead of failing")
     p.add_argument("--log-level", default="INFO", help="DEBUG shows the HU/spacing decision of each file")
     args = p.parse_args(argv)
@@ -31,16 +32,14 @@ def parse_args(argv: list[str] | None = None) -> PreprocessSettings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Convert one split; exit 1 with 'error: <file>: <cause>' on the first bad volume unless --skip-bad."""
+    """Convert one split; PreprocessError '<file>: <cause>' on the first bad volume unless --skip-bad, OutputError
+    naming the output when one cannot be written (run_cli prints either as one line and exits 1)."""
     settings = parse_args(argv)
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        manifest = preprocess_split(settings)
-    except PreprocessError as err:
-        raise SystemExit(f"error: {err}") from None
+    manifest = preprocess_split(settings)  # errors end as 'python -m reaf.preprocess: error: ...' (run_cli)
     print(summary_line(manifest) + f"; manifest {manifest['path']}", flush=True)
     if manifest["failure"]:
-        raise SystemExit(f"error: {manifest['failure']}")
+        raise PreprocessError(manifest["failure"])
     return 0
 
 

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from reaf.evaluation.embeddings import load_embeddings
+from reaf.arg_types import non_empty_text, positive_int
+from reaf.evaluation.embeddings import check_fingerprint, load_embeddings
 from reaf.evaluation.encoding import encode_texts
 from reaf.evaluation.retrieval import normalize
 
@@ -41,15 +42,22 @@ def search_reports(store: dict[str, Any], volume: str, k: int) -> list[tuple[str
 
 
 def load_query_model(
-    store: dict[str, Any], *, resume: str | None, model: str | None, cxr_bert_path: str | None, device: str
+    store: dict[str, Any], *, source: str | Path, resume: str | None, model: str | None, cxr_bert_path: str | None,
+    device: str,
 ) -> torch.nn.Module:
-    """The model that made the embeddings: config and checkpoint as recorded in the file, or --model/--resume."""
+    """The model that made the embeddings (file `source`): config and checkpoint as recorded in the file, or
+    --model/--resume. The checkpoint must be the one recorded (its sha256, check_fingerprint), whichever path
+    names it; a file that records none (written in training) needs --resume, which cannot be checked then."""
     from reaf.model.checkpoint import model_from_checkpoint
 
     meta = store["meta"]
-    checkpoint = resume or (meta.get("checkpoint") or {}).get("path")
-    if checkpoint is None:
-        raise SystemExit("the embeddings file records no checkpoint (made during training?): pass --resume PATH")
+    recorded = meta.get("checkpoint")
+    if recorded is None and resume is None:
+        raise ValueError(f"{source}: records no checkpoint (embeddings written during training?): pass --resume PATH "
+                         "with the checkpoint that made them")
+    if recorded is not None:
+        check_fingerprint(recorded, resume or recorded["path"])
+    checkpoint = resume or recorded["path"]
     net = model_from_checkpoint(checkpoint, model=model, config=meta["model_config"], cxr_bert_path=cxr_bert_path)
     return net.to(device)
 
@@ -60,12 +68,12 @@ def _shorten(text: str, width: int = 110) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m reaf.search", description=__doc__)
     parser.add_argument("--embeddings", required=True, help="embeddings.pt written by zero_shot.py")
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--query", help="free text, e.g. 'bilateral pleural effusion': prints the nearest volumes")
-    what.add_argument("--volume", help="a volume name, e.g. valid_3_a_1: prints the nearest reports")
-    parser.add_argument("-k", type=int, default=10, help="how many results")
+    what.add_argument("--query", type=non_empty_text, help="free text, e.g. 'bilateral pleural effusion': prints the nearest volumes")
+    what.add_argument("--volume", type=non_empty_text, help="a volume name, e.g. valid_3_a_1: prints the nearest reports")
+    parser.add_argument("-k", type=positive_int, default=10, help="how many results")
     parser.add_argument("--resume", help="checkpoint to encode the query with (default: the one recorded)")
     parser.add_argument("--model", help="model config name/JSON (default: the config recorded)")
     parser.add_argument("--cxr-bert-path", help="local CXR-BERT folder, when the model was built with one")
@@ -89,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"      {_shorten(report)}")
         return 0
     net = load_query_model(
-        store, resume=args.resume, model=args.model, cxr_bert_path=args.cxr_bert_path, device=args.device
+        store, source=args.embeddings, resume=args.resume, model=args.model, cxr_bert_path=args.cxr_bert_path, device=args.device
     )
     query = encode_texts(net, [args.query], batch_size=1, device=args.device)[0]
     print(f"volumes nearest {args.query!r} ({len(store['names'])} volumes):")

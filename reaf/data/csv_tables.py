@@ -185,7 +185,9 @@ def read_report_json(path: str | Path) -> dict[str, str | None]:
     repeats: list[str] = []
     for file in files:
         try:
-            data = json.loads(file.read_text(encoding="utf-8"))
+            data = json.loads(file.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
+        except _RepeatedKey as e:
+            raise ReaderError(f"{file}: key {e.args[0]!r} given {e.args[1]} times in one mapping") from e
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ReaderError(f"{file}: cannot read report JSON: {e}") from e
         for name, text in _report_items(data, file):
@@ -199,9 +201,34 @@ def read_report_json(path: str | Path) -> dict[str, str | None]:
     return reports
 
 
+class _RepeatedKey(Exception):
+    """A JSON object names one key twice (json keeps the last silently)."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    counts = Counter(key for key, _ in pairs)
+    repeated = next((key for key, n in counts.items() if n > 1), None)
+    if repeated is not None:
+        raise _RepeatedKey(repeated, counts[repeated])
+    return dict(pairs)
+
+
+def _text(value, file: Path, name: str):
+    """A report value as given (None: no report); anything but a string or null is refused naming it."""
+    if value is None or isinstance(value, str):
+        return value
+    shown = json.dumps(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    raise ReaderError(f"{file}: the report of {name} is a JSON {type(value).__name__} ({shown}), not a string")
+
+
 def _report_items(data, file: Path) -> list[tuple[str, object]]:
     if isinstance(data, dict):
-        return [(strip_suffix(k), v) for k, v in data.items()]
+        names = Counter(strip_suffix(k) for k in data)
+        twice = sorted(k for k in data if names[strip_suffix(k)] > 1)
+        if twice:
+            raise ReaderError(f"{file}: keys {twice} name one volume {strip_suffix(twice[0])} more than once")
+        return [(strip_suffix(k), _text(v, file, k)) for k, v in data.items()]
     if not isinstance(data, list):
         raise ReaderError(f"{file}: report JSON must be a {{name: text}} mapping or a list of conversations")
     items = []
@@ -209,27 +236,33 @@ def _report_items(data, file: Path) -> list[tuple[str, object]]:
         if not isinstance(item, dict) or "image" not in item or not isinstance(item.get("conversations"), list):
             raise ReaderError(f"{file}: item {i} lacks 'image' and a 'conversations' list")
         texts = [c.get("value") for c in item["conversations"] if isinstance(c, dict) and c.get("from") == "gpt"]
-        items.append((strip_suffix(item["image"]), texts[0] if texts else None))
+        items.append((strip_suffix(item["image"]), _text(texts[0], file, item["image"]) if texts else None))
     return items
 
 
 def find_files(dirs: list[Path], depth: int, suffix: str, root: Path) -> dict[str, str]:
     """{name: rel without suffix} of the files `depth` folders below each dir ending in suffix (NIfTI: also plain
-    .nii, as reaf.data.formats.volume_file finds them); earlier dirs win (the _fixed folder)."""
+    .nii, as reaf.data.formats.volume_file finds them); earlier dirs win (the _fixed folder); two files of one name
+    in one dir (a.nii beside a.nii.gz) are a ReaderError naming both."""
     from reaf.data.formats import NIFTI_SUFFIXES
 
     suffixes = NIFTI_SUFFIXES if suffix == NIFTI_SUFFIXES[0] else (suffix,)
     files: dict[str, str] = {}
     for directory in dirs:
-        level = [directory]
+        level, here = [directory], {}
         for _ in range(depth):
             level = [Path(e.path) for d in level for e in os.scandir(d) if e.is_dir()]
         for folder in sorted(level):
             for entry in sorted(os.scandir(folder), key=lambda e: e.name):
                 ending = next((x for x in suffixes if entry.name.endswith(x)), None)
-                if ending is not None:
-                    rel = Path(entry.path).relative_to(root).as_posix()
-                    files.setdefault(entry.name[: -len(ending)], rel[: -len(ending)])
+                if ending is None:
+                    continue
+                name = entry.name[: -len(ending)]
+                if name in here:  # case_1.nii beside case_1.nii.gz: which one is meant cannot be guessed
+                    raise ReaderError(f"{here[name]} and {entry.path}: two volume files named {name}; keep one")
+                here[name] = entry.path
+                rel = Path(entry.path).relative_to(root).as_posix()
+                files.setdefault(name, rel[: -len(ending)])
     return files
 
 

@@ -170,13 +170,15 @@ def nifti_to_hu(path: Path, meta: VolumeMeta | None = None,
     csv = None
     if meta is not None and meta.slope is not None and meta.intercept is not None:
         csv = (float(meta.slope), float(meta.intercept))
+    spacing = _spacing(meta, header_spacing, path)
+    T.checked_resampled_shape(stored.shape, spacing)  # an implausible spacing is refused before any allocation
     values = torch.from_numpy(stored.astype(np.float32))
     if stored.dtype.kind == "f":
         require_finite_voxels(values)
     decision = T.decide_hu(T.air_level(values), header_scale, csv)
     DECISIONS[f"HU from {decision.source}"] += 1
     log.debug("%s: %s", path, decision.describe())
-    resampled = T.resample(values, _spacing(meta, header_spacing, path))
+    resampled = T.resample(values, spacing)
     del values, stored
     return T.to_hu(resampled, decision), decision
 
@@ -241,7 +243,8 @@ def save_stage2(path: Path, x: torch.Tensor, dtype: torch.dtype = torch.float32,
 
 
 def save_cache(path: Path, fitted: torch.Tensor, spec: InputSpec) -> None:
-    """(D, H, W) windowed values in [0, 1] -> cache file: magic, header JSON (spec), zstd(byte-shuffled int16 levels).
+    """(D, H, W) windowed values in [0, 1] -> cache file: magic, header JSON (spec, resampling grid), zstd(byte-shuffled
+    int16 levels).
 
     Byte shuffling (all low bytes, then all high bytes) makes the 12-bit levels compress ~25% smaller.
     """
@@ -249,7 +252,8 @@ def save_cache(path: Path, fitted: torch.Tensor, spec: InputSpec) -> None:
         raise ValueError(f"cache tensor {tuple(fitted.shape)} is not the input size {spec.size}")
     q = torch.round(fitted.to(torch.float32).clamp(0, 1) * CACHE_LEVELS).to(torch.int16).numpy().astype("<i2")
     planes = np.ascontiguousarray(q.reshape(-1).view(np.uint8).reshape(-1, 2).T)
-    header = json.dumps({**spec.describe(), "levels": CACHE_LEVELS, "dtype": "<i2", "codec": "zstd+shuffle"}).encode()
+    header = json.dumps({**spec.describe(), "levels": CACHE_LEVELS, "dtype": "<i2", "codec": "zstd+shuffle",
+                         "grid": T.RESAMPLE_GRID}).encode()
     payload = zstandard.ZstdCompressor(level=CACHE_ZSTD_LEVEL, write_checksum=True).compress(planes.tobytes())
     atomic.write_bytes(path, CACHE_MAGIC + struct.pack("<I", len(header)) + header + payload)
 
@@ -277,6 +281,10 @@ def read_cache_header(data: bytes | memoryview, path: Path) -> tuple[dict, int]:
 def _load_cache(path: Path, spec: InputSpec, meta: VolumeMeta | None) -> torch.Tensor:
     data = path.read_bytes()
     header, offset = read_cache_header(data, path)
+    if header.get("grid") != T.RESAMPLE_GRID:  # written before the reference's grid (rounded voxel counts)
+        raise VolumeError(f"{path}: cache written with another resampling grid ({header.get('grid', 'rounded voxel counts')}"
+                          f", not the reference's {T.RESAMPLE_GRID}); run python -m reaf.preprocess again on its "
+                          "source: it re-converts such files")
     _check_shape(path, (1, *header["size"]), spec)
     stored = {k: header[k] for k in ("hu_min", "hu_max", "mode")}
     wanted = {k: spec.describe()[k] for k in stored}

@@ -4,6 +4,7 @@ in parallel, resumable, with a manifest. `python -m reaf.preprocess` is its CLI;
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import signal
@@ -21,6 +22,7 @@ from tqdm import tqdm
 from reaf import atomic
 from reaf.data import csv_tables as tables
 from reaf.data import formats as V
+from reaf.data import transforms as T
 from reaf.data.dicom import dicom_orientation, series_folders
 from reaf.data.input_spec import InputSpec
 from reaf.data.orientation import file_orientation
@@ -66,6 +68,7 @@ class Job:
     meta: V.VolumeMeta | None
     problem: str | None = None
     orientation: str = "ct-rate"
+    redo: str | None = None  # why an existing output must be converted again whatever it holds (an older grid)
 
 
 def read_metadata(path: Path) -> dict[str, V.VolumeMeta]:
@@ -78,12 +81,27 @@ def read_metadata(path: Path) -> dict[str, V.VolumeMeta]:
 
 
 def _niftis(folder: Path) -> dict[str, Path]:
-    found = {}
+    """{name: NIfTI file} below `folder`; two files of one name (a.nii beside a.nii.gz) are refused, naming both."""
+    found: dict[str, Path] = {}
     for path in sorted(folder.rglob("*")):
         suffix = next((s for s in V.NIFTI_SUFFIXES if path.name.endswith(s)), None)
         if suffix and path.is_file():
-            found[path.name[: -len(suffix)]] = path
+            name = path.name[: -len(suffix)]
+            if name in found:
+                raise PreprocessError(f"{found[name]} and {path}: two volume files named {name}; keep one")
+            found[name] = path
     return found
+
+
+def layout_b_volumes(folder: Path) -> dict[str, Path]:
+    """{name: NIfTI file or DICOM series folder} of a layout-B volumes/ folder; a name given twice is refused."""
+    niftis, series = _niftis(folder), series_folders(folder)
+    both = sorted(niftis.keys() & series.keys())
+    if both:
+        name = both[0]
+        raise PreprocessError(f"{niftis[name]} and {series[name]}: a NIfTI file and a DICOM series folder named "
+                              f"{name}; keep one")
+    return {**series, **niftis}
 
 
 def find_jobs(settings: PreprocessSettings) -> tuple[Path, list[Job]]:
@@ -96,7 +114,10 @@ def find_jobs(settings: PreprocessSettings) -> tuple[Path, list[Job]]:
     if settings.data_root:
         root = Path(settings.data_root)
         volumes = root / settings.split / "volumes"
-        found, metas, meta_csv = {**series_folders(volumes), **_niftis(volumes)}, None, None
+        found, metas, meta_csv = layout_b_volumes(volumes), None, None
+        reports = root / settings.split / "reports" / "reports.json"
+        if reports.is_file():  # checked here, so that a broken one stops this run rather than training
+            tables.read_report_json(reports)
     else:
         root = Path(settings.ct_rate_root)
         if settings.split not in METADATA_CSV:
@@ -132,13 +153,13 @@ def verify(job: Job, fmt: str, spec: InputSpec) -> str | None:
 
 
 def convert(job: Job, fmt: str, spec: InputSpec, stage2_dtype: str) -> dict:
-    """Worker: verify or (re)write one output. Returns {"status": written|existing|bad, "reason", "decisions",
-    "orientation", "reoriented"}."""
+    """Worker: verify or (re)write one output. Returns {"status": written|existing|bad|output_error, "reason",
+    "decisions", "orientation", "reoriented"}: `bad` is the input's fault, `output_error` the output's."""
     result: dict = {"rel": job.rel, "src": str(job.src), "out": str(job.out), "status": "written"}
     if job.problem:
         return {**result, "status": "bad", "reason": job.problem}
     if job.out.exists():
-        invalid = verify(job, fmt, spec)
+        invalid = job.redo or verify(job, fmt, spec)
         if invalid is None:
             return {**result, "status": "existing"}
         result["redone"] = invalid
@@ -149,6 +170,8 @@ def convert(job: Job, fmt: str, spec: InputSpec, stage2_dtype: str) -> dict:
         found = dicom_orientation(job.src) if job.src.is_dir() else file_orientation(job.src, job.orientation)
         result.update(orientation=found.describe(), reoriented=found.transform is not None)
         V.save_volume(job.out, fmt, hu, spec, stage2_dtype)
+    except atomic.OutputError as e:  # the output's fault (disk full, read-only): never skippable as a bad input
+        return {**result, "status": "output_error", "reason": str(e), "errno": e.errno, "strerror": e.strerror}
     except Exception as e:  # a bad input is reported with its file and cause; the caller fails or skips
         reason = V.describe_error(e).removeprefix(f"{job.src}: ")  # DICOM errors name their folder, as src does
         return {**result, "status": "bad", "reason": reason}
@@ -218,11 +241,27 @@ def build_manifest(settings: PreprocessSettings, spec: InputSpec, jobs: list[Job
     return {
         "format": settings.format, "split": settings.split, "source_root": settings.ct_rate_root or settings.data_root,
         "out": str(settings.out), "model": settings.model, "spec": spec.describe(), "stage2_dtype": settings.stage2_dtype,
-        "workers": settings.workers, "counts": counts, "decisions": dict(sorted(decisions.items())), **extra,
+        "workers": settings.workers, "resample_grid": T.RESAMPLE_GRID, "counts": counts, "decisions": dict(sorted(decisions.items())), **extra,
         "written": [r["rel"] for r in by["written"]], "skipped_existing": [r["rel"] for r in by["existing"]],
         "skipped_bad": [{"file": r["src"], "reason": r["reason"]} for r in by["bad"]], "redone_invalid": redone,
         "reoriented": reoriented,
     }  # fmt: skip
+
+
+def mark_old_grid(jobs: list[Job], manifest_path: Path) -> None:
+    """Existing outputs listed by a manifest of an older resampling grid (or of none: before the grid was recorded)
+    are converted again: stage1/stage2 files carry no header to tell (a cache file's header does)."""
+    if not manifest_path.is_file():
+        return
+    try:
+        grid = json.loads(manifest_path.read_text()).get("resample_grid", "rounded voxel counts")
+    except (OSError, ValueError, AttributeError):
+        grid = "unreadable manifest"
+    if grid != T.RESAMPLE_GRID:
+        log.warning("%s records resampling grid %r, not %r: every existing output is converted again",
+                    manifest_path, grid, T.RESAMPLE_GRID)
+        for job in jobs:
+            job.redo = f"written with resampling grid {grid!r} ({manifest_path}), not {T.RESAMPLE_GRID!r}"
 
 
 def summary_line(m: dict) -> str:
@@ -236,16 +275,24 @@ def summary_line(m: dict) -> str:
 
 def preprocess_split(settings: PreprocessSettings) -> dict:
     """Convert one split and write its manifest; returns the manifest. Stops at the first bad volume unless
-    skip_bad: then manifest["failure"] is "<file>: <cause>" (the CLI exits with it)."""
+    skip_bad: then manifest["failure"] is "<file>: <cause>" (the CLI exits with it). An output that cannot be
+    written (disk full, read-only, no permission) stops the run with or without skip_bad: OutputError naming it."""
     spec = InputSpec.from_args(list(settings.input_info), tuple(load_model_config(settings.model).vision.img_size))
     out = Path(settings.out)
     root, jobs = find_jobs(settings)
     stale = remove_stale_temps(out)
+    manifest_path = out / f"manifest_{settings.split}_{settings.format}.json"
+    mark_old_grid(jobs, manifest_path)
     side = copy_side_files(root, out, settings)
     start, results, failure = time.time(), [], None
     stream = run_jobs(jobs, settings, spec)
     bar = tqdm(stream, total=len(jobs), desc=f"{settings.format} {settings.split}", unit="vol", dynamic_ncols=True)
+    output_error = None
     for res in bar:
+        if res["status"] == "output_error":
+            output_error = atomic.OutputError(res["errno"], res["strerror"], res["out"])
+            failure = str(output_error)
+            break
         results.append(res)
         if res["status"] == "bad":
             if not settings.skip_bad:
@@ -255,6 +302,12 @@ def preprocess_split(settings: PreprocessSettings) -> dict:
     stream.close()
     extra = {"seconds": round(time.time() - start, 3), "stale_temps_removed": stale, "side_files_copied": side}
     manifest = build_manifest(settings, spec, jobs, results, failure=failure, **extra)
-    manifest_path = out / f"manifest_{settings.split}_{settings.format}.json"
-    atomic.write_json(manifest, manifest_path, indent=1)
+    try:
+        atomic.write_json(manifest, manifest_path, indent=1)
+    except atomic.OutputError as err:
+        if output_error is None:
+            raise
+        log.warning("no manifest written: %s", err)  # the same full or read-only disk: the first cause is raised
+    if output_error is not None:
+        raise output_error
     return {**manifest, "path": str(manifest_path)}

@@ -173,7 +173,9 @@ def _split_and_home(src: Path) -> tuple[str, Path | None, object]:
 
 
 def _layout_a(src: Path, data_root, suffix: str, report_root, problems: Problems) -> _Tables:
-    """CT-RATE as published: CSVs under <dataset>/{metadata,radiology_text_reports,multi_abnormality_labels}."""
+    """CT-RATE as published: CSVs under <dataset>/{metadata,radiology_text_reports,multi_abnormality_labels}. The
+    volumes lie in <root>/[dataset/]<split>[_fixed]/, or (the reference's caches) in <root>/<split>_<patient>/
+    directly; the metadata CSV is needed for NIfTI (`ori`) only, a preprocessed file has no use for it."""
     split, home, labels_df = _split_and_home(src)
     if home is None and data_root is None:
         raise ReaderError(f"{src}: not inside <root>/dataset/multi_abnormality_labels/; pass data_root")
@@ -185,14 +187,18 @@ def _layout_a(src: Path, data_root, suffix: str, report_root, problems: Problems
     if labels_df is None and labels_path is not None:
         labels_df = read_table(labels_path, tuple(CLASSES))
     meta_path = _first(homes, "metadata", meta_name)
-    if meta_path is None:
+    if meta_path is None and suffix == _suffix("ori"):  # spacing and rescale matter only to a NIfTI
         raise ReaderError(f"metadata CSV {meta_name} not found under {[str(h / 'metadata') for h in homes]}")
-    metas = rows_by_name(read_table(meta_path), meta_path, problems)
+    metas = rows_by_name(read_table(meta_path), meta_path, problems) if meta_path is not None else None
     reports, reports_path = _reports_a(homes, reports_name, report_root, problems)
     labels = rows_by_name(labels_df, labels_path, problems) if labels_df is not None else None
     volume_dirs = [d for d in (base / f"{split}_fixed", base / split) if d.is_dir()]
+    if not volume_dirs and any(re.fullmatch(rf"{split}_\d+", d.name) for d in root.glob(f"{split}_*") if d.is_dir()):
+        volume_dirs = [root]  # the reference's caches: <root>/valid_1/valid_1_a/valid_1_a_1.pt.gz, no split folder
     if not volume_dirs:
-        raise ReaderError(f"{base}: no {split}_fixed/ or {split}/ volume folder")
+        raise ReaderError(f"{base}: no {split}_fixed/ or {split}/ volume folder, nor {split}_<patient>/ folders")
+    if labels is None and metas is None:
+        raise ReaderError(f"{src}: neither a labels CSV nor a metadata CSV lists the split's volumes")
     names, names_path = (list(labels), labels_path) if labels is not None else (list(metas), meta_path)
     files = find_files(volume_dirs, 2, suffix, root)
     return _Tables(names, names_path, files, volume_dirs, root, suffix, reports, reports_path, labels, labels_path,
@@ -219,9 +225,13 @@ def _layout_b(src: Path, data_root, suffix: str, report_root, problems: Problems
     files = find_files([volume_dir], 0, suffix, root)
     if suffix == _suffix("ori"):  # a volume may also be a folder holding one DICOM series (reaf.data.dicom)
         from reaf.data.dicom import series_folders
+        from reaf.data.formats import volume_file
 
         for name, folder in series_folders(volume_dir).items():
-            files.setdefault(name, folder.relative_to(root).as_posix())
+            if name in files:
+                raise ReaderError(f"{volume_file(root, files[name], 'ori')} and {folder}: a NIfTI file and a DICOM "
+                                  f"series folder named {name}; keep one")
+            files[name] = folder.relative_to(root).as_posix()
     reports_path = Path(report_root) if report_root else src / "reports" / "reports.json"
     if not reports_path.exists():
         raise ReaderError(f"{reports_path}: report JSON does not exist")

@@ -9,6 +9,11 @@ import torch
 import torch.nn.functional as F
 
 TARGET_SPACING = (3.0, 1.0, 1.0)  # (z, y, x) mm, the reference's stage-1 grid
+# The voxel-count rule of `resampled_shape`, recorded in every cache header and preprocessing manifest: files made
+# before it (rounded counts, "round") differ from the reference's inputs and are refused or re-converted.
+RESAMPLE_GRID = "int(n*spacing/target)"
+SPACING_RANGE = (0.05, 20.0)  # mm: a voxel spacing outside (low, high] is no CT's (e.g. a pixdim in micrometres)
+MAX_RESAMPLED_VOXELS = 2**30  # a whole-body scan at 3x1x1 mm holds ~2e8
 MEAN, STD = 0.449, 0.226
 AIR_HU = (-1250.0, -750.0)  # where the air level (see `air_level`) of a chest CT in HU must fall
 PADDING_SPIKE = (0.005, 0.3)  # a minimum value held by 0.5%..30% of voxels is field-of-view padding (a circle in a
@@ -98,8 +103,28 @@ def to_hu(values: torch.Tensor, decision: HUDecision) -> torch.Tensor:
 
 
 def resampled_shape(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> tuple[int, int, int]:
-    """(z, y, x) voxel counts at `spacing` mm -> voxel counts at TARGET_SPACING (same physical extent)."""
-    return tuple(max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, TARGET_SPACING))  # type: ignore[return-value]
+    """(z, y, x) voxel counts at `spacing` mm -> voxel counts at TARGET_SPACING: `max(1, int(n * s / t))` per axis.
+
+    The grid of HLIP's offline preprocessing and of the reference's own `ori` loader, which the released weights
+    were trained on: the count is truncated, not rounded (512 voxels at 0.65 mm -> 332 at 1 mm, not 333; 175 slices
+    at 2 mm -> 116 at 3 mm, not 117), so the last partial voxel of the extent is left out. RESAMPLE_GRID names it.
+    """
+    return tuple(max(1, int(n * s / t)) for n, s, t in zip(shape, spacing, TARGET_SPACING))  # type: ignore[return-value]
+
+
+def checked_resampled_shape(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> tuple[int, int, int]:
+    """`resampled_shape`, after refusing (ValueError) a voxel spacing outside SPACING_RANGE mm (a header in metres or
+    a typo) and a resampled volume of more than MAX_RESAMPLED_VOXELS voxels, before anything is allocated."""
+    low, high = SPACING_RANGE
+    if not all(low < s <= high for s in spacing):
+        shown = ", ".join(f"{float(s):.4g}" for s in spacing)
+        raise ValueError(f"voxel spacing (z, y, x) ({shown}) mm is outside the plausible ({low:g}, {high:g}] mm of a CT")
+    size = resampled_shape(shape, spacing)
+    voxels = size[0] * size[1] * size[2]
+    if voxels > MAX_RESAMPLED_VOXELS:
+        raise ValueError(f"{tuple(shape)} voxels at {tuple(spacing)} mm resample to {size} at 3x1x1 mm: {voxels} "
+                         f"voxels, more than the budget of {MAX_RESAMPLED_VOXELS} (4 GiB of float32)")
+    return size
 
 
 def resample(hu: torch.Tensor, spacing: tuple[float, float, float]) -> torch.Tensor:
@@ -107,9 +132,7 @@ def resample(hu: torch.Tensor, spacing: tuple[float, float, float]) -> torch.Ten
 
     Voxel centres keep their physical positions (align_corners=False: voxel i spans [i, i+1) * spacing).
     """
-    if any(s <= 0 for s in spacing):
-        raise ValueError(f"non-positive voxel spacing {spacing}")
-    size = resampled_shape(tuple(hu.shape), spacing)  # type: ignore[arg-type]
+    size = checked_resampled_shape(tuple(hu.shape), spacing)  # type: ignore[arg-type]
     if size == tuple(hu.shape):
         return hu.to(torch.float32)
     return F.interpolate(hu.to(torch.float32)[None, None], size=size, mode="trilinear", align_corners=False)[0, 0]

@@ -112,6 +112,21 @@ def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
     return {"path": str(path.resolve()), "size": size, "sha256": digest.hexdigest(), "sha256_scope": scope}
 
 
+def check_fingerprint(recorded: dict[str, Any], path: str | os.PathLike) -> None:
+    """ValueError naming the file when the checkpoint at `path` is not the one `recorded` (a file_fingerprint, as an
+    embeddings file or results.json holds it) describes: a file replaced since, or another checkpoint. The one
+    check of "same weights as recorded"; a checkpoint of another kind (e.g. a weights folder) extends it here."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found (the embeddings were made with {recorded.get('path')})")
+    now = file_fingerprint(path)
+    if (now["size"], now["sha256"]) != (recorded.get("size"), recorded.get("sha256")):
+        raise ValueError(f"{path}: not the checkpoint the embeddings were made with ({now['size']} bytes, sha256 "
+                         f"{now['sha256'][:12]}...; recorded {recorded.get('path')}: {recorded.get('size')} bytes, "
+                         f"sha256 {str(recorded.get('sha256'))[:12]}...): the file changed since; pass --resume with "
+                         "that checkpoint, or run zero_shot.py again to re-encode the split")
+
+
 def cache_key(checkpoint: dict[str, Any] | None, model_config: dict, data: dict[str, Any],
               text_tower: dict[str, Any] | None = None) -> str | None:
     """The reuse key: sha256 over checkpoint hash, model config, data description and the text tower's BERT folder

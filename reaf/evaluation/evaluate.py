@@ -39,6 +39,56 @@ class EvalSettings:
     skip_bad: bool = False
     explain: list[str] = field(default_factory=list)  # volume names (or MOST_FINDINGS) to draw saliency pictures of
 
+    def __post_init__(self) -> None:
+        problem = settings_problem(self)
+        if problem:
+            raise ValueError(problem)
+
+
+def settings_problem(s: EvalSettings) -> str | None:
+    """What is wrong with the settings (named by zero_shot.py's flags), found before anything is loaded, or None."""
+    from reaf.data.formats import FORMATS
+    from reaf.evaluation.prompts import TEMPLATE_MODES
+
+    for flag, value, low in (("--batch-size", s.batch_size, 1), ("--workers", s.workers, 0),
+                             ("--bootstrap", s.n_boot, 0)):
+        if not isinstance(value, int) or value < low:
+            return f"{flag} must be an integer >= {low}, got {value!r}"
+    if s.input_data_type not in FORMATS:
+        return f"--input-data-type {s.input_data_type!r} is not one of {sorted(FORMATS)}"
+    if s.template not in TEMPLATE_MODES:
+        return f"--zeroshot-template {s.template!r} is not one of {TEMPLATE_MODES}"
+    return None
+
+
+PREVIOUS_OUTPUTS = ("results.json", "probabilities.csv", "plots/*.png")  # what one evaluation writes beside embeddings
+
+
+def check_results_dir(results_dir: Path) -> None:
+    """Create `results_dir` and write and remove a file in it, so that a read-only or unwritable folder stops the
+    evaluation before the split is encoded (OutputError naming the folder)."""
+    import tempfile
+
+    from reaf.atomic import OutputError
+
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=results_dir, prefix=".reaf-write-check-"):
+            pass
+    except OSError as err:
+        raise OutputError(err.errno, err.strerror or str(err), str(results_dir)) from err
+
+
+def clear_previous_outputs(results_dir: Path) -> list[Path]:
+    """Remove the previous evaluation's results.json, probabilities.csv and plots from `results_dir` (logged), so
+    that the folder never holds files of two runs; embeddings.pt stays (it is keyed, reused or replaced)."""
+    old = [path for pattern in PREVIOUS_OUTPUTS for path in sorted(results_dir.glob(pattern))]
+    for path in old:
+        path.unlink()
+    if old:
+        log.info("%s: removed the previous evaluation's %s", results_dir, ", ".join(p.name for p in old))
+    return old
+
 
 def read_labelled_split(settings: EvalSettings) -> Any:
     """The split to evaluate: `settings.split`, else the test split found under `settings.data_root`."""
@@ -79,17 +129,22 @@ def evaluate_checkpoint(settings: EvalSettings) -> dict[str, Any] | None:
     """Zero-shot classification and retrieval of `settings.checkpoint` on its split (protocol v1), every output
     written to settings.results_dir. The checkpoint is read once. Under torch.distributed every rank calls this and
     encodes its share; rank 0 returns the results.json dict (with results["explained"]: the saliency PNGs), the
-    other ranks None."""
+    other ranks None. The settings are checked when made (EvalSettings), the results folder before anything is
+    loaded (check_results_dir); the previous evaluation's outputs there are removed before this one writes."""
     from reaf import dist
     from reaf.data.input_spec import InputSpec
     from reaf.evaluation.protocol import run_evaluation
     from reaf.model.checkpoint import model_from_checkpoint
 
+    results_dir = Path(settings.results_dir)
+    check_results_dir(results_dir)  # every rank: before the model is built and the split encoded
     torch.manual_seed(settings.seed)
     model = model_from_checkpoint(settings.checkpoint, model=settings.model, cxr_bert_path=settings.cxr_bert_path)
     model = model.to(settings.device)
     spec = InputSpec.from_args(settings.input_info, model.cfg.vision.img_size)
     split = read_labelled_split(settings)
+    if dist.is_main():
+        clear_previous_outputs(results_dir)
     with torch.no_grad():
         results = run_evaluation(model, split, spec, results_dir=settings.results_dir, batch_size=settings.batch_size,
                                  workers=settings.workers, device=settings.device, template=settings.template,

@@ -31,6 +31,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from reaf import atomic
+from reaf.arg_types import non_negative_int
 from reaf.data.csv_tables import CLASSES
 from reaf.synthetic.anatomy import Anatomy, render, sample_anatomy
 from reaf.synthetic.findings import finding_shapes, sample_findings, stream
@@ -234,12 +235,12 @@ def generate(out_dir: str | Path, seed: int = 0, num_train: int = 240, num_valid
 
 def main(argv: list[str] | None = None) -> dict:
     """CLI entry point: parse ``argv``, generate, print one summary line, return the summary dict."""
-    parser = argparse.ArgumentParser(description="Write a small synthetic CT-RATE (layout A) under OUT/dataset.")
+    parser = argparse.ArgumentParser(prog="python -m reaf.synthetic", description="Write a small synthetic CT-RATE (layout A) under OUT/dataset.")
     parser.add_argument("--out", required=True, help="output folder; the dataset goes to OUT/dataset")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-train", type=int, default=240, help="number of train volumes (reconstructions)")
-    parser.add_argument("--num-valid", type=int, default=60, help="number of valid volumes (reconstructions)")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes for rendering and writing")
+    parser.add_argument("--num-train", type=non_negative_int, default=240, help="number of train volumes (reconstructions)")
+    parser.add_argument("--num-valid", type=non_negative_int, default=60, help="number of valid volumes (reconstructions)")
+    parser.add_argument("--workers", type=non_negative_int, default=1, help="worker processes for rendering and writing")
     args = parser.parse_args(argv)
     s = generate(args.out, args.seed, args.num_train, args.num_valid, args.workers)
     print(f"synthetic CT-RATE: {sum(s['volumes'].values())} volumes ({s['volumes']['train']} train, "

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from reaf.arg_types import non_negative_int, positive_int
 from reaf.data.formats import FORMATS
 from reaf.data.input_spec import add_input_info_argument
 from reaf.data.loader import SAMPLE_UNITS
@@ -107,7 +108,7 @@ def add_text_flags(g: Any, **defaults: object) -> None:
                    help="training text per sample (HLIP): the whole report, one of its sentences, or either (a "
                    "sentence with probability --sentence-share); validation and zero-shot always encode the whole "
                    "report (default: %(default)s)")
-    g.add_argument("--report-epochs", type=int, default=d["report_epochs"],
+    g.add_argument("--report-epochs", type=non_negative_int, default=d["report_epochs"],
                    help="train on whole reports for the first N epochs, then as --text-sampling says (a first epoch "
                    "of whole reports leaves the ln(B) plateau sooner: one sentence fits many volumes of a batch; "
                    "default: %(default)s)")
@@ -134,7 +135,7 @@ def _data(p: argparse.ArgumentParser) -> None:
                    help="volume: every reconstruction each epoch; scan: one random reconstruction per scan")
     add_text_flags(g)
     g.add_argument("--skip-bad", action="store_true", help="skip (count and log) unreadable samples instead of failing")
-    g.add_argument("--workers", type=int, default=4, help="data loader workers per process")
+    g.add_argument("--workers", type=non_negative_int, default=4, help="data loader workers per process")
     g.add_argument("--keep-in-memory", action="store_true",
                    help="keep each decoded training volume in memory after its first epoch (needs --workers 0)")
 
@@ -157,11 +158,11 @@ def _model(p: argparse.ArgumentParser) -> None:
 
 def _optim(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optimisation")
-    g.add_argument("--batch-size", type=int, default=16, help="volumes per process per micro-batch")
-    g.add_argument("--epochs", type=int, default=50)
+    g.add_argument("--batch-size", type=positive_int, default=16, help="volumes per process per micro-batch")
+    g.add_argument("--epochs", type=positive_int, default=50)
     g.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
     warmup = g.add_mutually_exclusive_group()
-    warmup.add_argument("--warmup", type=int, default=2, help="linear warm-up length in optimiser steps")
+    warmup.add_argument("--warmup", type=non_negative_int, default=2, help="linear warm-up length in optimiser steps")
     warmup.add_argument("--warmup-epochs", type=float,
                         help="warm-up length in epochs (the reference's unit: its --warmup 2 meant two epochs); "
                              "replaces --warmup")
@@ -169,7 +170,7 @@ def _optim(p: argparse.ArgumentParser) -> None:
     g.add_argument("--beta1", type=float, default=0.9)
     g.add_argument("--beta2", type=float, default=0.98)
     g.add_argument("--eps", type=float, default=1e-6)
-    g.add_argument("--accum-freq", type=int, default=1,
+    g.add_argument("--accum-freq", type=positive_int, default=1,
                    help="micro-batches per optimiser step; negatives span all of them (feature caching)")
     g.add_argument("--grad-clip-norm", type=float, help="clip the global gradient norm to this value")
     g.add_argument("--precision", default="amp", choices=PRECISIONS,
@@ -185,12 +186,12 @@ def _run(p: argparse.ArgumentParser) -> None:
     g.add_argument("--report-to", default="none",
                    help="comma list of none, wandb, tensorboard (wandb honours WANDB_MODE=offline)")
     g.add_argument("--wandb-project-name", default="REAF")
-    g.add_argument("--log-every-n-steps", type=int, default=10, help="log train metrics every N optimiser steps")
-    g.add_argument("--save-frequency", type=int, default=1, help="write epoch_K.pt every N epochs (0: only the last)")
-    g.add_argument("--save-every-n-steps", type=int, default=200,
+    g.add_argument("--log-every-n-steps", type=positive_int, default=10, help="log train metrics every N optimiser steps")
+    g.add_argument("--save-frequency", type=non_negative_int, default=1, help="write epoch_K.pt every N epochs (0: only the last)")
+    g.add_argument("--save-every-n-steps", type=non_negative_int, default=200,
                    help="also write a mid-epoch latest.pt every N optimiser steps (0: off)")
-    g.add_argument("--val-frequency", type=int, default=1, help="evaluate --val-data every N epochs (0: off)")
-    g.add_argument("--zeroshot-frequency", type=int, default=1, help="zero-shot every N epochs (0: off)")
+    g.add_argument("--val-frequency", type=non_negative_int, default=1, help="evaluate --val-data every N epochs (0: off)")
+    g.add_argument("--zeroshot-frequency", type=non_negative_int, default=1, help="zero-shot every N epochs (0: off)")
     g.add_argument("--zeroshot-template", default="volume", choices=ZEROSHOT_TEMPLATES,
                    help="zero-shot prompt template: 'The volume shows', per organ, or both")
 
@@ -228,6 +229,13 @@ def flag_problem(args: TrainFlags) -> str | None:
             return f"--{key.replace('_', '-')} must be >= 0, got {getattr(args, key)}"
     if args.log_every_n_steps < 1:
         return "--log-every-n-steps must be >= 1"
+    if not args.lr > 0:  # caught here, before a run folder exists, not by the optimiser
+        return f"--lr must be > 0, got {args.lr}"
+    if not args.wd >= 0 or not args.eps > 0:
+        return f"--wd must be >= 0 and --eps > 0, got {args.wd} and {args.eps}"
+    for key in ("beta1", "beta2"):
+        if not 0.0 <= getattr(args, key) < 1.0:
+            return f"--{key} must be in [0, 1), got {getattr(args, key)}"
     if args.warmup_epochs is not None and args.warmup_epochs < 0:
         return f"--warmup-epochs must be >= 0, got {args.warmup_epochs}"
     if args.grad_clip_norm is not None and args.grad_clip_norm <= 0:

@@ -35,6 +35,18 @@ def model_overrides(args: TrainFlags, resumed: dict[str, Any] | None) -> dict[st
     return {k: v for k, v in overrides.items() if v is not None}
 
 
+def config_differences(saved: dict[str, Any], now: dict[str, Any], where: str = "") -> list[str]:
+    """'vision.depth: 3 -> 4' for each leaf of two nested config dicts that differs (at most 8, then a count)."""
+    out = []
+    for key in sorted(saved.keys() | now.keys()):
+        a, b, name = saved.get(key), now.get(key), f"{where}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{name}.")
+        elif a != b:
+            out.append(f"{name}: {a!r} -> {b!r}")
+    return out if where or len(out) <= 8 else [*out[:8], f"and {len(out) - 8} more"]
+
+
 def build_model(args: TrainFlags, resumed: dict[str, Any] | None, device: torch.device) -> torch.nn.Module:
     """create_model from --model and the overrides, then --vision-init, --load-checkpoint, grad checkpointing."""
     from reaf import create_model, load_checkpoint
@@ -50,9 +62,11 @@ def build_model(args: TrainFlags, resumed: dict[str, Any] | None, device: torch.
         load_checkpoint(model, args.load_checkpoint)
         log.info("loaded weights from %s", args.load_checkpoint)
     # compared after loading, so that a checkpoint written before a config field existed gets its default
-    if resumed is not None and config_from_dict(resumed["config"]["model"]).to_dict() != model.cfg.to_dict():
-        raise ValueError(f"--resume: the checkpoint's model config {resumed['config']['model']} differs from "
-                         f"this run's {model.cfg.to_dict()}; use --load-checkpoint to start from its weights")
+    if resumed is not None:
+        differ = config_differences(config_from_dict(resumed["config"]["model"]).to_dict(), model.cfg.to_dict())
+        if differ:
+            raise ValueError(f"--resume: the checkpoint's model config differs from this run's: {'; '.join(differ)}; "
+                             "use --load-checkpoint to start from its weights")
     model.set_grad_checkpointing(args.grad_checkpointing)
     return model.to(device)
 
@@ -131,10 +145,7 @@ def locate_resume(args: TrainFlags) -> Path | None:
     if not args.resume:
         return None
     found = train_state.find_resume(args.resume, Path(args.logs), args.name) if dist.is_main() else None
-    found = dist.broadcast_object(found)
-    if found is None:
-        log.warning("--resume latest: no latest.pt under %s yet; starting a fresh run", args.logs)
-    return found
+    return dist.broadcast_object(found)  # None: 'latest' found nothing, a fresh run (logged in its train.log)
 
 
 def prepare_run_dir(run_dir: Path, resuming: bool) -> None:
@@ -225,6 +236,10 @@ def _build(args: TrainFlags, env: dist.DistEnv) -> tuple[TrainingRun, Position, 
     run_dir = Path(settings.run_dir)
     prepare_run_dir(run_dir, resuming=resume is not None)
     setup_logging(run_dir / LOG_FILE, env.is_main)
+    if args.resume and resume is None:
+        log.warning("--resume latest: no latest.pt under %s yet; starting a fresh run", args.logs)
+    if ours:
+        train_state.check_resume_flags(resume, resumed, args.to_dict())
     log.info("run %s on %d process(es), device %s, precision %s", settings.name, env.world_size, env.device,
              settings.precision)
     if env.device.type == "cpu" and args.precision != "fp32":

@@ -116,6 +116,26 @@ def find_resume(resume: str, logs: Path, name: str | None) -> Path | None:
     return found[-1] if found else None
 
 
+# flags a resumed run must keep: they set the learning-rate schedule (its length, warm-up, peak), the optimiser's
+# hyper-parameters (AdamW's state restores its own), the micro-batches per step or the data order and text drawn
+SCHEDULE_FLAGS = ("batch_size", "accum_freq", "epochs", "lr", "warmup", "warmup_epochs", "wd", "beta1", "beta2",
+                  "eps", "seed", "sample_unit", "text_sampling", "report_epochs", "sentence_share")
+
+
+def check_resume_flags(resume: Path, ckpt: dict[str, Any], flags: dict[str, Any]) -> None:
+    """ValueError naming each SCHEDULE_FLAGS flag whose value differs from the one the checkpoint's run recorded
+    (config["args"]): resuming with another --epochs or --batch-size would silently bend the schedule (steps past
+    the recorded end at lr 0). A changed world size is not a flag: batches_to_skip converts it."""
+    saved = ckpt.get("config", {}).get("args")
+    if not isinstance(saved, dict):
+        return
+    changed = [f"--{key.replace('_', '-')} was {saved[key]!r}, now {flags[key]!r}" for key in SCHEDULE_FLAGS
+               if key in saved and saved[key] != flags[key]]
+    if changed:
+        raise ValueError(f"--resume {resume}: {'; '.join(changed)}: a resumed run keeps its schedule; start a new "
+                         f"run with --load-checkpoint {resume} to train on with other settings")
+
+
 def restore_training(ckpt: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
                      scaler: torch.amp.GradScaler) -> Position:
     """Load weights, optimiser and scaler from our checkpoint into the bare model; returns the saved position."""

@@ -143,6 +143,8 @@ VOLUME_CASES = [
     ("nifti-nan-voxel", "ori", nifti(with_nan(np.nan)), "1 NaN/inf voxels"),
     ("nifti-inf-voxel-float64", "ori", nifti(with_nan(-np.inf, np.float64)), "1 NaN/inf voxels"),
     ("nifti-zero-spacing", "ori", nifti(VOXELS, zooms=(0.8, 0.8, 0.0)), "not all positive"),
+    ("nifti-1000mm-spacing", "ori", nifti(VOXELS, zooms=(0.8, 0.8, 1000.0)),
+     "(1000, 0.8, 0.8) mm is outside the plausible (0.05, 20] mm"),
     ("stage1-nan", "stage1", stage1_with(float("nan")), "1 NaN/inf voxels"),
     ("stage1-inf", "stage1", stage1_with(float("inf")), "1 NaN/inf voxels"),
     ("stage1-2d", "stage1", torch_file(torch.zeros(20, 20), "v.pt"), "3-D float HU tensor"),
@@ -198,6 +200,26 @@ def set_json_report(value):
     return edit_json(lambda d: {**d, VICTIM: value})
 
 
+def repeat_json_key(root: Path) -> None:
+    """reports.json naming VICTIM twice (json.loads would keep the second silently)."""
+    path = root / "valid/reports/reports.json"
+    path.write_text(path.read_text().rstrip()[:-1] + f', "{VICTIM}": "Findings: another report."}}')
+
+
+def twin_volume(suffix: str):
+    """A second volume of VICTIM's name beside its .nii.gz: a plain .nii copy or a DICOM series folder."""
+
+    def mutate(root: Path) -> None:
+        volumes = root / "valid" / "volumes"
+        if suffix == "/":
+            (volumes / VICTIM).mkdir()
+            (volumes / VICTIM / "1.dcm").write_bytes(b"\0" * 128 + b"DICM")
+        else:
+            (volumes / f"{VICTIM}{suffix}").write_bytes((volumes / f"{VICTIM}.nii.gz").read_bytes())
+
+    return mutate
+
+
 READER_CASES = [
     ("reports-csv-not-utf8", "A", write_bytes(REPORTS, b"VolumeName,Findings_EN\n\xff\xfe\xfa,x\n"),
      "validation_reports.csv", "cannot read CSV", None),
@@ -207,6 +229,16 @@ READER_CASES = [
      "must be a {name: text} mapping", None),
     ("report-json-null", "B", set_json_report(None), "reports.json", "empty report", [VICTIM]),
     ("report-json-None-string", "B", set_json_report("None"), "reports.json", "empty report", [VICTIM]),
+    ("report-json-repeated-key", "B", repeat_json_key, "reports.json", f"key '{VICTIM}' given 2 times", None),
+    ("report-json-key-with-and-without-suffix", "B", edit_json(
+        lambda d: {**d, f"{VICTIM}.nii.gz": "Findings: x."}), "reports.json", f"name one volume {VICTIM}", None),
+    ("report-json-a-dict-report", "B", set_json_report({"text": 1}), "reports.json",
+     f"the report of {VICTIM} is a JSON dict ({{\"text\": 1}}), not a string", None),
+    ("report-json-a-number-report", "B", set_json_report(7), "reports.json", "is a JSON int (7), not a string", None),
+    ("volume-nii-beside-nii-gz", "B", twin_volume(".nii"), f"{VICTIM}.nii and ",
+     f"two volume files named {VICTIM}; keep one", None),
+    ("volume-dicom-folder-beside-nifti", "B", twin_volume("/"), f"{VICTIM}.nii.gz and ",
+     f"a NIfTI file and a DICOM series folder named {VICTIM}", None),
     ("label-minus-one", "A", edit_csv(LABELS, set_cell("Cardiomegaly", "-1")), "valid_predicted_labels.csv",
      "'Cardiomegaly'='-1' is not 0/1", [VICTIM]),
     ("label-one-half", "A", edit_csv(LABELS, set_cell("Emphysema", "0.5")), "valid_predicted_labels.csv",
@@ -300,6 +332,49 @@ CLI_CASES = [
     ("demo-out-is-a-file", "python -m reaf.demo", "reaf.demo", text_file,
      lambda f, d: ["--out", str(f)], "File exists"),
 ]  # fmt: skip
+
+
+# Counts are refused when the flags are parsed (argparse: exit status 2, '<tool>: error: argument <flag>: ...'),
+# never used as Python slices. (id, module, prog, argv, message)
+COUNT_CASES = [
+    ("preprocess-limit-negative", "reaf.preprocess", "python -m reaf.preprocess",
+     ["--data-root", "d", "--split", "s", "--out", "o", "--format", "cache", "--limit", "-1"],
+     "argument --limit: must be >= 1, got -1"),
+    ("preprocess-limit-zero", "reaf.preprocess", "python -m reaf.preprocess",
+     ["--data-root", "d", "--split", "s", "--out", "o", "--format", "cache", "--limit", "0"],
+     "argument --limit: must be >= 1, got 0"),
+    ("preprocess-workers-negative", "reaf.preprocess", "python -m reaf.preprocess",
+     ["--data-root", "d", "--split", "s", "--out", "o", "--format", "cache", "--workers", "-1"],
+     "argument --workers: must be >= 0, got -1"),
+    ("search-k-negative", "reaf.search", "python -m reaf.search", ["--embeddings", "e.pt", "--query", "x", "-k", "-2"],
+     "argument -k: must be >= 1, got -2"),
+    ("search-k-zero", "reaf.search", "python -m reaf.search", ["--embeddings", "e.pt", "--volume", "v1", "-k", "0"],
+     "argument -k: must be >= 1, got 0"),
+    ("search-empty-query", "reaf.search", "python -m reaf.search", ["--embeddings", "e.pt", "--query", " "],
+     "argument --query: must not be empty"),
+    ("zero-shot-batch-size-zero", "zero_shot", "zero_shot.py", zero_shot_argv(Path("c.pt"), "--batch-size", "0"),
+     "argument --batch-size: must be >= 1, got 0"),
+    ("zero-shot-bootstrap-negative", "zero_shot", "zero_shot.py", zero_shot_argv(Path("c.pt"), "--bootstrap", "-1"),
+     "argument --bootstrap: must be >= 0, got -1"),
+    ("zero-shot-workers-negative", "zero_shot", "zero_shot.py", zero_shot_argv(Path("c.pt"), "--workers", "-1"),
+     "argument --workers: must be >= 0, got -1"),
+    ("main-batch-size-zero", "main", "main.py", ["--data-root", "d", "--batch-size", "0"],
+     "argument --batch-size: must be >= 1, got 0"),
+    ("main-epochs-negative", "main", "main.py", ["--data-root", "d", "--epochs", "-3"],
+     "argument --epochs: must be >= 1, got -3"),
+    ("main-lr-negative", "main", "main.py", ["--data-root", "d", "--lr", "-0.1"], "--lr must be > 0, got -0.1"),
+    ("synthetic-workers-negative", "reaf.synthetic.dataset", "python -m reaf.synthetic",
+     ["--out", "o", "--workers", "-1"], "argument --workers: must be >= 0, got -1"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", COUNT_CASES, ids=[c[0] for c in COUNT_CASES])
+def test_bad_counts_are_refused_when_parsed(capsys, case):
+    _, module, prog, argv, message = case
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(module).main(argv)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"{prog}: error: {message}"
 
 
 @pytest.mark.parametrize("case", CLI_CASES, ids=[c[0] for c in CLI_CASES])

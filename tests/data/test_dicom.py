@@ -102,7 +102,8 @@ def test_pydicom_real_series_ordered_by_position_not_instance_or_name(tmp_path):
     np.testing.assert_allclose(series.affine[:3, 3], [-first[0], -first[1], first[2]], atol=1e-6)
     np.testing.assert_allclose(np.diag(series.affine)[:3], [-0.488281, -0.488281, 2.5], atol=1e-6)
     assert series.orientation().transform is None  # already CT-RATE's L, P, S order
-    assert dicom_to_hu(tmp_path)[0].shape == dicom_stage1_shape(tmp_path) == (4, 8, 8)
+    # 5 x 2.5 mm and 16 x 0.488 mm: 12.5 mm -> 4, 7.8 mm -> 7 at 3 x 1 x 1 mm (counts truncated, the reference grid)
+    assert dicom_to_hu(tmp_path)[0].shape == dicom_stage1_shape(tmp_path) == (4, 7, 7)
 
 
 def test_pydicom_real_series_with_missing_slices_is_refused():

@@ -21,6 +21,7 @@ import torch
 from reaf.data.formats import FORMATS, VolumeMeta, load_volume, volume_file
 from reaf.data.input_spec import InputSpec
 from reaf.data.preprocessing import read_metadata
+from reaf.exit_status import run_cli
 from reaf.preprocess import main
 from tests.support.volumes import (
     SPACING,
@@ -33,6 +34,7 @@ from tests.support.volumes import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
+PROG = "python -m reaf.preprocess"
 TINY = InputSpec((32, 96, 96))  # configs/tiny.json, default --input-info -1150 350 crop
 NAMES = ["valid_1_a_1", "valid_1_a_2", "valid_2_b_1"]
 
@@ -151,7 +153,7 @@ BAD = {
 
 @pytest.mark.parametrize("case", sorted(BAD))
 @pytest.mark.parametrize("skip", [False, True], ids=["fail", "skip_bad"])
-def test_bad_inputs_fail_or_are_counted(tmp_path, case, skip):
+def test_bad_inputs_fail_or_are_counted(tmp_path, capsys, case, skip):
     root, out = tmp_path / "src", tmp_path / "out"
     make_layout_a(root, ["valid_1_a_1"])
     bad = root / "dataset" / "valid" / "valid_9" / "valid_9_a" / "valid_9_a_1.nii.gz"
@@ -164,10 +166,9 @@ def test_bad_inputs_fail_or_are_counted(tmp_path, case, skip):
         )
         pd.concat([pd.read_csv(csv), pd.DataFrame([extra])]).to_csv(csv, index=False)
     if not skip:
-        with pytest.raises(SystemExit) as err:
-            main(_args(root, out, "cache"))
-        message = str(err.value)
-        assert message.startswith(f"error: {bad}: ") and re.search(BAD[case][1], message), message
+        assert run_cli(PROG, lambda: main(_args(root, out, "cache"))) == 1
+        message = capsys.readouterr().err.strip().splitlines()[-1]
+        assert message.startswith(f"{PROG}: error: {bad}: ") and re.search(BAD[case][1], message), message
         return
     assert main(_args(root, out, "cache", "--skip-bad")) == 0
     manifest = _manifest(out, "cache")
@@ -204,3 +205,72 @@ def test_synthetic_ct_rate_through_every_format(tmp_path):
         assert torch.equal(load_volume(volume_file(out, rel, "stage1"), "stage1", spec), ori)
         assert torch.equal(load_volume(volume_file(out, rel, "stage2"), "stage2", spec), ori)
         assert (load_volume(volume_file(out, rel, "cache"), "cache", spec) - ori).abs().max() <= 6e-4
+
+
+@pytest.mark.parametrize("skip", [False, True], ids=["fail", "skip_bad"])
+def test_a_full_output_disk_stops_the_run_naming_the_output(tmp_path, monkeypatch, capsys, skip):
+    """ENOSPC while writing (every output opened on /dev/full) is the output's fault: it stops the run naming the
+    output file, with or without --skip-bad, and no input is counted as bad."""
+    from reaf import atomic
+
+    root, out = tmp_path / "src", tmp_path / "out"
+    make_layout_a(root, NAMES)
+    real_open = atomic._open  # the volume outputs' temp files go to a full disk, the manifest does not
+    monkeypatch.setattr(atomic, "_open", lambda path, mode="wb": real_open(
+        Path("/dev/full") if ".vol.zst." in Path(path).name else path, mode))
+    argv = _args(root, out, "cache", *(["--skip-bad"] if skip else []))
+    assert run_cli(PROG, lambda: main(argv)) == 1
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    first = out / "dataset" / "valid" / "valid_1" / "valid_1_a" / "valid_1_a_1.vol.zst"
+    assert message == f"{PROG}: error: {first}: cannot write it: No space left on device (errno 28)", message
+    assert not list(out.rglob("*.vol.zst")) and not list(out.rglob("*.tmp"))
+    manifest = _manifest(out, "cache")  # written: only the volume outputs were on the full disk here
+    assert manifest["counts"]["skipped_bad"] == 0 and manifest["failure"] == message.split("error: ", 1)[1]
+
+
+def test_output_errors_name_the_output_path(tmp_path, monkeypatch):
+    from reaf import atomic
+
+    monkeypatch.setattr(atomic, "_open", lambda path, mode="wb": open("/dev/full", mode))
+    with pytest.raises(atomic.OutputError, match=re.escape(f"{tmp_path / 'x.pt'}: cannot write it: No space left")):
+        atomic.torch_save({"w": torch.zeros(1000)}, tmp_path / "x.pt")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "ro").write_text("a file where a folder is needed")
+    with pytest.raises(atomic.OutputError, match=re.escape(f"{tmp_path / 'ro' / 'y.json'}: cannot write it: ")):
+        atomic.write_json({}, tmp_path / "ro" / "y.json")
+
+
+def test_a_cache_or_manifest_of_the_old_grid_is_converted_again(tmp_path):
+    root, out = tmp_path / "src", tmp_path / "out"
+    make_layout_a(root, NAMES)
+    for fmt in ("stage2", "cache"):
+        assert main(_args(root, out, fmt)) == 0
+        path = out / f"manifest_valid_{fmt}.json"
+        assert _manifest(out, fmt)["resample_grid"] == "int(n*spacing/target)"
+        old = {k: v for k, v in _manifest(out, fmt).items() if k != "resample_grid"}  # as written before the grid
+        path.write_text(json.dumps(old))
+        assert main(_args(root, out, fmt)) == 0
+        manifest = _manifest(out, fmt)
+        assert manifest["counts"]["redone_invalid"] == 3 and manifest["counts"]["skipped_existing"] == 0
+        assert all("resampling grid 'rounded voxel counts'" in r["reason"] for r in manifest["redone_invalid"])
+        assert main(_args(root, out, fmt)) == 0 and _manifest(out, fmt)["counts"]["skipped_existing"] == 3
+
+
+def test_layout_b_reports_and_duplicate_names_are_checked_by_preprocess(tmp_path, capsys):
+    root, out = tmp_path / "src", tmp_path / "out"
+    vols = make_layout_b(root, ["a", "b"])
+    argv = ["--data-root", str(root), "--split", "val", "--out", str(out), "--format", "cache", "--model", "tiny",
+            "--input-info", "-1000", "400", "resize", "--workers", "1"]  # fmt: skip
+    reports = root / "val" / "reports" / "reports.json"
+    reports.parent.mkdir(parents=True, exist_ok=True)
+    reports.write_text('{"a": "Findings: x.", "a": "Findings: y."}')
+    assert run_cli(PROG, lambda: main(argv)) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == f"{PROG}: error: {reports}: key 'a' given 2 times in one mapping", err
+    reports.write_text('{"a": "Findings: x.", "b": "Findings: y."}')
+    twin = vols["a"].with_name("a.nii")
+    twin.write_bytes(b"")
+    assert run_cli(PROG, lambda: main(argv)) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == f"{PROG}: error: {twin} and {vols['a']}: two volume files named a; keep one", err
+    assert not out.exists() or not list(out.rglob("*.vol.zst"))

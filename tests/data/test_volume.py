@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import logging
 import re
 
@@ -45,7 +46,7 @@ def test_sphere_keeps_size_and_position_in_mm(tmp_path):
     hu = sphere((48, 64, 72), spacing, center, radius)
     path = write_nifti(tmp_path / "ball.nii.gz", hu, spacing)
     out, _ = nifti_to_hu(path, None)  # spacing from the header pixdim
-    assert tuple(out.shape) == (20, 45, 43)  # 60, 44.8, 43.2 mm at 3 x 1 x 1 mm
+    assert tuple(out.shape) == (20, 44, 43)  # 60, 44.8, 43.2 mm at 3 x 1 x 1 mm, counts truncated (the reference)
     inside = (out > -400).numpy()  # half way between air and the ball
     idx = np.argwhere(inside)
     centroid_mm = (idx + 0.5).mean(0) * np.array(T.TARGET_SPACING)
@@ -206,3 +207,44 @@ def test_bad_volume_files_name_the_file_and_cause(tmp_path, case):
         load_volume(path, fmt, SPEC, None)
     assert str(path) in str(err.value)
     assert re.search(cause, str(err.value)), str(err.value)
+
+
+@pytest.mark.parametrize(
+    "shape, spacing, expected",
+    [
+        ((175, 512, 512), (2.0, 0.65, 0.65), (116, 332, 332)),  # 116.67 and 332.8: truncated, as the reference
+        ((100, 7, 9), (3.0, 1.0, 1.0), (100, 7, 9)),  # already on the grid
+        ((33, 300, 301), (1.5, 0.5, 0.5), (16, 150, 150)),  # 16.5 and 150.5
+        ((1, 1, 1), (0.5, 0.5, 0.5), (1, 1, 1)),  # never below one voxel
+    ],
+)
+def test_resampled_shape_is_the_reference_grid(shape, spacing, expected):
+    """Hand-computed int(n * spacing / target) per axis: the grid HLIP's process.py and the reference's ori loader
+    build, which the released weights were trained on (a rounding grid gives 117 and 333 for the first case)."""
+    assert T.resampled_shape(shape, spacing) == expected
+    assert tuple(T.resample(torch.zeros(shape), spacing).shape) == expected
+
+
+def test_implausible_spacing_or_size_is_refused_before_allocating():
+    with pytest.raises(ValueError, match=r"\(3, 1, 1000\) mm is outside the plausible \(0.05, 20\] mm"):
+        T.resample(torch.zeros(4, 4, 4), (3.0, 1.0, 1000.0))
+    with pytest.raises(ValueError, match="outside the plausible"):
+        T.resample(torch.zeros(4, 4, 4), (3.0, 0.01, 1.0))
+    huge = torch.zeros(1).expand(2000, 4000, 4000)  # no memory behind it: the check must come first
+    with pytest.raises(ValueError, match=r"resample to \(2000, 2000, 2000\) .* more than the budget"):
+        T.resample(huge, (3.0, 0.5, 0.5))
+
+
+def test_a_cache_of_the_old_grid_is_refused_naming_the_file(tmp_path):
+    spec = InputSpec((8, 16, 16), mode="resize")
+    path = tmp_path / "v.vol.zst"
+    save_cache(path, torch.rand(spec.size), spec)
+    data = path.read_bytes()
+    n = int.from_bytes(data[8:12], "little")
+    header = json.loads(data[12 : 12 + n])
+    assert header["grid"] == T.RESAMPLE_GRID
+    del header["grid"]  # what a cache written before the grid was recorded holds
+    old = json.dumps(header).encode()
+    path.write_bytes(data[:8] + len(old).to_bytes(4, "little") + old + data[12 + n :])
+    with pytest.raises(VolumeError, match=re.escape(f"{path}: cache written with another resampling grid")):
+        load_volume(path, "cache", spec)

@@ -118,3 +118,73 @@ def test_main_py_checkpoint_then_zero_shot_cli(synthetic, tmp_path):
     results = check_outputs(out, names, names[-1])
     assert results["checkpoint"]["path"] == str(ckpt.resolve())
     assert results["model_config"]["vision"]["reference_compat"] is False
+
+
+def write_reference_stage2_cache(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """The reference's stage2 cache as it lies, <root>/valid_1/valid_1_a/valid_1_a_1.pt.gz (no dataset/, no split
+    folder, no metadata CSV), CT-RATE's labels and reports CSVs elsewhere, and a reference-format tiny checkpoint.
+    Returns (root, labels CSV, checkpoint)."""
+    from reaf.data.formats import save_stage2
+    from tests.support.layouts import tables_for, truth_for
+
+    names = ["valid_1_a_1", "valid_1_a_2", "valid_2_a_1", "valid_3_a_1"]
+    _, reports, labels = tables_for(truth_for(names))
+    dataset = tmp_path / "ct_rate" / "dataset"
+    for folder, name, table in (("multi_abnormality_labels", "valid_predicted_labels.csv", labels),
+                                ("radiology_text_reports", "validation_reports.csv", reports)):
+        (dataset / folder).mkdir(parents=True)
+        table.to_csv(dataset / folder / name, index=False)
+    root, g = tmp_path / "stage2", torch.Generator().manual_seed(0)
+    for name in names:
+        patient, scan = name.rsplit("_", 2)[0], name.rsplit("_", 1)[0]
+        save_stage2(root / patient / scan / f"{name}.pt.gz", torch.randn((1, 32, 96, 96), generator=g))
+    torch.manual_seed(0)
+    ckpt = tmp_path / "reaf.pt"
+    torch.save({"state_dict": create_model("tiny").state_dict()}, ckpt)
+    return root, dataset / "multi_abnormality_labels" / "valid_predicted_labels.csv", ckpt
+
+
+def test_the_reference_stage2_cache_is_evaluated_as_it_lies(tmp_path, monkeypatch):
+    """The README's evaluation command on the reference's own stage2 tree: no metadata CSV is asked for, the data
+    root holds valid_N/ directly. A second evaluation into the same folder first removes the first one's results,
+    so a failure part-way never leaves them beside the new embeddings."""
+    import zero_shot
+    from reaf.evaluation import protocol
+
+    root, labels_csv, ckpt = write_reference_stage2_cache(tmp_path)
+    out = tmp_path / "res"
+    argv = ["--resume", str(ckpt), "--zeroshot-ct-rate", str(labels_csv), "--data-root", str(root),
+            "--input-data-type", "stage2", "--model", "tiny", "--results-dir", str(out), "--workers", "0",
+            "--device", "cpu", "--bootstrap", "10"]  # fmt: skip
+    assert zero_shot.main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["data"]["N"] == 4 and results["data"]["root"] == str(root) and (out / "plots").is_dir()
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("metrics failed")
+
+    monkeypatch.setattr(protocol, "assemble_results", fail)
+    with pytest.raises(RuntimeError, match="metrics failed"):
+        zero_shot.main([*argv, "--seed", "1"])
+    assert sorted(p.name for p in out.iterdir()) == ["embeddings.pt", "plots"] and not list(out.glob("plots/*"))
+
+
+def test_flags_and_the_results_folder_are_checked_before_anything_is_loaded(tmp_path, capsys):
+    import zero_shot
+    from reaf.evaluation.evaluate import EvalSettings
+    from reaf.exit_status import run_cli
+
+    blocked = tmp_path / "a_file"
+    blocked.write_text("in the way")
+    argv = ["--resume", str(tmp_path / "not_read.pt"), "--zeroshot-ct-rate", "x.csv", "--device", "cpu",
+            "--results-dir", str(blocked / "res")]  # fmt: skip
+    assert run_cli("zero_shot.py", lambda: zero_shot.main(argv)) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"zero_shot.py: error: {blocked / 'res'}: cannot write it: Not a directory (errno 20)", err
+    with pytest.raises(SystemExit):
+        zero_shot.main([*argv[:-2], "--bootstrap", "-1"])
+    assert "zero_shot.py: error: argument --bootstrap: must be >= 0, got -1" in capsys.readouterr().err
+    for field, value, flag in (("batch_size", 0, "--batch-size"), ("n_boot", -1, "--bootstrap"),
+                               ("workers", -2, "--workers")):
+        with pytest.raises(ValueError, match=f"{flag} must be an integer >= "):
+            EvalSettings(checkpoint="c.pt", **{field: value})

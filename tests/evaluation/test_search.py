@@ -60,3 +60,48 @@ def test_query_to_volumes_with_recorded_checkpoint(tmp_path, capsys):
     top = [line.split() for line in lines[1:]]
     assert [row[2] for row in top[:2]] == ["v4", "v1"] and len(top) == 3
     assert 0.99 < float(top[0][1]) <= 1.0 and float(top[0][1]) > float(top[1][1]) > float(top[2][1])
+
+
+def _recorded(tmp_path, seed: int = 0):
+    torch.manual_seed(seed)
+    model = create_model("tiny").eval()
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save({"state_dict": model.state_dict(), "config": {"model": model.cfg.to_dict()}}, ckpt)
+    image = np.random.default_rng(0).normal(size=(3, 64)).astype(np.float32)
+    meta = {"checkpoint": file_fingerprint(ckpt), "model_config": model.cfg.to_dict()}
+    store, meta = _store(image, image, ["v0", "v1", "v2"], ["a", "b", "c"], meta)
+    save_embeddings(tmp_path / "e.pt", store, key=None, meta=meta)
+    return ckpt, model
+
+
+def test_a_checkpoint_replaced_since_is_refused_naming_it(tmp_path, capsys):
+    from reaf.exit_status import run_cli
+
+    ckpt, _ = _recorded(tmp_path)
+    torch.manual_seed(1)  # another model's weights now lie at the recorded path
+    torch.save({"state_dict": create_model("tiny").state_dict()}, ckpt)
+    argv = ["--embeddings", str(tmp_path / "e.pt"), "--query", QUERY]
+    assert run_cli("python -m reaf.search", lambda: main(argv)) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"python -m reaf.search: error: {ckpt}: not the checkpoint the embeddings were made with")
+    assert "the file changed since" in err and "\n" not in err
+    other = tmp_path / "other.pt"
+    ckpt.rename(other)
+    assert run_cli("python -m reaf.search", lambda: main([*argv, "--resume", str(other)])) == 1
+    assert f"error: {other}: not the checkpoint" in capsys.readouterr().err
+
+
+def test_embeddings_written_in_training_name_the_file_and_need_resume(tmp_path, capsys):
+    from reaf.exit_status import run_cli
+
+    ckpt, _ = _recorded(tmp_path)
+    store = torch.load(tmp_path / "e.pt", weights_only=True)
+    store["meta"]["checkpoint"] = None  # what training's per-epoch evaluation records
+    torch.save(store, tmp_path / "e.pt")
+    argv = ["--embeddings", str(tmp_path / "e.pt"), "--query", QUERY]
+    assert run_cli("python -m reaf.search", lambda: main(argv)) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"python -m reaf.search: error: {tmp_path / 'e.pt'}: records no checkpoint (embeddings written during "
+        "training?): pass --resume PATH with the checkpoint that made them")
+    assert main([*argv, "--resume", str(ckpt), "-k", "2"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3

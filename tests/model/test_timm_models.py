@@ -50,3 +50,19 @@ def test_registered_encoder_refuses_what_it_cannot_be():
         timm.create_model("reaf_tiny", num_classes=10)
     with pytest.raises(TypeError, match=r"unknown arguments \['colour'\]"):
         timm.create_model("reaf_tiny", colour=1)
+
+
+def test_import_timm_then_reaf_registers_the_encoder_and_reaf_alone_loads_no_torch():
+    """In fresh interpreters: the README's `import timm, reaf` then timm.create_model; `import reaf` alone stays
+    light (no torch) for the data tools."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    code = ("import timm, reaf; m = timm.create_model('reaf_tiny'); "
+            "print(type(m).__name__, 'vit_base_singlescan_h2_token2744' in timm.list_models('vit_base_singlescan*'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.split() == ["TimmVolumeEncoder", "True"], out.stderr[-2000:]
+    light = subprocess.run([sys.executable, "-c", "import sys, reaf; print('torch' in sys.modules)"], cwd=repo,
+                           capture_output=True, text=True, timeout=300)
+    assert light.stdout.strip() == "False", light.stderr[-2000:]
