@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 SPACING = (2.5, 1.0, 0.8)  # (z, y, x) mm: anisotropic on purpose
-SHAPE = (24, 64, 72)  # (z, y, x): 60 x 64 x 57.6 mm -> (20, 64, 58) at 3x1x1 mm
+SHAPE = (24, 64, 72)  # (z, y, x): 60 x 64 x 57.6 mm -> (20, 64, 58) at 3x1x1 mm (57 if counts are floored)
 
 
 def chest_like(shape: tuple[int, int, int] = SHAPE, seed: int = 0) -> np.ndarray:
