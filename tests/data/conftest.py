@@ -13,7 +13,13 @@ def tokenize():
 
 
 @pytest.fixture(scope="module")
-def split(tmp_path_factory):
+def truth():
+    """What the `split` fixture writes: labels, report parts, spacing and the (x, y, z) voxels of each volume."""
+    return truth_for(TRAIN, shape=(40, 36, 12))
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory, truth):
     root = tmp_path_factory.mktemp("ctrate")
-    labels_csv = write_layout_a(root, "train", truth_for(TRAIN, shape=(40, 36, 12)), fixed={"train_1_a_1"})
+    labels_csv = write_layout_a(root, "train", truth, fixed={"train_1_a_1"})
     return read_split(labels_csv, fmt="ori")

@@ -1,23 +1,42 @@
 """DataLoader assembly: contract batches from real files, seeded order, rank sharding, scan sampling, errors."""
 
 import gzip
+import math
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from reaf.data.formats import load_volume, volume_file
 from reaf.data.loader import UnitSampler, VolumeDataset, build_dataloader
-from tests.support.layouts import SPEC, TRAIN
+from tests.support.layouts import SPEC, TRAIN, report_of
 
 
 def names_of(loader) -> list[str]:
     return [name for batch in loader for name in batch["name"]]
 
 
-def test_batches_follow_the_contract(split, tokenize):
+def by_hand(t: dict) -> torch.Tensor | None:
+    """The model input of one fixture volume (the `truth` fixture: (40, 36, 12) voxels stored (x, y, z)) computed here:
+    its values are HU already (random HU whose air is at -1000; the CSV intercept -1024 would put air at -2000), in
+    (z, y, x) order; trilinear to 3 x 1 x 1 mm at the CSV spacing, window [-1150, 350] to [0, 1], trilinear to
+    SPEC.size (8, 16, 16), (v - 0.449) / 0.226. None where rounding and flooring the voxel count n * s / 3|1 differ
+    (y = 36 x 0.71 = 25.56, ...): those sizes depend on resampled_shape's rule."""
+    hu = torch.from_numpy(t["voxels"].transpose(2, 1, 0).astype(np.float32))
+    extent = [n * s / target for n, s, target in zip(hu.shape, (t["z"], t["xy"][1], t["xy"][0]), (3.0, 1.0, 1.0))]
+    if any(math.floor(e) != round(e) for e in extent):
+        return None
+    out = F.interpolate(hu[None, None], size=[round(e) for e in extent], mode="trilinear", align_corners=False)
+    out = F.interpolate(((out + 1150.0) / 1500.0).clamp(0, 1), size=(8, 16, 16), mode="trilinear",
+                        align_corners=False)
+    return (out[0] - 0.449) / 0.226
+
+
+def test_batches_follow_the_contract(split, truth, tokenize):
     loader = build_dataloader(split, SPEC, tokenize, batch_size=4, workers=0, seed=0, train=False)
     batches = list(loader)
+    checked = []
     assert [len(b["name"]) for b in batches] == [4, 2] and names_of(loader) == [s.name for s in split.samples]
     for batch in batches:
         b = len(batch["name"])
@@ -28,10 +47,15 @@ def test_batches_follow_the_contract(split, tokenize):
         assert torch.equal(batch["input_ids"], ids) and torch.equal(batch["attention_mask"], mask)
         for i, name in enumerate(batch["name"]):
             sample = next(s for s in split.samples if s.name == name)
-            assert batch["report"][i] == sample.report
-            assert torch.equal(batch["labels"][i], torch.from_numpy(sample.labels))
+            assert batch["report"][i] == report_of(truth[name])  # "Findings: ... Impressions: ..." of the CSV row
+            assert torch.equal(batch["labels"][i], torch.from_numpy(truth[name]["labels"]))
             direct = load_volume(volume_file(split.root, sample.rel, "ori"), "ori", SPEC, sample.meta)
             assert torch.equal(batch["image"][i], direct)
+            expected = by_hand(truth[name])
+            if expected is not None:
+                checked.append(name)
+                torch.testing.assert_close(batch["image"][i], expected, atol=1e-5, rtol=0)
+    assert checked == ["train_1_a_1", "train_2_b_1", "train_10_a_1"]  # xy 0.70, 0.73, 0.75: 25.2/28, 26.28/29.2, 27/30
     assert loader.pin_memory == torch.cuda.is_available() and not loader.persistent_workers
 
 

@@ -15,6 +15,7 @@ from reaf.data.input_spec import InputSpec
 from reaf.data.loader import build_dataloader
 from reaf.data.readers import find_splits, read_split
 from reaf.synthetic.dataset import generate
+from tests.support.volumes import synthetic_model_inputs
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +71,24 @@ def test_loader_on_synthetic_at_the_tiny_model_input(ct_rate):
     loader = build_dataloader(split, spec, model.tokenize, batch_size=3, workers=0, seed=0, train=True)
     batches = list(loader)
     assert len(batches) == 2 and sorted(n for b in batches for n in b["name"]) == sorted(s.name for s in split.samples)
+    dataset = ct_rate / "dataset"
+    meta = pd.read_csv(dataset / "metadata/train_metadata.csv").set_index("VolumeName")
+    reports = pd.read_csv(dataset / "radiology_text_reports/train_reports.csv").set_index("VolumeName")
+    labels = pd.read_csv(dataset / "multi_abnormality_labels/train_predicted_labels.csv").set_index("VolumeName")
+    rel = {s.name: s.rel for s in split.samples}
     for batch in batches:
-        assert batch["image"].shape == (3, 1, *model.cfg.vision.img_size) and torch.isfinite(batch["image"]).all()
-        assert batch["input_ids"].shape[0] == 3 and batch["attention_mask"].sum(1).min() > 2
-        assert not torch.isnan(batch["labels"]).any()
+        assert batch["image"].shape == (3, 1, *model.cfg.vision.img_size)
+        ids, mask = model.tokenize(batch["report"])
+        assert torch.equal(batch["input_ids"], ids) and torch.equal(batch["attention_mask"], mask)
+        for i, name in enumerate(batch["name"]):
+            row = name + ".nii.gz"
+            assert batch["report"][i] == (f"Findings: {reports.loc[row, 'Findings_EN'].strip()} "
+                                          f"Impressions: {reports.loc[row, 'Impressions_EN'].strip()}")
+            assert torch.equal(batch["labels"][i], torch.from_numpy(labels.loc[row, CLASSES].to_numpy(np.float32)))
+            nifti = volume_file(split.root, rel[name], "ori")
+            error = min((batch["image"][i] - x).abs().max().item()
+                        for x in synthetic_model_inputs(nifti, meta.loc[row], spec.size))
+            assert error <= 1e-4, (name, error)
 
 
 def test_preprocessed_cache_root_reads_the_same_samples(ct_rate, tmp_path):

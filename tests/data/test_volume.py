@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from reaf.data import transforms as T
 from reaf.data.formats import (
@@ -43,10 +44,10 @@ SPEC = InputSpec((16, 48, 48), -1150, 350, "crop")
 
 def test_sphere_keeps_size_and_position_in_mm(tmp_path):
     spacing, center, radius = (1.25, 0.7, 0.6), (31.0, 22.0, 20.0), 12.0
-    hu = sphere((48, 64, 72), spacing, center, radius)
+    hu = sphere((48, 62, 72), spacing, center, radius)
     path = write_nifti(tmp_path / "ball.nii.gz", hu, spacing)
     out, _ = nifti_to_hu(path, None)  # spacing from the header pixdim
-    assert tuple(out.shape) == (20, 44, 43)  # 60, 44.8, 43.2 mm at 3 x 1 x 1 mm, counts truncated (the reference)
+    assert tuple(out.shape) == (20, 43, 43)  # 60, 43.4, 43.2 mm at 3 x 1 x 1 mm (round and floor agree)
     inside = (out > -400).numpy()  # half way between air and the ball
     idx = np.argwhere(inside)
     centroid_mm = (idx + 0.5).mean(0) * np.array(T.TARGET_SPACING)
@@ -55,6 +56,31 @@ def test_sphere_keeps_size_and_position_in_mm(tmp_path):
     assert volume_mm3 == pytest.approx(4 / 3 * np.pi * radius**3, rel=0.08)
     extent = [(idx[:, a].max() - idx[:, a].min() + 1) * T.TARGET_SPACING[a] for a in range(3)]
     assert np.allclose(extent, 2 * radius, atol=T.TARGET_SPACING[0] * 1.01), extent
+
+
+def trilinear(hu: np.ndarray, shape) -> torch.Tensor:
+    """The chest phantom (24, 64, 72) at 2.5 x 1 x 0.8 mm on the 3 x 1 x 1 mm grid: 60 / 3 = 20 and 64 voxels on z and
+    y; on x 57.6 mm gives 58 voxels when rounded, 57 when floored, so x is taken from the result and checked to be
+    one of the two; the values are torch's trilinear interpolation (voxel centres kept, align_corners=False)."""
+    assert tuple(shape[:2]) == (20, 64) and shape[2] in (57, 58)
+    return F.interpolate(torch.from_numpy(hu.astype(np.float32))[None, None], size=tuple(shape), mode="trilinear",
+                         align_corners=False)[0, 0]
+
+
+def test_resample_keeps_a_linear_ramp_at_the_voxel_centres():
+    """HU = 7 z - 3 y + 2 x (mm, at voxel centres (i + 0.5) * spacing) is linear, so trilinear resampling gives the
+    ramp at the new centres: (j + 0.5) * 3 mm on z and (j + 0.5) * 1 mm on y and x. Spacings are exact binary
+    fractions and extents whole multiples of the target, so the voxel counts are exact (10 x 1.5 / 3 = 5,
+    12 x 0.5 = 6, 8 x 1.25 = 10). Downsampled axes (z, y) need no edge clamping; upsampled x clamps its first and
+    last output voxel to the input's first and last centre (0.625 and 9.375 mm)."""
+    shape, spacing = (10, 12, 8), (1.5, 0.5, 1.25)
+    z, y, x = np.meshgrid(*[(np.arange(n) + 0.5) * s for n, s in zip(shape, spacing)], indexing="ij")
+    out = T.resample(torch.from_numpy(7 * z - 3 * y + 2 * x), spacing)
+    assert tuple(out.shape) == (5, 6, 10) and out.dtype == torch.float32
+    zc, yc = (np.arange(5) + 0.5) * 3.0, np.arange(6) + 0.5
+    xc = np.clip(np.arange(10) + 0.5, 0.625, 9.375)
+    zz, yy, xx = np.meshgrid(zc, yc, xc, indexing="ij")
+    np.testing.assert_allclose(out.numpy(), 7 * zz - 3 * yy + 2 * xx, rtol=0, atol=1e-4)
 
 
 def test_hu_identical_from_v1_v2_and_header_scaled(tmp_path, caplog):
@@ -73,8 +99,7 @@ def test_hu_identical_from_v1_v2_and_header_scaled(tmp_path, caplog):
     assert all(-1100 < x.air < -900 for x in (da, db, dc))
     assert "air at -2" in " ".join(db.rejected)  # the double rescale was considered and rejected
     assert str(v1) in caplog.text and "metadata CSV RescaleSlope/Intercept" in caplog.text
-    raw_hu = torch.from_numpy(hu.astype(np.float32))
-    assert torch.allclose(a, T.resample(raw_hu, SPACING), rtol=0, atol=1e-3)
+    assert torch.allclose(a, trilinear(hu, a.shape), rtol=0, atol=1e-3)
 
 
 def test_hu_with_csv_slope_two(tmp_path):
@@ -83,7 +108,7 @@ def test_hu_with_csv_slope_two(tmp_path):
     meta = VolumeMeta((SPACING[2], SPACING[1]), SPACING[0], 2.0, -1024.0)
     out, decision = nifti_to_hu(path, meta)
     assert decision.slope == 2.0
-    assert torch.allclose(out, T.resample(torch.from_numpy(hu.astype(np.float32)), SPACING), rtol=0, atol=1e-3)
+    assert torch.allclose(out, trilinear(hu, out.shape), rtol=0, atol=1e-3)
 
 
 def test_raw_values_without_slope_intercept_are_an_error(tmp_path):
@@ -119,6 +144,13 @@ def test_all_formats_give_the_same_model_input(tmp_path, mode):
     ori = load_volume(src, "ori", spec, META)
     assert ori.shape == (1, 16, 48, 48) and ori.dtype == torch.float32
     hu, _ = nifti_to_hu(src, META)
+    windowed = ((hu + 1150.0) / 1500.0).clamp(0, 1)  # the window [-1150, 350] HU written out
+    if mode == "crop":  # every axis of (20, 64, 57|58) is larger than (16, 48, 48): centre crop, offset (n - s) // 2
+        z0, y0, x0 = 2, 8, (hu.shape[2] - 48) // 2
+        fitted = windowed[z0:z0 + 16, y0:y0 + 48, x0:x0 + 48]
+    else:
+        fitted = F.interpolate(windowed[None, None], size=(16, 48, 48), mode="trilinear", align_corners=False)[0, 0]
+    torch.testing.assert_close(ori[0], (fitted - 0.449) / 0.226, atol=1e-5, rtol=0)
     save_stage1(volume_file(tmp_path, "vol", "stage1"), hu)
     save_stage2(volume_file(tmp_path, "vol", "stage2"), ori)
     save_stage2(tmp_path / "vol16.pt.gz", ori, torch.float16)

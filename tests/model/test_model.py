@@ -200,8 +200,46 @@ def test_gradients_reach_both_towers_and_lock_text():
     assert named["text.transformer.embeddings.word_embeddings.weight"].grad is None
 
 
+def block0_slabs(trunk, vol):
+    """The patch tokens after block 0 as (B, d, h*w, C), read by a forward hook whatever the block's layout:
+    (B*d, 1+h*w, C) for a slice-level block, (B, 1+d*h*w, C) for a scan-level one."""
+    seen = []
+    handle = trunk.blocks[0].register_forward_hook(lambda module, args, out: seen.append(out))
+    with torch.no_grad():
+        trunk(vol)
+    handle.remove()
+    b, (d, h, w) = vol.shape[0], trunk.grid
+    out = seen[0]
+    if out.shape[0] == b * d:
+        return out.reshape(b, d, 1 + h * w, -1)[:, :, 1:]
+    return out[:, 1:].reshape(b, d, h * w, -1)
+
+
+def by_hand(trunk, vol, levels):
+    """The plain hierarchy's last tokens (1, 1+N, C) composed in the test: at slice level the slabs are separate
+    sequences, each with its own copy of the CLS token (kept across consecutive slice-level blocks), and the copies
+    are averaged going back to scan level."""
+    d, h, w = trunk.grid
+    x = trunk.embed(vol)  # (1, 1+N, C)
+    slabs = None  # (d, 1+h*w, C) while at slice level
+    for block, level in zip(trunk.blocks, levels):
+        if level == "slice":
+            if slabs is None:
+                slabs = torch.cat([x[0, :1].expand(d, 1, -1), x[0, 1:].reshape(d, h * w, -1)], dim=1)
+            slabs = block(slabs)
+        else:
+            if slabs is not None:
+                x = torch.cat([slabs[:, 0].mean(0, keepdim=True), slabs[:, 1:].reshape(d * h * w, -1)])[None]
+                slabs = None
+            x = block(x)
+    assert slabs is None, "these variants end at scan level"
+    return x
+
+
 def test_plain_hierarchy_and_full_attention_variants():
     vol = volume(1)
+    bumped = vol.clone()
+    bumped[:, :, 8:16] += 1.0  # the voxels of slab 1 only (patch depth 8)
     plain = tiny(fusion_saliency=False).eval()
     assert not hasattr(plain.visual.trunk, "fusion_layer")
     full = tiny(fusion_saliency=False, scan_blocks=[0, 1, 2]).eval()
@@ -209,8 +247,32 @@ def test_plain_hierarchy_and_full_attention_variants():
     reaf = tiny().eval()
     n_params = {m: sum(p.numel() for p in m.visual.parameters()) for m in (plain, full, reaf)}
     assert n_params[plain] == n_params[full] == n_params[reaf] - (2 * 48 * 48 + 48)
+    # the same weights in all three (seeded alike, and the plain/full ones copied from REAF's to be sure)
+    for model in (plain, full):
+        missing, unexpected = model.load_state_dict(reaf.state_dict(), strict=False)
+        assert not missing and set(unexpected) == {"visual.trunk.fusion_layer.weight", "visual.trunk.fusion_layer.bias"}
+
+    # block 0: slice level in the hierarchy (slabs 0, 2, 3 untouched by slab 1's voxels), scan level in the full one
+    others = [0, 2, 3]
+    a, b = block0_slabs(plain.visual.trunk, torch.cat([vol, bumped]))
+    assert not torch.allclose(a[1], b[1]) and torch.allclose(a[others], b[others], atol=1e-6)
+    a, b = block0_slabs(full.visual.trunk, torch.cat([vol, bumped]))
+    assert min((a[s] - b[s]).abs().max().item() for s in range(4)) > 1e-4  # every slab moved
+
     with torch.no_grad():
-        outs = [m.encode_image(vol) for m in (plain, full, reaf)]
-    assert all(o.shape == (1, 64) for o in outs)
+        emb = {name: m.encode_image(vol) for name, m in (("plain", plain), ("full", full), ("reaf", reaf))}
+        # each variant equals its own composition written out here
+        for name, model, levels in (("plain", plain, ["slice", "slice", "scan"]), ("full", full, ["scan"] * 3)):
+            trunk = model.visual.trunk
+            tokens = by_hand(trunk, vol, levels)
+            expected = torch.nn.functional.normalize(model.visual.head.proj(trunk.norm(tokens)[:, 0]), dim=-1)
+            torch.testing.assert_close(emb[name], expected, atol=1e-5, rtol=1e-5, msg=name)
+        # REAF without its enhancer's contribution (the added vector zeroed) is exactly the plain hierarchy
+        reaf.visual.trunk.fusion_layer.weight.zero_()
+        reaf.visual.trunk.fusion_layer.bias.zero_()
+        assert torch.equal(reaf.encode_image(vol), emb["plain"])
+    # the same weights, three different models: the attention pattern and the enhancer each change the embedding
+    for x, y in (("plain", "full"), ("plain", "reaf"), ("full", "reaf")):
+        assert (emb[x] - emb[y]).abs().max() > 1e-3, (x, y)
     with pytest.raises(ValueError, match="need at least one scan-level and one slice-level"):
         tiny(scan_blocks=[0, 1, 2])

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 SPACING = (2.5, 1.0, 0.8)  # (z, y, x) mm: anisotropic on purpose
-SHAPE = (24, 64, 72)  # (z, y, x): 60 x 64 x 57.6 mm -> (20, 64, 58) at 3x1x1 mm
+SHAPE = (24, 64, 72)  # (z, y, x): 60 x 64 x 57.6 mm -> (20, 64, 58) at 3x1x1 mm (57 if counts are floored)
 
 
 def chest_like(shape: tuple[int, int, int] = SHAPE, seed: int = 0) -> np.ndarray:
@@ -92,4 +92,27 @@ def make_layout_b(root: Path, names: list[str], split: str = "val") -> dict[str,
     }
     (root / split / "reports").mkdir(parents=True, exist_ok=True)
     (root / split / "reports" / "reports.json").write_text('{"a": "No findings."}')
+    return out
+
+
+def synthetic_model_inputs(nifti: Path, meta: dict, size: tuple[int, int, int]) -> list:
+    """The `resize` model input of one reaf.synthetic NIfTI, computed apart from reaf.data: voxels in stored order as
+    (z, y, x); HU = raw + the metadata row's intercept (-1024) for v1 files (v2 "_fixed" files store HU); trilinear
+    to 3 x 1 x 1 mm at the row's spacing (voxel centres kept); window [-1150, 350] HU to [0, 1]; trilinear to `size`;
+    (v - 0.449) / 0.226 -> (1, *size) float32 tensors, one per rule for the voxel counts n * spacing / 3|1 (rounded,
+    floored) where the two rules give different counts: reaf's rule may be either."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    stored = np.asarray(nib.load(str(nifti)).dataobj).transpose(2, 1, 0).astype(np.float32)
+    hu = stored if "_fixed" in Path(nifti).parent.parent.parent.name else stored + float(meta["RescaleIntercept"])
+    sx, sy = (float(v) for v in str(meta["XYSpacing"]).strip("[]").split(","))
+    extent = [n * s / t for n, s, t in zip(hu.shape, (float(meta["ZSpacing"]), sy, sx), (3.0, 1.0, 1.0))]
+    out = []
+    for counts in dict.fromkeys((tuple(round(e) for e in extent), tuple(math.floor(e) for e in extent))):
+        x = F.interpolate(torch.from_numpy(hu)[None, None], size=counts, mode="trilinear", align_corners=False)
+        x = F.interpolate(((x + 1150.0) / 1500.0).clamp(0, 1), size=size, mode="trilinear", align_corners=False)
+        out.append((x[0] - 0.449) / 0.226)
     return out
