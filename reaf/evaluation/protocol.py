@@ -19,7 +19,6 @@ from reaf import atomic, dist
 from reaf.data.csv_tables import CLASSES, CLASSES_16
 from reaf.evaluation import metrics, retrieval
 from reaf.evaluation.embeddings import REPORT_TEXT, data_description, encoded_split, file_fingerprint
-from reaf.evaluation.encoding import encode_texts
 from reaf.evaluation.plots import write_plots
 from reaf.evaluation.prompt_sets import describe, prompt_set, prompt_set_embeddings
 from reaf.evaluation.prompts import class_prompts, templates_for
