@@ -57,13 +57,16 @@ def read_train_split(settings: ProbeSettings) -> Any:
     return read_labelled_split(replace(settings.evaluation, split=source))
 
 
-def _encode(model: Any, split: Any, spec: Any, where: Path, file_name: str, fingerprint: dict, ev: EvalSettings
-            ) -> tuple[dict, bool]:  # fmt: skip
+def _encode(model: Any, split: Any, spec: Any, where: Path, file_name: str, fingerprint: dict, ev: EvalSettings,
+            texts: bool = True) -> tuple[dict, bool]:  # fmt: skip
+    """The split's embeddings from where/file_name when checkpoint and data are unchanged, else encoded and kept
+    there. texts=False (the training split): images only, which the key records."""
     from reaf.evaluation.embeddings import data_description, encoded_split
 
-    return encoded_split(model, split, spec, results_dir=where, checkpoint=fingerprint,
-                         data=data_description(split, spec), file_name=file_name, batch_size=ev.batch_size,
-                         workers=ev.workers, device=ev.device, seed=ev.seed, skip_bad=ev.skip_bad)  # fmt: skip
+    data = data_description(split, spec) if texts else {**data_description(split, spec), "report_embeddings": False}
+    return encoded_split(model, split, spec, results_dir=where, checkpoint=fingerprint, data=data,
+                         file_name=file_name, batch_size=ev.batch_size, workers=ev.workers, device=ev.device,
+                         seed=ev.seed, skip_bad=ev.skip_bad, texts=texts)  # fmt: skip
 
 
 def run_probe(settings: ProbeSettings) -> dict[str, Any]:
@@ -91,7 +94,8 @@ def run_probe(settings: ProbeSettings) -> dict[str, Any]:
     fingerprint, start = file_fingerprint(ev.checkpoint), time.perf_counter()
     with torch.no_grad():
         evaluation, eval_reused = _encode(model, eval_split, spec, where, "embeddings.pt", fingerprint, ev)
-        train, train_reused = _encode(model, train_split, spec, where, "embeddings_train.pt", fingerprint, ev)
+        train, train_reused = _encode(model, train_split, spec, where, "embeddings_train.pt", fingerprint, ev,
+                                      texts=False)
         text = prompt_embeddings(model, [template], batch_size=ev.batch_size, device=ev.device, prompts=ev.prompts)
     encode_s, start = time.perf_counter() - start, time.perf_counter()
     zero_shot = zero_shot_probabilities(evaluation["image"], text[template], evaluation["logit_scale"])
