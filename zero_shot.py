@@ -34,14 +34,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cxr-bert-path", help="local CXR-BERT folder (weights, config, tokenizer)")
     p.add_argument("--zeroshot-template", choices=TEMPLATE_MODES, default="volume",
                    help="prompt sentences: 'The volume shows: X.', 'The <organ> shows: X.', or both")
+    p.add_argument("--prompts", default="v1", help="prompt set: v1 (the pairs), ensemble, or a JSON file")
     p.add_argument("--results-dir", default="results/zero_shot", help="where results.json, CSV, plots go")
     p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--workers", type=non_negative_int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0, help="torch seed and bootstrap seed")
     p.add_argument("--bootstrap", type=non_negative_int, default=1000, help="bootstrap resamples for the AUC CIs (0: none)")
-    p.add_argument("--explain", metavar="NAME", action="append", default=[],
-                   help="also draw the saliency picture of volume NAME (repeatable)")
+    p.add_argument("--explain", metavar="NAME", action="append", default=[], help="draw volume NAME's saliency")
     p.add_argument("--skip-bad", action="store_true", help="leave out (count, log, list in results.json) bad samples")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="skip the ROC/AUC/recall PNGs")
     return p.parse_args(argv)
@@ -52,7 +52,7 @@ def settings_from_args(args: argparse.Namespace, device: torch.device) -> EvalSe
         checkpoint=args.resume, split=args.zeroshot_ct_rate, data_root=args.data_root,
         input_data_type=args.input_data_type, input_info=args.input_info, report_root=args.report_root,
         model=args.model, cxr_bert_path=args.cxr_bert_path if args.use_cxr_bert else None,
-        template=args.zeroshot_template, results_dir=args.results_dir, batch_size=args.batch_size,
+        template=args.zeroshot_template, prompts=args.prompts, results_dir=args.results_dir, batch_size=args.batch_size,
         workers=args.workers, device=str(device), seed=args.seed, n_boot=args.bootstrap, plots=args.plots,
         skip_bad=args.skip_bad, explain=args.explain)
 

@@ -2,8 +2,10 @@
 
 `python -m reaf.demo` (or `bash train_ghs.sh` with no CT_RATE_ROOT) runs every stage with a progress bar and leaves
 results, plots and a saliency picture under --out. Each stage is skipped when its output is already there, so a
-rerun resumes. The plain scan/slice hierarchy (no fusion, no saliency) is trained on the same budget and reported
-beside REAF; `--no-ablation` trains REAF only.
+rerun resumes. The model is scored on the synthetic test split (where the demo reports) and on valid (where every
+choice about the demo was made). `--ablation` also trains the plain scan/slice hierarchy (no fusion, no saliency) on
+the same budget, after REAF (REAF's run does not depend on it); `--probe` adds a linear probe and few-shot of REAF's
+image embeddings (train split -> test split) beside its zero-shot numbers.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="demo", help="model config (configs/ name or JSON)")
     p.add_argument("--num-train", type=positive_int, default=2400)
     p.add_argument("--num-valid", type=positive_int, default=200)
+    p.add_argument("--num-test", type=positive_int,
+                   help="held-out test volumes, where the demo reports (default: --num-valid)")
     p.add_argument("--epochs", type=positive_int, default=30, help="30 x 75 steps of batch 32 on 2400 volumes")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--lr", type=float, default=2e-3,
@@ -41,13 +45,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep-in-memory", action=argparse.BooleanOptionalAction, default=True,
                    help="train from volumes held in memory after the first epoch (main.py --keep-in-memory, in this "
                    "process: no loader workers); 3-4x faster steps on 2 cores")
-    p.add_argument(
-        "--ablation",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also train the plain hierarchy (no fusion, no saliency) on the same budget and compare",
-    )
-    return p.parse_args(argv)
+    p.add_argument("--ablation", action=argparse.BooleanOptionalAction, default=False,
+                   help="also train the plain hierarchy (no fusion, no saliency) on the same budget and compare")
+    p.add_argument("--probe", action=argparse.BooleanOptionalAction, default=False,
+                   help="also fit a linear probe and few-shot on REAF's image embeddings (python -m reaf.probe)")
+    args = p.parse_args(argv)
+    return argparse.Namespace(**{**vars(args), "num_test": args.num_valid if args.num_test is None else args.num_test})
 
 
 def stage(title: str) -> None:
@@ -61,7 +64,7 @@ def make_data(args: argparse.Namespace, out: Path) -> Path:
 
     raw, cache = out / "ct_rate", out / "cache"
     stage("1/4 synthetic CT-RATE")
-    wanted = {"seed": args.seed, "num_train": args.num_train, "num_valid": args.num_valid,
+    wanted = {"seed": args.seed, "num_train": args.num_train, "num_valid": args.num_valid, "num_test": args.num_test,
               "generator_version": GENERATOR_VERSION}
     marker = raw / "demo_data.json"  # written only once generation has finished
     if marker.is_file():
@@ -74,7 +77,8 @@ def make_data(args: argparse.Namespace, out: Path) -> Path:
         raise SystemExit(f"{raw} exists but has no {marker.name} (an interrupted or older demo): delete {out} and run "
                          "again")  # fmt: skip
     else:
-        generate(raw, seed=args.seed, num_train=args.num_train, num_valid=args.num_valid, workers=args.workers)
+        generate(raw, seed=args.seed, num_train=args.num_train, num_valid=args.num_valid, workers=args.workers,
+                 num_test=args.num_test)
         atomic.write_text(marker, json.dumps(wanted))
     stage("2/4 preprocess into the fast cache")
     # the preprocessing CLI's console log, for this stage only: training sets up its own (one line per message)
@@ -83,7 +87,7 @@ def make_data(args: argparse.Namespace, out: Path) -> Path:
     root.addHandler(console)
     root.setLevel(logging.INFO)
     try:
-        for split in ("train", "valid"):  # resumable: finished files are verified and skipped
+        for split in ("train", "valid", "test")[: 3 if args.num_test else 2]:  # resumable: finished files verified
             settings = PreprocessSettings(split=split, out=str(cache), format="cache", ct_rate_root=str(raw),
                                           model=args.model, input_info=INPUT_INFO, workers=args.workers)
             manifest = preprocess_split(settings)
@@ -112,16 +116,26 @@ def train(args: argparse.Namespace, cache: Path, out: Path, name: str, model: st
     return run_dir / "checkpoints" / "latest.pt"
 
 
-def evaluate(checkpoint: Path, cache: Path, results_dir: Path, workers: int, explain: bool) -> dict:
-    """zero_shot.py's code path on the synthetic test split; writes results, plots (and a saliency PNG of the
-    volume with the most findings)."""
-    from reaf.evaluation.evaluate import MOST_FINDINGS, EvalSettings, evaluate_checkpoint
+def eval_settings(checkpoint: Path, cache: Path, split: str, results_dir: Path, workers: int):
+    """zero_shot.py's settings for one split of the demo's cache ("test" or "val")."""
+    from reaf.data.readers import find_splits
+    from reaf.evaluation.evaluate import EvalSettings
+
+    return EvalSettings(checkpoint=str(checkpoint), split=find_splits(cache)[split], data_root=str(cache),
+                        input_data_type="cache", input_info=list(INPUT_INFO), results_dir=str(results_dir),
+                        batch_size=16, workers=workers, device="cpu")
+
+
+def evaluate(checkpoint: Path, cache: Path, split: str, results_dir: Path, workers: int, explain: bool) -> dict:
+    """zero_shot.py's code path on the synthetic test or valid split; writes results, plots (and a saliency PNG of
+    the volume with the most findings)."""
+    from dataclasses import replace
+
+    from reaf.evaluation.evaluate import MOST_FINDINGS, evaluate_checkpoint
     from reaf.evaluation.plots import summary_table
 
-    results = evaluate_checkpoint(EvalSettings(
-        checkpoint=str(checkpoint), data_root=str(cache), input_data_type="cache", input_info=list(INPUT_INFO),
-        results_dir=str(results_dir), batch_size=16, workers=workers, device="cpu",
-        explain=[MOST_FINDINGS] if explain else []))
+    settings = eval_settings(checkpoint, cache, split, results_dir, workers)
+    results = evaluate_checkpoint(replace(settings, explain=[MOST_FINDINGS] if explain else []))
     print(summary_table(results))
     for path in results["explained"]:
         print(f"saliency picture: {path}")
@@ -150,6 +164,32 @@ def loss_record(checkpoint: Path, batch_size: int) -> dict:
             "loss_last": round(losses[-1][1], 4), "last_over_ln_B": round(losses[-1][1] / ln_b, 3)}
 
 
+def probe(checkpoint: Path, cache: Path, out: Path, workers: int) -> dict:
+    """reaf.probe's code path on REAF's checkpoint: train split -> test split, the test embeddings of the zero-shot
+    evaluation reused and the train split's written beside them; returns the headline numbers."""
+    from reaf.data.readers import find_splits
+    from reaf.evaluation.probe_run import ProbeSettings, probe_table, run_probe
+
+    settings = eval_settings(checkpoint, cache, "test", out / "results" / "reaf" / "probe", workers)
+    results = run_probe(ProbeSettings(settings, train_split=find_splits(cache)["train"],
+                                      embeddings_dir=str(out / "results" / "reaf" / "test")))
+    print(probe_table(results))
+    return probe_headline(results)
+
+
+def probe_headline(results: dict) -> dict:
+    """The probe's numbers next to zero-shot's on the same embeddings: macro AUC (18) of each, few-shot per k."""
+    return {
+        "mean_auc_18": results["classification"]["18"]["mean"]["auc"],
+        "zero_shot_mean_auc_18": results["zero_shot"]["classification"]["18"]["mean"]["auc"],
+        "few_shot_mean_auc_18": {k: entry["18"]["mean_auc"] for k, entry in results["few_shot"]["by_k"].items()},
+        "few_shot_sd_auc_18": {k: entry["18"]["sd_auc"] for k, entry in results["few_shot"]["by_k"].items()},
+        "not_fitted": results["probe"]["not_fitted"],
+        "encode_s": round(results["timing"]["encode_s"], 1),
+        "fit_s": round(results["timing"]["fit_s"], 1),
+    }
+
+
 def plain_config(model: str, out: Path) -> Path:
     """The same architecture with fusion and saliency switched off, as a JSON main.py can take."""
     from reaf.model.config import load_model_config
@@ -173,19 +213,31 @@ def main(argv: list[str] | None = None) -> int:
     for name, model in variants.items():
         stage(f"3/4 train {name} ({args.epochs} epochs, CPU)")
         checkpoint = train(args, cache, out, name, model)
-        stage(f"4/4 zero-shot classification and retrieval: {name}")
-        results = evaluate(checkpoint, cache, out / "results" / name, args.workers, explain=name == "reaf")
-        summary[name] = {**headline(results), **loss_record(checkpoint, args.batch_size), "checkpoint": str(checkpoint)}
+        row = {}
+        for split, key in (("test", "test"), ("val", "valid")):  # the demo reports test; its choices were made on valid
+            stage(f"4/4 zero-shot classification and retrieval: {name}, {key} split")
+            results = evaluate(checkpoint, cache, split, out / "results" / name / key, args.workers,
+                               explain=name == "reaf" and key == "test")
+            row[key] = headline(results)
+        summary[name] = {**row, **loss_record(checkpoint, args.batch_size), "checkpoint": str(checkpoint)}
+    if args.probe:
+        stage("linear probe and few-shot: reaf, train split -> test split")
+        summary["reaf"]["probe"] = probe(Path(summary["reaf"]["checkpoint"]), cache, out, args.workers)
     summary["seconds"] = round(time.time() - start, 1)
     atomic.write_text(out / "demo_summary.json", json.dumps(summary, indent=2))
     stage("demo summary")
     for name, row in summary.items():
-        if isinstance(row, dict):
-            print(
-                f"{name:16s} mean AUC (18) {row['mean_auc_18']:.3f}   report->volume R@5 "
-                f"{row['report_to_volume_R@5']:.3f} (chance {row['R@5_chance']:.3f}, N={row['N']})   loss/ln(B) end of "
-                f"epoch 0 {row['epoch_0_over_ln_B']:.3f}, last {row['last_over_ln_B']:.3f}"
-            )
+        if not isinstance(row, dict):
+            continue
+        for key in ("test", "valid"):
+            split = row[key]
+            print(f"{name:16s} {key:5s} mean AUC (18) {split['mean_auc_18']:.3f}   report->volume R@5 "
+                  f"{split['report_to_volume_R@5']:.3f} (chance {split['R@5_chance']:.3f}, N={split['N']})")
+        print(f"{name:16s} loss/ln(B) end of epoch 0 {row['epoch_0_over_ln_B']:.3f}, last {row['last_over_ln_B']:.3f}")
+        if "probe" in row:
+            few = "  ".join(f"k={k} {auc:.3f}" for k, auc in row["probe"]["few_shot_mean_auc_18"].items() if auc)
+            auc = row["probe"]["mean_auc_18"]
+            print(f"{name:16s} test  linear probe mean AUC (18) {'-' if auc is None else f'{auc:.3f}'}   few-shot {few}")
     print(f"total {summary['seconds']:.0f} s; results, plots and checkpoints under {out}")
     return 0
 

@@ -17,7 +17,7 @@ def parse_args(argv: list[str] | None = None) -> PreprocessSettings:
     root = p.add_mutually_exclusive_group(required=True)
     root.add_argument("--ct-rate-root", help="layout A: ROOT/dataset/<split>[_fixed]/... with dataset/metadata/")
     root.add_argument("--data-root", help="layout B: ROOT/<split>/volumes/*.nii.gz or DICOM series folders <id>/")
-    p.add_argument("--split", required=True, help="layout A: train|valid; layout B: the split folder name")
+    p.add_argument("--split", required=True, help="layout A: train|valid|test; layout B: the split folder name")
     p.add_argument("--out", required=True, help="output root; files land at the same relative paths as the NIfTIs")
     p.add_argument("--format", required=True, choices=["stage1", "stage2", "cache"])
     p.add_argument("--model", default=DEFAULT_MODEL, help="config name or JSON: input size")

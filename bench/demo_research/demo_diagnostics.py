@@ -289,12 +289,13 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.workdir or tmp)
         data_args = argparse.Namespace(
-            num_train=args.num_train, num_valid=args.num_valid, seed=args.seed, workers=2, model="demo"
+            num_train=args.num_train, num_valid=args.num_valid, num_test=0, seed=args.seed, workers=2,
+            model="demo",
         )
         t0 = time.perf_counter()
         cache = make_data(data_args, out)
         spec = InputSpec.from_args(INPUT_INFO, create_model("demo").cfg.vision.img_size)
-        train, valid = load_split(cache, "train", spec), load_split(cache, "test", spec)
+        train, valid = load_split(cache, "train", spec), load_split(cache, "val", spec)
         minilm = pretrained_minilm()
         learners = {
             "linear_probe": lambda: linear_probe(train, valid),

@@ -32,13 +32,15 @@ def run_seed(seed: int, root: Path, rerun: bool, demo_args: list[str]) -> dict:
         shutil.rmtree(out)
     if not summary.is_file():
         start = time.time()
-        subprocess.run([sys.executable, "-m", "reaf.demo", "--seed", str(seed), "--out", str(out), *demo_args],
-                       cwd=REPO, check=True)
+        subprocess.run([sys.executable, "-m", "reaf.demo", "--seed", str(seed), "--out", str(out), "--ablation",
+                        *demo_args], cwd=REPO, check=True)  # fmt: skip
         print(f"seed {seed}: {time.time() - start:.0f} s", flush=True)
     result = json.loads(summary.read_text())
-    for model, row in result.items():  # each model's per-class AUCs from its results.json
+    for model, row in result.items():  # each model's per-class AUCs (valid split) from its results.json
         if isinstance(row, dict):
-            classes = json.loads((out / "results" / model / "results.json").read_text())["classification"]["18"]
+            folder = out / "results" / model  # demos before the test split: results/<model>/results.json
+            path = folder / "valid" / "results.json" if (folder / "valid").is_dir() else folder / "results.json"
+            classes = json.loads(path.read_text())["classification"]["18"]
             row["auc_per_class"] = {name: round(c["auc"], 3) for name, c in classes["per_class"].items()}
     return result
 
@@ -67,9 +69,11 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for seed, summary in seeds.items():
         for model in ("reaf", "plain_hierarchy"):
-            if model in summary:
-                row = summary[model]
+            if model in summary:  # the valid split's numbers (a demo before the test split: the only ones)
+                row = {**summary[model], **summary[model].get("valid", {})}
+                test = summary[model].get("test", {}).get("mean_auc_18")
                 rows.append({"seed": int(seed), "model": model, "mean_auc_18": row["mean_auc_18"],
+                             "test_mean_auc_18": test,
                              "R@5": row["report_to_volume_R@5"], "R@5_over_chance": round(row["report_to_volume_R@5"]
                                                                                            / row["R@5_chance"], 2),
                              "epoch_0_loss_over_ln_B": row["epoch_0_over_ln_B"],

@@ -109,7 +109,9 @@ def main(argv: list[str] | None = None) -> None:
                                                                         spec)  # fmt: skip
         valid_image = image_embeddings(model, valid["x"])
         probe_auc = probe(image_embeddings(model, train["x"]), train["y"], valid_image, valid["y"])
-        zero_shot = json.loads((root / "results" / name / "results.json").read_text())["classification"]["18"]
+        folder = root / "results" / name  # the valid split's zero-shot (a demo before the test split: the only one)
+        path = folder / "valid" / "results.json" if (folder / "valid").is_dir() else folder / "results.json"
+        zero_shot = json.loads(path.read_text())["classification"]["18"]
         per_class = {c: {"probe": round(a, 3), "zero_shot": round(zero_shot["per_class"][c]["auc"], 3)}
                      for c, a in zip(CLASSES, probe_auc)}  # fmt: skip
         results[name] = {"mean_probe_auc_18": round(float(np.mean(probe_auc)), 4),

@@ -227,10 +227,11 @@ def demo_data(args: argparse.Namespace, spec: InputSpec) -> tuple[dict, dict]:
     """The demo's train and validation splits (made the demo's way, or found in --workdir), held in memory."""
     with tempfile.TemporaryDirectory() as tmp:
         data_args = argparse.Namespace(
-            num_train=args.num_train, num_valid=args.num_valid, seed=args.seed, workers=2, model="demo"
+            num_train=args.num_train, num_valid=args.num_valid, num_test=0, seed=args.seed, workers=2,
+            model="demo",
         )
         cache = make_data(data_args, Path(args.workdir or tmp))
-        return load_split(cache, "train", spec), load_split(cache, "test", spec)
+        return load_split(cache, "train", spec), load_split(cache, "val", spec)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -30,7 +30,7 @@ from reaf.model.config import load_model_config
 
 log = logging.getLogger("reaf.preprocess")
 SIDE_SUFFIXES = (".csv", ".json", ".jsonl", ".txt")  # reports, labels, metadata: copied so OUT is a complete root
-METADATA_CSV = {"train": "train_metadata.csv", "valid": "validation_metadata.csv"}
+METADATA_CSV = {"train": "train_metadata.csv", "valid": "validation_metadata.csv", "test": "test_metadata.csv"}
 DEFAULT_MODEL = "vit_base_singlescan_h2_token2744"
 
 
@@ -121,7 +121,7 @@ def find_jobs(settings: PreprocessSettings) -> tuple[Path, list[Job]]:
     else:
         root = Path(settings.ct_rate_root)
         if settings.split not in METADATA_CSV:
-            raise PreprocessError(f"--split for layout A is train or valid, got {settings.split!r}")
+            raise PreprocessError(f"--split for layout A is train, valid or test, got {settings.split!r}")
         found = {**_niftis(root / "dataset" / settings.split), **_niftis(root / "dataset" / f"{settings.split}_fixed")}
         meta_csv = root / "dataset" / "metadata" / METADATA_CSV[settings.split]
         metas = read_metadata(meta_csv)

@@ -29,10 +29,12 @@ __all__ = ["ReaderError", "Sample", "SplitData", "find_splits", "read_split"]
 
 log = logging.getLogger(__name__)
 
-_CT_RATE_SPLIT = re.compile(r"(train|valid)(_fixed)?")
+_CT_RATE_SPLIT = re.compile(r"(train|valid|test)(_fixed)?")
 _CSV_NAMES = {  # split -> (metadata, reports, labels) file names as CT-RATE publishes them
     "train": ("train_metadata.csv", "train_reports.csv", "train_predicted_labels.csv"),
     "valid": ("validation_metadata.csv", "validation_reports.csv", "valid_predicted_labels.csv"),
+    # CT-RATE publishes no test split; a held-out one (the synthetic CT-RATE's) follows valid's pattern
+    "test": ("test_metadata.csv", "test_reports.csv", "test_predicted_labels.csv"),
 }
 
 
@@ -110,7 +112,7 @@ def read_split(source: str | Path, *, data_root: str | Path | None = None, fmt: 
         layout, tables = "A", _layout_a(src, data_root, suffix, report_root, problems)
     else:
         raise ReaderError(f"{src}: neither a split folder with volumes/ or reports/ (layout B) nor a CT-RATE labels "
-                          "CSV or dataset/train[_fixed]|valid[_fixed] folder (layout A)")
+                          "CSV or dataset/train|valid|test[_fixed] folder (layout A)")
     if require_labels and tables.labels is None:
         raise ReaderError(f"{src}: labels are required here but no labels CSV was found")
     samples = _build_samples(tables, problems)
@@ -124,14 +126,15 @@ def read_split(source: str | Path, *, data_root: str | Path | None = None, fmt: 
 
 
 def find_splits(data_root: str | Path) -> dict[str, str | None]:
-    """Split sources under a data root: layout B train/, val/, test/; layout A dataset/train[_fixed] and
-    dataset/valid[_fixed] (valid serves as both val and test). Missing splits are None."""
+    """Split sources under a data root: layout B train/, val/, test/; layout A dataset/train[_fixed],
+    dataset/valid[_fixed] and, where there is one, dataset/test[_fixed] (CT-RATE has none: valid then serves as both
+    val and test). Missing splits are None."""
     root = Path(data_root)
     if any((root / s / "volumes").is_dir() for s in ("train", "val", "test")):
         return {s: str(root / s) if (root / s / "volumes").is_dir() else None for s in ("train", "val", "test")}
     base = _dataset_dir(root)
     found = {}
-    for split in ("train", "valid"):
+    for split in ("train", "valid", "test"):
         dirs = [base / f"{split}_fixed", base / split]
         found[split] = next((str(d) for d in dirs if d.is_dir()), None)
     if found["train"] is None and found["valid"] is None:
@@ -139,7 +142,7 @@ def find_splits(data_root: str | Path) -> dict[str, str | None]:
             f"{root}: no splits found (expected train/ val/ test/ with volumes/, or "
             "dataset/train[_fixed] and dataset/valid[_fixed])"
         )
-    return {"train": found["train"], "val": found["valid"], "test": found["valid"]}
+    return {"train": found["train"], "val": found["valid"], "test": found["test"] or found["valid"]}
 
 
 def _suffix(fmt: str) -> str:
@@ -166,7 +169,8 @@ def _split_and_home(src: Path) -> tuple[str, Path | None, object]:
     prefixes = {strip_suffix(n).split("_")[0] for n in labels_df["VolumeName"]}
     if len(prefixes) != 1 or not prefixes <= set(_CSV_NAMES):
         raise ReaderError(
-            f"{src}: cannot tell the split: VolumeNames start with {sorted(prefixes)}, expected all train_ or all valid_"
+            f"{src}: cannot tell the split: VolumeNames start with {sorted(prefixes)}, expected all train_, all valid_ "
+            "or all test_"
         )
     home = src.parent.parent if src.parent.name == "multi_abnormality_labels" else None
     return prefixes.pop(), home, labels_df

@@ -60,9 +60,11 @@ def encoded_split(
     checkpoint: dict | None,
     data: dict,
     encoded: dict | None = None,
+    file_name: str = "embeddings.pt",
     **loader_args: Any,
 ) -> tuple[dict | None, bool]:
-    """(encoded, reused): results_dir/embeddings.pt when checkpoint and data are unchanged (logged), else the split
+    """(encoded, reused): results_dir/file_name (embeddings.pt; the probe keeps its train split in
+    embeddings_train.pt beside it) when checkpoint and data are unchanged (logged), else the split
     encoded by encode_split (every rank takes part) and written there by rank 0 with its key and meta (checkpoint,
     model config, `data` = data_description(split, spec)); rank 0 decides the reuse, the other ranks get
     (None, reused). `encoded`: the split already encoded by the caller: only written (no collective, no reuse)."""
@@ -71,7 +73,7 @@ def encoded_split(
     config = dist.unwrap(model).cfg.to_dict()
     text = describe_folder(getattr(dist.unwrap(model), "bert_path", None))
     key = cache_key(checkpoint, config, data, text)
-    path = results_dir / "embeddings.pt"
+    path = results_dir / file_name
     if encoded is None:  # no collective otherwise: training's rank 0 calls this alone with its encoding
         cached = reusable_embeddings(path, key) if dist.is_main() else None
         if dist.broadcast_object(cached is not None):

@@ -127,6 +127,7 @@ def encode_split(
     seed: int = 0,
     skip_bad: bool = False,
     loader: Any = None,
+    texts: bool = True,
 ) -> dict[str, Any]:
     """Encode every volume once and every distinct report once; every rank must call it (see the module doc).
 
@@ -134,7 +135,8 @@ def encode_split(
     report of volume i; identical reports share one encoding), "labels" (N, 18) float or None, "logit_scale" float,
     "skipped"} in the split's order. skip_bad: volumes that cannot be read are left out of every field and listed
     in "skipped" ([{name, cause}], split order). `loader`: this rank's share (built here when None; training
-    passes its own so that persistent workers live across epochs).
+    passes its own so that persistent workers live across epochs). texts=False: no report is encoded and "text" is
+    None (the linear probe's training split needs only the images).
     """
     inner = dist.unwrap(model)
     names = [s.name for s in split.samples]
@@ -156,12 +158,14 @@ def encode_split(
                            f"{list(causes.items())[:2]}")
     image = _in_index_order([(indices, rows) for indices, rows, _ in volumes], kept, "image embeddings")
     reports = [split.samples[i].report for i in kept]
-    unique = list(dict.fromkeys(reports))
+    unique = list(dict.fromkeys(reports)) if texts else []
     mine = list(range(dist.rank(), len(unique), dist.world_size()))
-    texts = on_every_rank(lambda: (mine, encode_texts(inner, [unique[j] for j in mine], batch_size=batch_size,
-                                                      device=device)))
-    row = {text: j for j, text in enumerate(unique)}
-    text = _in_index_order(texts, list(range(len(unique))), "report embeddings")[[row[r] for r in reports]]
+    text = None
+    if texts:
+        parts = on_every_rank(lambda: (mine, encode_texts(inner, [unique[j] for j in mine], batch_size=batch_size,
+                                                          device=device)))
+        row = {report: j for j, report in enumerate(unique)}
+        text = _in_index_order(parts, list(range(len(unique))), "report embeddings")[[row[r] for r in reports]]
     labels = split_labels(split)
     log.debug("rank %d encoded %d of %d volume(s) and %d of %d report(s)", dist.rank(), len(share), len(names),
               len(mine), len(unique))

@@ -29,6 +29,7 @@ class EvalSettings:
     model: str | None = None  # a configs/ name or JSON; None: the checkpoint's own config
     cxr_bert_path: str | None = None
     template: str = "volume"
+    prompts: str = "v1"  # the prompt set: v1, ensemble or a JSON file (reaf.evaluation.prompt_sets)
     results_dir: str = "results/zero_shot"
     batch_size: int = 4
     workers: int = 2
@@ -149,7 +150,7 @@ def evaluate_checkpoint(settings: EvalSettings) -> dict[str, Any] | None:
         results = run_evaluation(model, split, spec, results_dir=settings.results_dir, batch_size=settings.batch_size,
                                  workers=settings.workers, device=settings.device, template=settings.template,
                                  checkpoint=settings.checkpoint, seed=settings.seed, n_boot=settings.n_boot,
-                                 plots=settings.plots, skip_bad=settings.skip_bad)
+                                 plots=settings.plots, skip_bad=settings.skip_bad, prompts=settings.prompts)
     if dist.is_main() and results is not None:
         paths = explain(model, split, spec, settings.explain, Path(settings.results_dir), settings.device)
         results = {**results, "explained": [str(p) for p in paths]}

@@ -108,6 +108,33 @@ def plot_recall_curves(ranks: dict[str, dict[str, np.ndarray]], path: Path, max_
     save_figure(fig, path)
 
 
+def plot_few_shot(few_shot: dict, zero_shot_auc: float | None, path: Path, *, probe_auc: float | None = None) -> None:
+    """Mean AUC (18 classes) against k with the spread over draws (results["few_shot"]), zero-shot (and the full
+    linear probe) as horizontal lines."""
+    ks = [int(k) for k in few_shot["by_k"]]
+    blocks = [few_shot["by_k"][str(k)]["18"] for k in ks]
+    points = [(k, b["mean_auc"], b["sd_auc"] or 0.0) for k, b in zip(ks, blocks) if b["mean_auc"] is not None]
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    if points:
+        k, mean, sd = (np.array(v, dtype=float) for v in zip(*points))
+        ax.errorbar(k, mean, yerr=sd, marker="o", capsize=3, label=f"few-shot ({few_shot['draws']} draws, ± sd)")
+    if zero_shot_auc is not None:
+        ax.axhline(zero_shot_auc, color="tab:red", linestyle="--", label=f"zero-shot {zero_shot_auc:.3f}")
+    if probe_auc is not None:
+        ax.axhline(probe_auc, color="tab:green", linestyle=":", label=f"linear probe, whole train split {probe_auc:.3f}")
+    ax.axhline(0.5, color="0.6", linewidth=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.minorticks_off()
+    ax.set_xlabel("k positive + k negative training volumes per class")
+    ax.set_ylabel("mean AUROC, 18 classes")
+    ax.set_ylim(0.4, 1.0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("few-shot linear probe on frozen image embeddings")
+    save_figure(fig, path)
+
+
 def write_plots(results: dict, encoded: dict, probs: dict[str, np.ndarray], ranks: dict, results_dir: Path) -> list:
     """Every evaluation PNG under results_dir/plots; returns their paths relative to results_dir."""
     written = []

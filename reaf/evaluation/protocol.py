@@ -19,8 +19,8 @@ from reaf import atomic, dist
 from reaf.data.csv_tables import CLASSES, CLASSES_16
 from reaf.evaluation import metrics, retrieval
 from reaf.evaluation.embeddings import REPORT_TEXT, data_description, encoded_split, file_fingerprint
-from reaf.evaluation.encoding import encode_texts
 from reaf.evaluation.plots import write_plots
+from reaf.evaluation.prompt_sets import describe, prompt_set, prompt_set_embeddings
 from reaf.evaluation.prompts import class_prompts, templates_for
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ RESULTS_SCHEMA = {
     "model_config": dict,
     "template": str,
     "prompts": dict,
+    "prompt_set": ["name", "sha256", "combination"],
     "classification": {"18": _CLASS_BLOCK, "16": _CLASS_BLOCK},  # null when the split has no labels
     "classification_by_template": None,  # {"volume": {...}, "organ": {...}} with --zeroshot-template both
     "retrieval": {"dup_all": _POOL, "dedup": _POOL},  # + "volume_to_volume": {"MAP@5", ...} with labels
@@ -62,17 +63,12 @@ RESULTS_SCHEMA = {
 
 
 def prompt_embeddings(
-    model: torch.nn.Module, templates: list[str], *, batch_size: int, device: str | torch.device
+    model: torch.nn.Module, templates: list[str], *, batch_size: int, device: str | torch.device, prompts: str = "v1"
 ) -> dict[str, np.ndarray]:
-    """{template: (18, 2, E)} embeddings of the ("Not X", "X") sentences; each distinct sentence encoded once."""
-    pairs = {t: class_prompts(t, CLASSES) for t in templates}
-    sentences = [sentence for t in templates for pair in pairs[t].values() for sentence in pair]
-    unique = list(dict.fromkeys(sentences))
-    emb = encode_texts(model, unique, batch_size=batch_size, device=device)
-    row = {sentence: i for i, sentence in enumerate(unique)}
-    return {
-        t: emb[[row[s] for pair in pairs[t].values() for s in pair]].reshape(len(CLASSES), 2, -1) for t in templates
-    }
+    """{template: (18, 2, E)} [negative, positive] embeddings of prompt set `prompts` (v1: the ("Not X", "X")
+    sentences), combined as reaf.evaluation.prompt_sets documents; each distinct sentence encoded once."""
+    sets = {t: prompt_set(prompts, t) for t in templates}
+    return prompt_set_embeddings(model, sets, batch_size=batch_size, device=device)
 
 
 def zero_shot_probabilities(image: np.ndarray, prompts: np.ndarray, scale: float) -> np.ndarray:
@@ -103,6 +99,7 @@ def run_evaluation(
     plots: bool = True,
     skip_bad: bool = False,
     encoded: dict | None = None,
+    prompts: str = "v1",
 ) -> dict[str, Any] | None:
     """Zero-shot classification (18 and 16 classes) + retrieval on `split`; writes every output to results_dir.
 
@@ -112,9 +109,11 @@ def run_evaluation(
     once for validation and zero-shot); nothing is encoded then, and rank 0 alone may call it. `checkpoint` (a file
     path) is hashed into results.json and keys the reuse of results_dir/embeddings.pt; without it the embeddings
     are always recomputed. The model's train/eval mode is restored on return. skip_bad: unreadable volumes are left
-    out and listed in results["data"]["skipped"]. Returns the results.json dict.
+    out and listed in results["data"]["skipped"]. `prompts`: the prompt set (reaf.evaluation.prompt_sets: "v1",
+    "ensemble" or a JSON file). Returns the results.json dict.
     """
     inner, results_dir = dist.unwrap(model), Path(results_dir)
+    prompt_set(prompts)  # a bad --prompts fails before the split is encoded
     was_training, given = inner.training, encoded is not None
     inner.eval()
     try:
@@ -130,9 +129,10 @@ def run_evaluation(
             return None
         timing = {"encode_s": None if given else time.perf_counter() - start, "embeddings_reused": reused}
         start = time.perf_counter()
-        prompts = prompt_embeddings(inner, templates_for(template), batch_size=batch_size, device=device)
-        probs = {t: zero_shot_probabilities(encoded["image"], p, encoded["logit_scale"]) for t, p in prompts.items()}
-        results, ranks = assemble_results(encoded, probs, data=data, checkpoint=fingerprint, seed=seed, n_boot=n_boot)
+        text = prompt_embeddings(inner, templates_for(template), batch_size=batch_size, device=device, prompts=prompts)
+        probs = {t: zero_shot_probabilities(encoded["image"], p, encoded["logit_scale"]) for t, p in text.items()}
+        results, ranks = assemble_results(encoded, probs, data=data, checkpoint=fingerprint, seed=seed, n_boot=n_boot,
+                                          prompts=prompts)
         results.update(timing={**timing, "metrics_s": time.perf_counter() - start}, model_config=inner.cfg.to_dict())
         write_outputs(results, encoded, probs, ranks, results_dir, plots=plots)
     finally:
@@ -142,10 +142,12 @@ def run_evaluation(
 
 
 def assemble_results(
-    encoded: dict, probs: dict[str, np.ndarray], *, data: dict, checkpoint: dict | None, seed: int, n_boot: int
+    encoded: dict, probs: dict[str, np.ndarray], *, data: dict, checkpoint: dict | None, seed: int, n_boot: int,
+    prompts: str = "v1",
 ) -> tuple[dict[str, Any], dict]:
     """The results.json dict (without timing/files) and the retrieval ranks; probs = {template: (N, 18)}."""
     labels, templates = encoded["labels"], list(probs)
+    sets = {t: prompt_set(prompts, t) for t in templates}
     by_template = (
         {t: classify(probs[t], labels, seed=seed, n_boot=n_boot) for t in templates} if labels is not None else {}
     )
@@ -167,7 +169,8 @@ def assemble_results(
         },
         "logit_scale": encoded["logit_scale"],
         "template": templates[0],
-        "prompts": {t: class_prompts(t, CLASSES) for t in templates},
+        "prompts": {t: class_prompts(t, CLASSES) if prompts == "v1" else sets[t].phrasings for t in templates},
+        "prompt_set": describe(sets),
         "classification": by_template.get(templates[0]),
         "classification_by_template": by_template if len(templates) > 1 else None,
         "retrieval": retrieval_results,

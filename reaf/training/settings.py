@@ -39,7 +39,8 @@ def effective_precision(flag: str, device: torch.device) -> str:
 
 
 def find_data(args: TrainFlags) -> tuple[str, str | None, str | None]:
-    """(train, val, zero-shot) sources: the flags, or with no --train-data the splits found under --data-root."""
+    """(train, val, zero-shot) sources: the flags, or with no --train-data the splits found under --data-root; the
+    per-epoch zero-shot takes the val split where there is one (a held-out test split is never looked at in training)."""
     if args.train_data:
         return args.train_data, args.val_data, args.zeroshot_ct_rate
     from reaf.data.readers import find_splits
@@ -47,7 +48,7 @@ def find_data(args: TrainFlags) -> tuple[str, str | None, str | None]:
     found = find_splits(args.data_root)
     if not found.get("train"):
         raise FileNotFoundError(f"--data-root {args.data_root}: no training split found (layout A: CT-RATE, or B: split folders; see README.md)")
-    return found["train"], args.val_data or found.get("val"), args.zeroshot_ct_rate or found.get("test")
+    return found["train"], args.val_data or found.get("val"), args.zeroshot_ct_rate or found.get("val") or found.get("test")
 
 
 def auto_name(args: TrainFlags, world: int) -> str:

@@ -22,7 +22,7 @@ def make_dataset(root: Path) -> Path:
     import reaf.synthetic.dataset
 
     raw, cache = root / "raw", root / "cache"
-    reaf.synthetic.dataset.generate(raw, seed=0, num_train=NUM_TRAIN, num_valid=NUM_VALID)
+    reaf.synthetic.dataset.generate(raw, seed=0, num_train=NUM_TRAIN, num_valid=NUM_VALID, num_test=0)
     for split in ("train", "valid"):
         argv = ["--ct-rate-root", str(raw), "--split", split, "--out", str(cache), "--format", "cache",
                 "--model", "tiny", "--input-info", "-1150", "350", "resize", "--workers", "1"]

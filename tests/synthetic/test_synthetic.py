@@ -43,7 +43,7 @@ def _volume_path(root: Path, name: str) -> list[Path]:
 
 def test_layout_and_csv_columns(data):
     root, summary = data
-    assert summary["volumes"] == {"train": 8, "valid": 4}
+    assert summary["volumes"] == {"train": 8, "valid": 4, "test": 4}  # test: --num-valid by default
     tables = {rel: pd.read_csv(root / rel) for rel in CSVS}
     for rel, columns in CSVS.items():
         assert list(tables[rel].columns) == columns, rel
@@ -61,7 +61,7 @@ def test_layout_and_csv_columns(data):
     labels = tables["multi_abnormality_labels/train_predicted_labels.csv"][CLASSES]
     assert set(np.unique(labels.to_numpy())) <= {0, 1}
     assert summary["v1"] > 0 and summary["v2"] > 0
-    assert summary["scans"] < 12 and summary["patients"] < summary["scans"]  # 2 recons of a scan, 2 scans of a patient
+    assert summary["scans"] < 16 and summary["patients"] < summary["scans"]  # 2 recons of a scan, 2 scans of a patient
     assert not list(root.rglob("*.tmp")), "temporary files left behind"
     assert "synthetic" in (root / "README_SYNTHETIC.txt").read_text().lower()
 
@@ -225,7 +225,7 @@ def test_write_volume_nifti_round_trip(tmp_path):
 
 
 def test_cli_prints_summary(tmp_path, capsys):
-    summary = main(["--out", str(tmp_path), "--num-train", "3", "--num-valid", "2", "--seed", "4"])
+    summary = main(["--out", str(tmp_path), "--num-train", "3", "--num-valid", "2", "--num-test", "1", "--seed", "4"])
     line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert "5 volumes" in line and str(tmp_path) in line
-    assert len(list((tmp_path / "dataset").rglob("*.nii.gz"))) == 5 == sum(summary["volumes"].values())
+    assert "6 volumes (3 train, 2 valid, 1 test;" in line and str(tmp_path) in line
+    assert len(list((tmp_path / "dataset").rglob("*.nii.gz"))) == 6 == sum(summary["volumes"].values())

@@ -154,3 +154,18 @@ def test_lock_text_defaults_to_the_config_and_the_flag_overrides_it():
     assert trainable_bert() == {True}  # configs/tiny.json: text.lock false
     assert trainable_bert("--lock-text") == {False}
 
+
+
+def test_data_root_defaults_never_pick_a_held_out_test_split_for_training(tmp_path):
+    """With only --data-root, training validates and runs its per-epoch zero-shot on val; a test split (the
+    synthetic CT-RATE's) is left for the final evaluation. Without one (CT-RATE), valid serves as before."""
+    from reaf.training.settings import find_data
+
+    for name in ("train_fixed", "valid_fixed"):
+        (tmp_path / "dataset" / name).mkdir(parents=True)
+    valid = str(tmp_path / "dataset" / "valid_fixed")
+    args = parse_args(["--data-root", str(tmp_path)])
+    assert find_data(args) == (str(tmp_path / "dataset" / "train_fixed"), valid, valid)
+    (tmp_path / "dataset" / "test_fixed").mkdir()
+    assert find_data(args) == (str(tmp_path / "dataset" / "train_fixed"), valid, valid)
+    assert parse_args(["--data-root", str(tmp_path), "--zeroshot-ct-rate", "x.csv"]).zeroshot_ct_rate == "x.csv"
