@@ -1,8 +1,9 @@
-"""The embedded demo on several seeds, each from scratch: `python -m reaf.demo --seed S --out demo_runs/seed_S`.
+"""The embedded demo on several seeds, each from scratch: `python -m reaf.demo --seed S --out demo_runs/seed_S`
+(REAF alone, as a user runs it; `--ablation` also trains the plain hierarchy).
 
-For each seed it records the demo's own summary (mean zero-shot AUC over the 18 classes, report->volume R@5 and its
-chance level, the training loss against ln(B) at the end of epoch 0 and at the end, for REAF and the plain
-hierarchy) and the demo's wall time, then writes bench/demo_research/results/demo_seeds.json naming the machine. A
+For each seed it records the demo's own summary (mean zero-shot AUC over the 18 classes and report->volume R@5 with
+its chance level, on the test split and on valid; the training loss against ln(B) at the end of epoch 0 and at the
+end) and the demo's wall time, then writes bench/demo_research/results/demo_seeds.json naming the machine. A
 seed whose demo folder already holds a demo_summary.json is read, not rerun (`--rerun` forces a run). A `--model`
 in --demo-args may name a config variant (bench/demo_research/configs/*.json: the fields it changes over a named
 base); it is written out whole under --root and the demo reads that file.
@@ -25,23 +26,24 @@ from pathlib import Path
 from bench.common import REPO, RESEARCH_RESULTS, machine_info, resolve_model_config, write_result
 
 
-def run_seed(seed: int, root: Path, rerun: bool, demo_args: list[str]) -> dict:
+def run_seed(seed: int, root: Path, rerun: bool, demo_args: list[str], ablation: bool) -> dict:
     out = root / f"seed_{seed}"
     summary = out / "demo_summary.json"
     if rerun and out.exists():
         shutil.rmtree(out)
     if not summary.is_file():
         start = time.time()
-        subprocess.run([sys.executable, "-m", "reaf.demo", "--seed", str(seed), "--out", str(out), "--ablation",
-                        *demo_args], cwd=REPO, check=True)  # fmt: skip
+        subprocess.run([sys.executable, "-m", "reaf.demo", "--seed", str(seed), "--out", str(out),
+                        *(["--ablation"] if ablation else []), *demo_args], cwd=REPO, check=True)  # fmt: skip
         print(f"seed {seed}: {time.time() - start:.0f} s", flush=True)
     result = json.loads(summary.read_text())
-    for model, row in result.items():  # each model's per-class AUCs (valid split) from its results.json
+    for model, row in result.items():  # each model's per-class AUCs from its results.json, per split
         if isinstance(row, dict):
             folder = out / "results" / model  # demos before the test split: results/<model>/results.json
-            path = folder / "valid" / "results.json" if (folder / "valid").is_dir() else folder / "results.json"
-            classes = json.loads(path.read_text())["classification"]["18"]
-            row["auc_per_class"] = {name: round(c["auc"], 3) for name, c in classes["per_class"].items()}
+            paths = {split: folder / split / "results.json" for split in ("test", "valid")}
+            paths = {k: v for k, v in paths.items() if v.is_file()} or {"valid": folder / "results.json"}
+            row["auc_per_class"] = {split: {name: round(c["auc"], 3) for name, c in json.loads(
+                path.read_text())["classification"]["18"]["per_class"].items()} for split, path in paths.items()}
     return result
 
 
@@ -59,30 +61,34 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--root", default=str(REPO / "demo_runs"), help="one demo folder per seed under it")
     p.add_argument("--rerun", action="store_true", help="delete and rerun a seed's demo folder that already exists")
+    p.add_argument("--ablation", action="store_true", help="also train the plain hierarchy (reaf.demo --ablation)")
     p.add_argument("--out", default=None, help="result file (default bench/demo_research/results/demo_seeds.json)")
     p.add_argument("--note", default="", help="how the seeds' demos were run (recorded in settings)")
     p.add_argument("--demo-args", default="", help="more flags for reaf.demo, e.g. \"--epochs 15 --model X.json\"")
     args = p.parse_args(argv)
     machine = machine_info()
     demo_args = resolve_model_args(args.demo_args.split(), Path(args.root))
-    seeds = {str(seed): run_seed(seed, Path(args.root), args.rerun, demo_args) for seed in args.seeds}
+    seeds = {str(seed): run_seed(seed, Path(args.root), args.rerun, demo_args, args.ablation) for seed in args.seeds}
     rows = []
     for seed, summary in seeds.items():
         for model in ("reaf", "plain_hierarchy"):
-            if model in summary:  # the valid split's numbers (a demo before the test split: the only ones)
-                row = {**summary[model], **summary[model].get("valid", {})}
-                test = summary[model].get("test", {}).get("mean_auc_18")
-                rows.append({"seed": int(seed), "model": model, "mean_auc_18": row["mean_auc_18"],
-                             "test_mean_auc_18": test,
-                             "R@5": row["report_to_volume_R@5"], "R@5_over_chance": round(row["report_to_volume_R@5"]
-                                                                                           / row["R@5_chance"], 2),
-                             "epoch_0_loss_over_ln_B": row["epoch_0_over_ln_B"],
-                             "last_loss_over_ln_B": row["last_over_ln_B"], "demo_seconds": summary["seconds"]})
-    command = " ".join(["python -m reaf.demo --seed S", *demo_args]) if demo_args else "python -m reaf.demo --seed S (defaults)"
+            if model not in summary:
+                continue
+            row = {"seed": int(seed), "model": model}
+            for split in ("test", "valid"):  # a demo before the test split has its valid numbers at the top level
+                found = summary[model].get(split, summary[model] if split == "valid" else None)
+                if found:
+                    row |= {f"{split}_mean_auc_18": found["mean_auc_18"], f"{split}_R@5": found["report_to_volume_R@5"],
+                            f"{split}_R@5_over_chance": round(found["report_to_volume_R@5"] / found["R@5_chance"], 2)}
+            row |= {"epoch_0_loss_over_ln_B": summary[model]["epoch_0_over_ln_B"],
+                    "last_loss_over_ln_B": summary[model]["last_over_ln_B"], "demo_seconds": summary["seconds"]}
+            rows.append(row)
+    flags = [*(["--ablation"] if args.ablation else []), *demo_args]
+    command = " ".join(["python -m reaf.demo --seed S", *flags]) if flags else "python -m reaf.demo --seed S (defaults)"
     result = {"settings": {"command": command, "seeds": args.seeds,
                            "note": args.note},
-              "machine": {**machine, "note": "demo wall time includes data generation, preprocessing, both models' "
-                          "training and evaluation; other jobs may share the cores (see load averages)"},
+              "machine": {**machine, "note": "demo wall time includes data generation, preprocessing, training "
+                          "and evaluation; other jobs may share the cores (see load averages)"},
               "rows": rows, "summaries": seeds}
     print(json.dumps(rows, indent=1))
     print(write_result("demo_seeds", result, args.out, folder=RESEARCH_RESULTS))

@@ -117,9 +117,10 @@ def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
 def check_fingerprint(recorded: dict[str, Any], path: str | os.PathLike) -> None:
     """ValueError naming the file when the checkpoint at `path` is not the one `recorded` (a file_fingerprint, as an
     embeddings file or results.json holds it) describes: a file replaced since, or another checkpoint. The one
-    check of "same weights as recorded"; a checkpoint of another kind (e.g. a weights folder) extends it here."""
+    check of "same weights as recorded", for a checkpoint file and a weights folder (fingerprinted by its config.json
+    and model.safetensors) alike."""
     path = Path(path)
-    if not path.is_file():
+    if not (path.is_file() or path.is_dir()):
         raise FileNotFoundError(f"{path}: checkpoint not found (the embeddings were made with {recorded.get('path')})")
     now = file_fingerprint(path)
     if (now["size"], now["sha256"]) != (recorded.get("size"), recorded.get("sha256")):
