@@ -2,10 +2,11 @@
 
 Between logging points a step never waits for the GPU: no `.item()`, `.cpu()` or branch on a tensor's value. The
 loss stays on the device (reaf.training.loss_window) and is read and checked for NaN/inf at the logging interval,
-before each checkpoint and at the epoch end. Two paths do synchronise by design: fp16's GradScaler with an unfused
-optimiser (`scaler.step` reads found_inf to decide whether to step; the fused CUDA AdamW takes found_inf on the
-device instead, reaf.training.optim), and `--skip-bad`, whose ranks agree on each batch's size (skips.equalize).
-bf16 and fp32 have no scaler."""
+before each checkpoint and at the epoch end. bf16 and fp32 have no loss scaler. fp16's GradScaler reads found_inf
+on the host in `scaler.step` by design, unless the optimiser is fused (build_optimizer's choice on CUDA), which
+takes found_inf on the device. Paths that do synchronise: `--skip-bad` (the ranks agree on each batch's size,
+skips.equalize), `--positives shared` (the mask is checked for its diagonal) and a wholly frozen text tower (its
+feature cache is keyed by the token ids on the host)."""
 
 from __future__ import annotations
 
@@ -128,7 +129,7 @@ def train_step(ctx: StepContext, micro: list[Batch], step: int) -> tuple[torch.T
         ctx.scaler.unscale_(ctx.optimizer)
         params = [p for group in ctx.optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, ctx.grad_clip_norm)
-    ctx.scaler.step(ctx.optimizer)  # fp16 + unfused optimiser: a sync here (found_inf read on the host)
+    ctx.scaler.step(ctx.optimizer)  # fp16 with an unfused optimiser: found_inf is read on the host here
     ctx.scaler.update()
     dist.unwrap(ctx.model).clamp_logit_scale()  # to [0, ln 100]
     return total, lr

@@ -13,9 +13,10 @@ import torch
 
 from reaf.training import step as step_module
 from reaf.training.loss_window import LossWindow
+from reaf.training.optim import param_groups
 from reaf.training.run_log import RunLogger
 from reaf.training.state import Position
-from reaf.training.step import NonFiniteLossError, to_device, train_one_epoch
+from reaf.training.step import NonFiniteLossError, autocast_factory, to_device, train_one_epoch, train_step
 from tests.support.training import batches, context, tiny
 
 HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
@@ -126,3 +127,19 @@ def test_the_logged_loss_is_the_mean_of_the_interval_s_step_losses(data, tmp_pat
     assert [step for step, _ in logged[1]] == [1, 2, 3, 4] and [step for step, _ in logged[3]] == [3, 4]
     assert logged[3][0][1] == pytest.approx(sum(each[:3]) / 3, rel=1e-6)
     assert logged[3][1][1] == pytest.approx(each[3], rel=1e-6)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_fp16_grad_scaler_reads_found_inf_on_the_host_only_with_an_unfused_adamw(data, monkeypatch, fused):
+    """By design GradScaler.step reads found_inf (`.item()`) to decide whether to step; the fused AdamW (what
+    build_optimizer picks on CUDA; torch has it on the CPU too) takes found_inf on the device and skips there."""
+    model = tiny()
+    batch = next(iter(batches(data, model, 2)))
+    ctx = context(model, clip=1.0)
+    ctx.optimizer = torch.optim.AdamW(param_groups(model, 0.2), lr=1e-3, fused=fused or None)
+    ctx.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    ctx.autocast = autocast_factory("fp16", torch.device("cpu"))
+    train_step(ctx, [batch], 0)  # first step: the scaler's lazy state is made
+    reads = HostReads(monkeypatch)
+    train_step(ctx, [batch], 1)
+    assert reads.outside == (Counter() if fused else Counter(item=1))
