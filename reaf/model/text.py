@@ -193,11 +193,16 @@ class TextTower(nn.Module):
 
     def bert_features(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """(B, L) token ids -> (B, hidden): BERT's last hidden state pooled as text.pooling says (never cached)."""
-        hidden = self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, H)
+        mask = attention_mask
+        if self.transformer.config._attn_implementation == "sdpa":
+            # given the (B, L) mask, transformers asks mask.all() to drop an all-ones mask: a host-device sync in
+            # every training step; the (B, 1, 1, L) mask it would build anyway (batches are padded) is passed as is
+            mask = attention_mask[:, None, None, :].bool()
+        hidden = self.transformer(input_ids=input_ids, attention_mask=mask).last_hidden_state  # (B, L, H)
         if self.cfg.pooling == "cls":
             return hidden[:, 0]
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # [CLS] and [SEP] count, as sentence-transformers does
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)  # [CLS] and [SEP] count, as sentence-transformers does
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
 
     @property
     def feature_cache(self) -> dict[tuple[int, ...], Tensor]:

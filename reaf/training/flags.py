@@ -186,7 +186,9 @@ def _run(p: argparse.ArgumentParser) -> None:
     g.add_argument("--report-to", default="none",
                    help="comma list of none, wandb, tensorboard (wandb honours WANDB_MODE=offline)")
     g.add_argument("--wandb-project-name", default="REAF")
-    g.add_argument("--log-every-n-steps", type=positive_int, default=10, help="log train metrics every N optimiser steps")
+    g.add_argument("--log-every-n-steps", type=positive_int, default=10,
+                   help="log train metrics every N optimiser steps; only then (and before a checkpoint, and at an "
+                   "epoch's end) is the loss read from the GPU and checked for NaN/inf")
     g.add_argument("--save-frequency", type=non_negative_int, default=1, help="write epoch_K.pt every N epochs (0: only the last)")
     g.add_argument("--save-every-n-steps", type=non_negative_int, default=200,
                    help="also write a mid-epoch latest.pt every N optimiser steps (0: off)")

@@ -199,12 +199,6 @@ class TrainingRun:
     def train_epochs(self, pos: Position, rng: dict[str, Any] | None, steps_per_epoch: int) -> Position:
         """Epochs pos.epoch..epochs-1, resuming mid-epoch at pos.batches_done with this rank's saved RNG."""
         args = self.args
-        every = args.save_every_n_steps
-
-        def on_step(p: Position) -> None:
-            if every and p.step % every == 0 and p.batches_done // args.accum_freq < steps_per_epoch:
-                self.save(p, epoch_file=False)
-
         for epoch in range(pos.epoch, args.epochs):
             loader = train_state.skip_batches(self.data.loader(epoch), pos.batches_done)
             if rng is not None and pos.batches_done == 0:
@@ -217,7 +211,8 @@ class TrainingRun:
             if args.skip_bad:
                 batches = skips.equalize(batches, self.skips, epoch=epoch, device=self.env.device)
             pos = train_one_epoch(self.ctx, batches, pos, steps_per_epoch=steps_per_epoch, logger=self.logger,
-                                  log_every=args.log_every_n_steps, on_step=on_step)
+                                  log_every=args.log_every_n_steps, save_every=args.save_every_n_steps,
+                                  on_save=lambda p: self.save(p, epoch_file=False))
             pos = Position(epoch + 1, 0, pos.step)
             last = epoch + 1 == args.epochs
             # evaluate first: a run killed during evaluation resumes before this epoch's end and evaluates again,

@@ -96,10 +96,12 @@ class RunLogger:
             self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
                             file=sys.stderr, mininterval=1.0)
 
-    def advance(self, postfix: dict[str, float]) -> None:
-        """One optimiser step done: move the bar and show `postfix` (loss, lr, samples/s)."""
+    def advance(self, postfix: dict[str, float] | None = None) -> None:
+        """One optimiser step done: move the bar, and show `postfix` (loss, lr, samples/s) when given (at the
+        logging interval: reading the loss every step would make each step wait for the GPU)."""
         if self.bar is not None:
-            self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+            if postfix is not None:
+                self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
             self.bar.update(1)
 
     def close_bar(self) -> None:

@@ -145,7 +145,11 @@ def restore_training(ckpt: dict[str, Any], model: nn.Module, optimizer: torch.op
     if saved_names != names:
         raise ValueError("--resume: the checkpoint's optimiser covers other trainable parameters than this model "
                          "(different --lock-text or model config?); use --load-checkpoint to load weights only")
-    optimizer.load_state_dict(ckpt["optimizer"])
+    # AdamW's kernel (fused on CUDA, foreach elsewhere) is this run's device's choice, not the checkpoint's; given
+    # before loading, torch also places each "step" counter where that kernel wants it (device or host)
+    kernel = [{key: group[key] for key in ("fused", "foreach") if key in group} for group in optimizer.param_groups]
+    saved_groups = [{**group, **ours} for group, ours in zip(ckpt["optimizer"]["param_groups"], kernel)]
+    optimizer.load_state_dict({**ckpt["optimizer"], "param_groups": saved_groups})
     saved = ckpt.get("config", {}).get("run", {}).get("precision", "unknown")
     if ckpt.get("scaler") and scaler.is_enabled():
         scaler.load_state_dict(ckpt["scaler"])

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from reaf.training.optim import CosineSchedule, param_groups
-from reaf.training.state import capture_rng, reference_optimizer_names, restore_rng, skip_batches
-from reaf.training.step import NonFiniteLossError, train_step
+from reaf.training.optim import CosineSchedule, build_optimizer, param_groups, use_fused
+from reaf.training.run_log import RunLogger
+from reaf.training.state import Position, capture_rng, reference_optimizer_names, restore_rng, skip_batches
+from reaf.training.step import NonFiniteLossError, train_one_epoch, train_step
 from tests.support.training import batches, context, tiny
 
 # the reference's key and optimizer-index lists, copied into the repository (tests/data/README.md says from where)
@@ -91,15 +92,24 @@ def test_logit_scale_is_clamped_and_gradients_clipped(data):
     assert torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item() <= 0.01 + 1e-6
 
 
-def test_non_finite_loss_stops_with_the_step_and_volume_names(data):
+def test_non_finite_loss_stops_with_the_step_and_volume_names(data, tmp_path):
+    """The step itself no longer reads its loss (no sync); the epoch's check at its end names the step."""
     model = tiny()
     batch = next(iter(batches(data, model, 2)))
     batch["image"][1] = float("nan")
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    logger = RunLogger(tmp_path, (), project="", name="t", config={}, enabled=False)
     with pytest.raises(NonFiniteLossError) as err:
-        train_step(context(model), [batch], 6)
+        train_one_epoch(context(model), [batch], Position(0, 0, 6), steps_per_epoch=1, logger=logger, log_every=50)
     assert "step 7" in str(err.value) and all(name in str(err.value) for name in batch["name"])
-    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # no update was applied
+
+
+def test_adamw_is_fused_only_when_every_parameter_is_on_a_cuda_device():
+    from types import SimpleNamespace
+
+    cuda, cpu = SimpleNamespace(device=torch.device("cuda", 0)), SimpleNamespace(device=torch.device("cpu"))
+    assert use_fused([cuda, cuda]) and not use_fused([cuda, cpu]) and not use_fused([cpu]) and not use_fused([])
+    opt = build_optimizer(tiny(), lr=1e-3, weight_decay=0.2, betas=(0.9, 0.98), eps=1e-6)
+    assert not opt.defaults["fused"] and all(not group["fused"] for group in opt.param_groups)
 
 
 def test_skipped_loader_yields_the_rest_of_the_epoch_without_loading_the_start(data):

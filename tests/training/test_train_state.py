@@ -7,13 +7,14 @@ import torch
 
 from reaf import create_model
 from reaf.atomic import torch_save as atomic_save
-from reaf.training.optim import build_optimizer
+from reaf.training.optim import build_optimizer, param_groups
 from reaf.training.state import (
     Position,
     batches_to_skip,
     find_resume,
     reference_optimizer_names,
     restore_reference,
+    restore_training,
     write_checkpoint,
 )
 
@@ -121,3 +122,22 @@ def test_load_checkpoint_flag_loads_weights_only(tmp_path):
     model = build_model(args, None, torch.device("cpu"))
     assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items())
     assert not model.visual.trunk.reference_compat
+
+
+@pytest.mark.parametrize("saved_fused", [True, False])
+def test_resume_keeps_this_run_s_adamw_kernel_and_its_step_counters(saved_fused):
+    """A checkpoint from a fused (CUDA) run resumes in a foreach run and the other way round: the kernel is the
+    device's choice, and the loaded step counters sit where that kernel reads them."""
+    torch.manual_seed(0)
+    model = create_model("tiny")
+    saved = torch.optim.AdamW(param_groups(model, 0.2), lr=1e-3, fused=saved_fused or None)
+    model.logit_scale.grad = torch.ones_like(model.logit_scale)
+    saved.step()
+    optimizer = torch.optim.AdamW(param_groups(model, 0.2), lr=1e-3, fused=(not saved_fused) or None)
+    restore_training({"state_dict": model.state_dict(), "optimizer": saved.state_dict(), "epoch": 0, "step": 1},
+                     model, optimizer, torch.amp.GradScaler("cpu", enabled=False))
+    assert [bool(group["fused"]) for group in optimizer.param_groups] == [not saved_fused] * 2
+    step = optimizer.state[model.logit_scale]["step"]
+    assert step.item() == 1 and step.dtype == torch.float32
+    optimizer.step()  # each kernel rejects counters in the wrong place or type
+    assert optimizer.state[model.logit_scale]["step"].item() == 2
