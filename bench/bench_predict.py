@@ -114,7 +114,7 @@ def main() -> None:
             if not folder.exists():
                 write_dicom(folder, hu, setup["spacing_zyx"])
             results["dicom"] = time_scans(predictor, folder, args.repeats)
-    result = {"benchmark": "predict", "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    result = {"benchmark": "predict", "command": " ".join(["python -m bench.bench_predict", *sys.argv[1:]]),
               "model": setup["model"], "text_tower": "tiny offline BERT (2 layers, hidden 48)",
               "input": spec.describe(), "scan": {"shape_zyx": list(setup["shape_zyx"]),
                                                  "spacing_zyx_mm": list(setup["spacing_zyx"]), "dtype": "int16 HU"},
