@@ -7,22 +7,18 @@ import pandas as pd
 import pytest
 import torch
 
-from reaf import create_model
 from reaf.data.csv_tables import CLASSES
 from reaf.data.input_spec import InputSpec
 from reaf.data.readers import read_split
 from reaf.evaluation.prompts import class_prompts
 from reaf.evaluation.protocol import run_evaluation, validate_results
-from tests.support.evaluation import NAMES, write_split
+from tests.support.evaluation import NAMES, tiny_checkpoint, write_split
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    torch.manual_seed(0)
-    model = create_model("tiny").eval()
-    ckpt = root / "ckpt.pt"
-    torch.save({"state_dict": model.state_dict(), "config": {"model": model.cfg.to_dict()}}, ckpt)
+    model, ckpt = tiny_checkpoint(root)
     split = read_split(write_split(root), fmt="stage2", require_labels=True)
     return model, split, InputSpec(size=(32, 96, 96)), ckpt
 

@@ -23,6 +23,7 @@ from reaf.evaluation.scans import ScanError, find_scans, read_geometry, read_hu
 from reaf.exit_status import run_cli
 from reaf.export import main as export_main
 from reaf.predict import main as predict_main
+from tests.support.evaluation import tiny_checkpoint
 
 NAMES = ["valid_1_a_1", "valid_2_a_1", "valid_3_a_1", "valid_4_a_1"]
 RESIZE = ["--input-info", "-1150", "350", "resize"]
@@ -48,10 +49,7 @@ def write_scan(path, seed, shape=(100, 90, 16), zooms=(1.0, 1.0, 5.0), codes="LP
 def setup(tmp_path_factory):
     """A tiny model's checkpoint and weights folder, and a layout-B split of NIfTI scans with reports and labels."""
     root = tmp_path_factory.mktemp("predict")
-    torch.manual_seed(0)
-    model = create_model("tiny").eval()
-    ckpt = root / "ckpt.pt"
-    torch.save({"state_dict": model.state_dict(), "config": {"model": model.cfg.to_dict()}}, ckpt)
+    model, ckpt = tiny_checkpoint(root)
     export_main([str(ckpt), "--out", str(root / "weights")])
     split = root / "test"
     for n, name in enumerate(NAMES):

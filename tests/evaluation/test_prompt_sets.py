@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 import torch
 
-from reaf import create_model
 from reaf.data.csv_tables import CLASSES
 from reaf.data.input_spec import InputSpec
 from reaf.data.readers import read_split
@@ -19,16 +18,13 @@ from reaf.evaluation.encoding import encode_texts
 from reaf.evaluation.prompt_sets import ensemble_phrasings, prompt_set, read_phrasings
 from reaf.evaluation.prompts import class_prompts
 from reaf.evaluation.protocol import prompt_embeddings, run_evaluation
-from tests.support.evaluation import NAMES, write_split
+from tests.support.evaluation import NAMES, tiny_checkpoint, write_split
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    torch.manual_seed(0)
-    model = create_model("tiny").eval()
-    ckpt = root / "ckpt.pt"
-    torch.save({"state_dict": model.state_dict(), "config": {"model": model.cfg.to_dict()}}, ckpt)
+    model, ckpt = tiny_checkpoint(root)
     split_dir = write_split(root)
     return model, read_split(split_dir, fmt="stage2", require_labels=True), ckpt, split_dir
 

@@ -34,3 +34,14 @@ def write_split(root, seed=0):
     table.insert(0, "VolumeName", [f"{n}.nii.gz" for n in NAMES])
     table.to_csv(split / "labels.csv", index=False)
     return split
+
+
+def tiny_checkpoint(root, seed=0):
+    """The tiny model (seeded, eval mode) and its checkpoint root/ckpt.pt in our format."""
+    from reaf import create_model
+
+    torch.manual_seed(seed)
+    model = create_model("tiny").eval()
+    ckpt = root / "ckpt.pt"
+    torch.save({"state_dict": model.state_dict(), "config": {"model": model.cfg.to_dict()}}, ckpt)
+    return model, ckpt
