@@ -18,11 +18,19 @@ from reaf.model.layers import LayerFusion, RegionalSaliency, sincos_3d, to_scan,
 _layer_norm = partial(nn.LayerNorm, eps=1e-6)  # timm ViT's norm
 
 
-def _dense_grad(grad: Tensor) -> Tensor:
-    """The CLS token's gradient in its own dense layout. With one volume per rank it arrives as a slice of the token
-    gradient, keeping the whole token tensor's strides on its size-1 dims: a layout DDP's gradient bucket cannot take
-    in place ("Grad strides do not match bucket view strides"), so every step would copy it."""
-    return grad.clone(memory_format=torch.contiguous_format)
+class _DenseGrad(torch.autograd.Function):
+    """Identity whose backward hands on the gradient in its own dense layout. With one volume per rank the CLS
+    token's gradient arrives as a slice of the token gradient, keeping the whole token tensor's strides on its size-1
+    dims: a layout DDP's gradient bucket cannot take in place ("Grad strides do not match bucket view strides"), so
+    every step would copy it. Part of the forward (not a tensor hook), so it survives copies of the model."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad.clone(memory_format=torch.contiguous_format)
 
 
 class PatchEmbed3d(nn.Module):
@@ -47,7 +55,6 @@ class VolumeEncoder(nn.Module):
         self.grad_checkpointing = False
         c = cfg.width
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c))
-        self.cls_token.register_hook(_dense_grad)
         self.spatial_posemb = nn.Parameter(sincos_3d(self.grid, c), requires_grad=False)
         self.patch_embed = PatchEmbed3d(cfg.patch_size, c)
         dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
@@ -104,7 +111,8 @@ class VolumeEncoder(nn.Module):
         if tuple(volume.shape[2:]) != tuple(self.cfg.img_size):
             raise ValueError(f"volume shape {tuple(volume.shape)} does not match img_size {self.cfg.img_size}")
         x = self.patch_embed(volume) + self.spatial_posemb.reshape(1, -1, self.cfg.width).to(volume.dtype)
-        return torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+        cls = _DenseGrad.apply(self.cls_token).expand(x.shape[0], -1, -1).to(x.dtype)
+        return torch.cat([cls, x], dim=1)
 
     def _run_block(self, i: int, x: Tensor) -> Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled():
