@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             row = {"seed": int(seed), "model": model}
             for split in ("test", "valid"):  # a demo before the test split has its valid numbers at the top level
-                found = summary[model].get(split, summary[model] if split == "valid" else None)
+                old = split == "valid" and "test" not in summary[model]
+                found = summary[model].get(split, summary[model] if old else None)
                 if found:
                     row |= {f"{split}_mean_auc_18": found["mean_auc_18"], f"{split}_R@5": found["report_to_volume_R@5"],
                             f"{split}_R@5_over_chance": round(found["report_to_volume_R@5"] / found["R@5_chance"], 2)}
