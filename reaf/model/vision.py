@@ -67,9 +67,11 @@ class VolumeEncoder(nn.Module):
         self.norm = _layer_norm(c)
         self._init_weights()
         if cfg.fusion_saliency:
-            self.fusion = nn.ModuleDict(
-                {lvl: LayerFusion(self.levels.count(lvl), cfg.fusion_method) for lvl in ("scan", "slice")}
-            )
+            self.fusion = nn.ModuleDict({
+                "scan": LayerFusion(self.levels.count("scan"), cfg.fusion_method),
+                "slice": LayerFusion(self.levels.count("slice"), cfg.fusion_method, grid=self.grid),
+            })  # fmt: skip
+            self.fusion["slice"].cls_from_first_slab = cfg.reference_compat
             self.saliency = RegionalSaliency(
                 self.grid,
                 cfg.region_size,
@@ -102,6 +104,7 @@ class VolumeEncoder(nn.Module):
         self.cfg = dataclasses.replace(self.cfg, reference_compat=enabled)
         if self.cfg.fusion_saliency:
             self.saliency.reference_compat = enabled
+            self.fusion["slice"].cls_from_first_slab = enabled
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self.grad_checkpointing = enabled
@@ -123,7 +126,8 @@ class VolumeEncoder(nn.Module):
         return to_scan(x, self.grid, cls_from_first_slab=self.reference_compat) if level == "slice" else x
 
     def run_blocks(self, x: Tensor) -> tuple[Tensor, dict[str, list[Tensor]]]:
-        """(B, 1+N, C) -> last block output (B, 1+N, C) and each level's block outputs in scan layout."""
+        """(B, 1+N, C) -> last block output (B, 1+N, C) and each level's block outputs as its blocks gave them: scan
+        level (B, 1+N, C), slice level (B*d, 1+h*w, C); `fusion[level]` takes them so and returns scan layout."""
         outputs: dict[str, list[Tensor]] = {"scan": [], "slice": []}
         level = "scan"
         for i, block_level in enumerate(self.levels):
@@ -132,13 +136,14 @@ class VolumeEncoder(nn.Module):
                 level = block_level
             x = self._run_block(i, x)
             if self.cfg.fusion_saliency:  # the plain hierarchy keeps no per-layer outputs
-                outputs[level].append(self._as_scan(x, level))
+                outputs[level].append(x)
         last = x if level == "scan" else to_scan(x, self.grid)
         return last, outputs
 
     def pooled_levels(self, outputs: dict[str, list[Tensor]]) -> dict[str, Tensor]:
         """Per level: fuse its block outputs, score regions, pool its last block -> (B, C)."""
-        return {lvl: self.saliency(self.fusion[lvl](outs), outs[-1]) for lvl, outs in outputs.items()}
+        return {lvl: self.saliency(self.fusion[lvl](outs), self._as_scan(outs[-1], lvl))
+                for lvl, outs in outputs.items()}  # fmt: skip
 
     def forward(self, volume: Tensor) -> Tensor:
         """(B, 1, D, H, W) -> feature (B, C): the enhancer's vector added to every token, the final norm, the pool."""
