@@ -57,6 +57,25 @@ def test_regroup_round_trip_and_cls_rules():
     torch.testing.assert_close(to_scan(slices, grid, cls_from_first_slab=True)[0, 0], x[0, 0])
 
 
+def test_patch_embedding_is_the_conv3d_of_its_weights():
+    """One matrix product over flattened patches: the Conv3d's output and weight gradient, tokens in (d, h, w) order."""
+    from reaf.model.vision import PatchEmbed3d
+
+    torch.manual_seed(0)
+    embed = PatchEmbed3d((2, 3, 4), 6)
+    vol = torch.randn(2, 1, 4, 9, 8)
+    tokens = embed(vol)
+    probe = torch.randn_like(tokens)
+    (tokens * probe).sum().backward()
+    grads = embed.proj.weight.grad.clone(), embed.proj.bias.grad.clone()
+    embed.zero_grad()
+    conv = embed.proj(vol)  # (B, C, d, h, w)
+    assert tokens.shape == (2, 2 * 3 * 2, 6)
+    torch.testing.assert_close(tokens, conv.flatten(2).transpose(1, 2))
+    (conv.flatten(2).transpose(1, 2) * probe).sum().backward()
+    torch.testing.assert_close(grads, (embed.proj.weight.grad, embed.proj.bias.grad))
+
+
 def test_slice_blocks_do_not_mix_slabs_scan_blocks_do():
     model = tiny(drop_path_rate=0.0).eval()
     trunk = model.visual.trunk
