@@ -14,11 +14,11 @@ trunk, token pool, linear head, drop path 0.2), random weights; its AttentionFus
 (its default device is 'cuda'). Ours is the tower configs/vit_base_singlescan_h2_token2744.json builds.
 
 Every measurement is a child process of its own with 2 torch threads, fp32, one 1x1x112x336x336 volume; the sides
-alternate ours / reference / ours / reference for --rounds rounds. In each child: inference (eval mode,
-torch.inference_mode) then the train step (train mode, drop path on; loss = embedding . a fixed unit vector, as the
-square sum of a unit embedding has no gradient; backward; no optimizer), each a warm-up then --steps timed calls.
-Peak RSS is the child's ru_maxrss. Each call also records the child's CPU time over its wall time: 2.0 = both cores
-busy throughout, lower = it waited for cores that other jobs shared. A side's figure is its best timed call over all
+alternate for --rounds rounds, ours first in odd rounds and the reference first in even ones (ABBA). In each child:
+inference (eval mode, torch.inference_mode) then the train step (train mode, drop path on; loss = embedding . a
+fixed unit vector, as the square sum of a unit embedding has no gradient; backward; no optimizer), each a warm-up
+then --steps timed calls. Peak RSS is the child's ru_maxrss. Each call also records the child's CPU time over its
+wall time (2.0 = both cores busy throughout, lower = it waited for cores that other jobs shared). A side's figure is its best timed call over all
 rounds. First, once, both sides encode the same volume with the reference's weights (ours loading them as `reaf.pt`
 would, reference_compat on): `same_output` holds the largest difference. `--tiny` runs ours alone on
 configs/tiny.json (the reference's tower exists at full size only); so does a run without --reference-python.
@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         result["same_output"] = check_same_output(args)
     rounds = []
     for i in range(args.rounds):
-        rounds.append({side: run_child(python, side, args) for side, python in sides.items()})
+        order = list(sides.items())[:: 1 if i % 2 == 0 else -1]  # ABBA: drift and going first cancel out
+        rounds.append({side: run_child(python, side, args) for side, python in order})
         print(f"round {i + 1}: " + "  ".join(f"{s} train {r['train_s']:.2f} s, inference {r['inference_s']:.2f} s, "
                                              f"peak {r['peak_rss_mib']:.0f} MiB" for s, r in rounds[-1].items()))
     result.update(rounds=rounds, **summarise(rounds))
