@@ -2,7 +2,8 @@
 # The five CPU benchmarks, one after the other, each with the command its result file records:
 #   bench/results/encoder_cpu.json, encoder_cpu_2744tokens.json, loader.json, preprocess.json, eval.json.
 # Not run here: bench.bench_positives, which reads a finished demo folder's reports
-#   (python -m bench.bench_positives --demo-dir demo_runs/demo), and the GPU benchmark, bench/gpu.sh.
+#   (python -m bench.bench_positives --demo-dir demo_runs/demo), the GPU benchmark, bench/gpu.sh, and
+#   bench.bench_reference, which needs the reference's checkout and venv (its docstring says how to make them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1

@@ -51,16 +51,21 @@ def sincos_3d(grid: Grid, dim: int) -> Tensor:
 
 
 class LayerFusion(nn.Module):
-    """Fuse the outputs of one level's blocks: (L, B, 1+N, C) -> (B, 1+N, C) by `method`.
+    """Fuse the outputs of one level's blocks into one scan-layout map: L x (B, 1+N, C) -> (B, 1+N, C) by `method`.
 
+    With `grid`, the outputs come in slice layout, L x (B*d, 1+h*w, C), as the slice-level blocks give them: they are
+    fused as they are and only the fused map is regrouped (`to_scan`, slab 0's CLS copy if `cls_from_first_slab`, as
+    the reference fuses its slice level), one copy in place of one per block.
     Fixed weights live in a non-persistent buffer: they move with the module (no host-to-device copy per forward)
     and stay out of the state dict, whose keys remain the reference's.
     """
 
-    def __init__(self, num_layers: int, method: str) -> None:
+    def __init__(self, num_layers: int, method: str, grid: Grid | None = None) -> None:
         super().__init__()
         self.method = method
         self.num_layers = num_layers
+        self.grid = grid
+        self.cls_from_first_slab = False
         if method == "learned":
             self.logits = nn.Parameter(torch.zeros(num_layers))
         elif method != "max":
@@ -85,11 +90,18 @@ class LayerFusion(nn.Module):
             raise ValueError(f"fusion method {self.method!r} has no weights")
         return self.fixed_weights
 
+    def _regroup(self, x: Tensor) -> Tensor:
+        return x if self.grid is None else to_scan(x, self.grid, self.cls_from_first_slab)
+
     def forward(self, outputs: list[Tensor]) -> Tensor:
-        stacked = torch.stack(outputs)  # (L, B, 1+N, C)
-        if self.method == "max":
-            return stacked.amax(dim=0)
-        return torch.einsum("l,lbnc->bnc", self.weights().to(stacked.dtype), stacked)
+        if self.method == "max":  # the max of averaged CLS copies is not the average of their max: regroup first
+            return torch.stack([self._regroup(out) for out in outputs]).amax(dim=0)
+        # a weighted sum commutes with the regroup; summed as the reference does, with no (L, B, 1+N, C) stack
+        weights = self.weights().to(outputs[0].dtype)
+        fused = outputs[0] * weights[0]
+        for out, weight in zip(outputs[1:], weights[1:]):
+            fused = fused + out * weight
+        return self._regroup(fused)
 
 
 class RegionalSaliency(nn.Module):

@@ -34,14 +34,43 @@ class _DenseGrad(torch.autograd.Function):
 
 
 class PatchEmbed3d(nn.Module):
-    """Conv3d patch embedding: (B, 1, D, H, W) -> (B, d*h*w, C), tokens in (d, h, w) row-major order."""
+    """Conv3d patch embedding: (B, 1, D, H, W) -> (B, d*h*w, C), tokens in (d, h, w) row-major order.
+
+    The stride equals the kernel, so the convolution is one matrix product of the flattened patches with the
+    kernel, computed so: on 2 CPU threads it takes 0.19 s against the Conv3d's 0.29 s at 112x336x336. The weight
+    gradient needs the patches, a (B, d*h*w, k) copy of the volume (50 MB at full size): autograd keeps the volume
+    instead and cuts them again in the backward. The weights stay a Conv3d's (`proj`), so checkpoints load by key.
+    """
 
     def __init__(self, patch_size: tuple[int, int, int], width: int) -> None:
         super().__init__()
+        self.patch_size = patch_size
         self.proj = nn.Conv3d(1, width, kernel_size=patch_size, stride=patch_size)
 
+    def patches(self, volume: Tensor) -> Tensor:
+        """(B, 1, D, H, W) -> (B, d*h*w, pd*ph*pw), each patch flattened in the kernel's (pd, ph, pw) order."""
+        b, _, depth, height, width = volume.shape
+        pd, ph, pw = self.patch_size
+        d, h, w = depth // pd, height // ph, width // pw
+        return volume.reshape(b, d, pd, h, ph, w, pw).permute(0, 1, 3, 5, 2, 4, 6).reshape(b, d * h * w, -1)
+
     def forward(self, volume: Tensor) -> Tensor:
-        return self.proj(volume).flatten(2).transpose(1, 2)
+        patches = self.patches(volume)
+        if torch.is_autocast_enabled(volume.device.type):  # cast here, so the product saves this very tensor
+            patches = patches.to(torch.get_autocast_dtype(volume.device.type))
+        weight = self.proj.weight.reshape(self.proj.out_channels, -1)
+        if not torch.is_grad_enabled() or volume.requires_grad:
+            return F.linear(patches, weight, self.proj.bias)
+        ptr = patches.data_ptr()
+
+        def pack(saved: Tensor) -> Tensor | tuple[torch.dtype, torch.Size]:
+            return (saved.dtype, saved.shape) if saved.data_ptr() == ptr else saved
+
+        def unpack(saved: Tensor | tuple[torch.dtype, torch.Size]) -> Tensor:
+            return saved if isinstance(saved, Tensor) else self.patches(volume).to(saved[0]).reshape(saved[1])
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            return F.linear(patches, weight, self.proj.bias)
 
 
 class VolumeEncoder(nn.Module):
@@ -67,9 +96,11 @@ class VolumeEncoder(nn.Module):
         self.norm = _layer_norm(c)
         self._init_weights()
         if cfg.fusion_saliency:
-            self.fusion = nn.ModuleDict(
-                {lvl: LayerFusion(self.levels.count(lvl), cfg.fusion_method) for lvl in ("scan", "slice")}
-            )
+            self.fusion = nn.ModuleDict({
+                "scan": LayerFusion(self.levels.count("scan"), cfg.fusion_method),
+                "slice": LayerFusion(self.levels.count("slice"), cfg.fusion_method, grid=self.grid),
+            })  # fmt: skip
+            self.fusion["slice"].cls_from_first_slab = cfg.reference_compat
             self.saliency = RegionalSaliency(
                 self.grid,
                 cfg.region_size,
@@ -102,6 +133,7 @@ class VolumeEncoder(nn.Module):
         self.cfg = dataclasses.replace(self.cfg, reference_compat=enabled)
         if self.cfg.fusion_saliency:
             self.saliency.reference_compat = enabled
+            self.fusion["slice"].cls_from_first_slab = enabled
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self.grad_checkpointing = enabled
@@ -123,7 +155,8 @@ class VolumeEncoder(nn.Module):
         return to_scan(x, self.grid, cls_from_first_slab=self.reference_compat) if level == "slice" else x
 
     def run_blocks(self, x: Tensor) -> tuple[Tensor, dict[str, list[Tensor]]]:
-        """(B, 1+N, C) -> last block output (B, 1+N, C) and each level's block outputs in scan layout."""
+        """(B, 1+N, C) -> last block output (B, 1+N, C) and each level's block outputs as its blocks gave them: scan
+        level (B, 1+N, C), slice level (B*d, 1+h*w, C); `fusion[level]` takes them so and returns scan layout."""
         outputs: dict[str, list[Tensor]] = {"scan": [], "slice": []}
         level = "scan"
         for i, block_level in enumerate(self.levels):
@@ -132,13 +165,14 @@ class VolumeEncoder(nn.Module):
                 level = block_level
             x = self._run_block(i, x)
             if self.cfg.fusion_saliency:  # the plain hierarchy keeps no per-layer outputs
-                outputs[level].append(self._as_scan(x, level))
+                outputs[level].append(x)
         last = x if level == "scan" else to_scan(x, self.grid)
         return last, outputs
 
     def pooled_levels(self, outputs: dict[str, list[Tensor]]) -> dict[str, Tensor]:
         """Per level: fuse its block outputs, score regions, pool its last block -> (B, C)."""
-        return {lvl: self.saliency(self.fusion[lvl](outs), outs[-1]) for lvl, outs in outputs.items()}
+        return {lvl: self.saliency(self.fusion[lvl](outs), self._as_scan(outs[-1], lvl))
+                for lvl, outs in outputs.items()}  # fmt: skip
 
     def forward(self, volume: Tensor) -> Tensor:
         """(B, 1, D, H, W) -> feature (B, C): the enhancer's vector added to every token, the final norm, the pool."""

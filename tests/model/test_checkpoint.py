@@ -52,15 +52,20 @@ def reference_embedding(model, vol: torch.Tensor) -> torch.Tensor:
         if block_level != level:
             x, level = (to_slices(x, t.grid) if block_level == "slice" else to_scan(x, t.grid)), block_level
         x = block(x)
-        if level == "slice":
-            s = x.reshape(b, d, 1 + h * w, c)
-            outs["slice"].append(torch.cat([s[:, 0, :1], s[:, :, 1:].reshape(b, d * h * w, c)], dim=1))
-        else:
-            outs["scan"].append(x)
+        outs[level].append(x)  # slice level: (B*d, 1+h*w, C), fused so and regrouped after, as the reference does
     last = x if level == "scan" else to_scan(x, t.grid)
+
+    def slab0_cls(s: torch.Tensor) -> torch.Tensor:
+        s = s.reshape(b, d, 1 + h * w, c)
+        return torch.cat([s[:, 0, :1], s[:, :, 1:].reshape(b, d * h * w, c)], dim=1)
+
     pooled = []
     for lvl in ("scan", "slice"):
-        norms = t.fusion[lvl](outs[lvl]).norm(dim=-1)  # (B, 1+N)
+        weights = torch.arange(len(outs[lvl]), dtype=torch.float32).softmax(0)  # weighted_mean
+        fused = sum(wt * out for wt, out in zip(weights, outs[lvl]))
+        if lvl == "slice":
+            fused, outs[lvl][-1] = slab0_cls(fused), slab0_cls(outs[lvl][-1])
+        norms = fused.norm(dim=-1)  # (B, 1+N)
         patch = norms[:, 1:].reshape(b, d, h, w)
         keep = torch.zeros_like(patch, dtype=torch.bool)
         for i in range(b):

@@ -66,7 +66,7 @@ def test_full_size_forward_on_cpu(paper_model):
     assert (cfg.region_size, cfg.top_k, cfg.suppression, cfg.temperature) == ((3, 3, 3), 3, 0.1, 1.0)
     assert not cfg.reference_compat and cfg.saliency_norm == "raw"
     grids, pooled = [], []
-    hooks = [trunk.patch_embed.proj.register_forward_hook(lambda m, args, out: grids.append(tuple(out.shape))),
+    hooks = [trunk.patch_embed.register_forward_hook(lambda m, args, out: grids.append(tuple(out.shape))),
              trunk.saliency.register_forward_hook(lambda m, args, out: pooled.append((*args, out)))]
     with torch.no_grad():
         emb = paper_model.encode_image(torch.randn(1, 1, 112, 336, 336, generator=torch.Generator().manual_seed(0)))
@@ -74,7 +74,7 @@ def test_full_size_forward_on_cpu(paper_model):
         hook.remove()
     assert emb.shape == (1, 512) and torch.isfinite(emb).all()
     torch.testing.assert_close(emb.norm(dim=-1), torch.ones(1))
-    assert grids == [(1, 768, 14, 14, 14)] and trunk.grid == (14, 14, 14)  # 2744 tokens
+    assert grids == [(1, 2744, 768)] and trunk.grid == (14, 14, 14)  # 2744 tokens
     assert len(pooled) == 2  # the scan level and the slice level
     for fused, last, out in pooled:
         assert fused.shape == last.shape == (1, 1 + 2744, 768) and out.shape == (1, 768)

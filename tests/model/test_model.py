@@ -57,6 +57,38 @@ def test_regroup_round_trip_and_cls_rules():
     torch.testing.assert_close(to_scan(slices, grid, cls_from_first_slab=True)[0, 0], x[0, 0])
 
 
+def test_patch_embedding_is_the_conv3d_of_its_weights(monkeypatch):
+    """One matrix product over flattened patches: the Conv3d's output and gradients, tokens in (d, h, w) order; the
+    patches are not kept for the backward but cut again from the volume (once in the forward, once after)."""
+    from reaf.model.vision import PatchEmbed3d
+
+    torch.manual_seed(0)
+    embed = PatchEmbed3d((2, 3, 4), 6)
+    cuts = []
+    monkeypatch.setattr(embed, "patches", lambda v, cut=embed.patches: cuts.append(v.shape) or cut(v))
+    vol = torch.randn(2, 1, 4, 9, 8)
+    tokens = embed(vol)
+    assert tokens.shape == (2, 2 * 3 * 2, 6) and len(cuts) == 1
+    probe = torch.randn_like(tokens)
+    (tokens * probe).sum().backward()
+    assert len(cuts) == 2
+    grads = embed.proj.weight.grad.clone(), embed.proj.bias.grad.clone()
+    embed.zero_grad()
+    conv = embed.proj(vol).flatten(2).transpose(1, 2)  # (B, d*h*w, C)
+    torch.testing.assert_close(tokens, conv)
+    (conv * probe).sum().backward()
+    torch.testing.assert_close(grads, (embed.proj.weight.grad, embed.proj.bias.grad))
+    vol.requires_grad_(True)  # a gradient for the volume too (saliency by gradient): the patches are kept as usual
+    (volume_grad,) = torch.autograd.grad((embed(vol) * probe).sum(), vol)
+    (conv_grad,) = torch.autograd.grad((embed.proj(vol).flatten(2).transpose(1, 2) * probe).sum(), vol)
+    torch.testing.assert_close(volume_grad, conv_grad)
+    cuts.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = embed(vol.detach())
+    low.float().sum().backward()  # the patches cut again, in the dtype the product used
+    assert low.dtype == torch.bfloat16 and embed.proj.weight.grad.dtype == torch.float32 and len(cuts) == 2
+
+
 def test_slice_blocks_do_not_mix_slabs_scan_blocks_do():
     model = tiny(drop_path_rate=0.0).eval()
     trunk = model.visual.trunk
