@@ -90,7 +90,8 @@ def make_data(args: argparse.Namespace, out: Path) -> Path:
     root.addHandler(console)
     root.setLevel(logging.INFO)
     try:
-        for split in ("train", *(["valid"] if args.valid else []), "test"):  # resumable: finished files verified
+        splits = ["train", *(["valid"] if args.valid else []), *(["test"] if args.num_test else [])]
+        for split in splits:  # resumable: finished files verified
             settings = PreprocessSettings(split=split, out=str(cache), format="cache", ct_rate_root=str(raw),
                                           model=args.model, input_info=INPUT_INFO, workers=args.workers)
             manifest = preprocess_split(settings)

@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.workdir or tmp)
         data_args = argparse.Namespace(
-            num_train=args.num_train, num_valid=args.num_valid, num_test=0, seed=args.seed, workers=2,
+            num_train=args.num_train, num_valid=args.num_valid, num_test=0, valid=True, seed=args.seed, workers=2,
             model="demo",
         )
         t0 = time.perf_counter()

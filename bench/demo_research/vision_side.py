@@ -227,7 +227,7 @@ def demo_data(args: argparse.Namespace, spec: InputSpec) -> tuple[dict, dict]:
     """The demo's train and validation splits (made the demo's way, or found in --workdir), held in memory."""
     with tempfile.TemporaryDirectory() as tmp:
         data_args = argparse.Namespace(
-            num_train=args.num_train, num_valid=args.num_valid, num_test=0, seed=args.seed, workers=2,
+            num_train=args.num_train, num_valid=args.num_valid, num_test=0, valid=True, seed=args.seed, workers=2,
             model="demo",
         )
         cache = make_data(data_args, Path(args.workdir or tmp))
