@@ -18,10 +18,11 @@ alternate for --rounds rounds, ours first in odd rounds and the reference first 
 inference (eval mode, torch.inference_mode) then the train step (train mode, drop path on; loss = embedding . a
 fixed unit vector, as the square sum of a unit embedding has no gradient; backward; no optimizer), each a warm-up
 then --steps timed calls. Peak RSS is the child's ru_maxrss. Each call also records the child's CPU time over its
-wall time (2.0 = both cores busy throughout, lower = it waited for cores that other jobs shared). A side's figure is its best timed call over all
-rounds. First, once, both sides encode the same volume with the reference's weights (ours loading them as `reaf.pt`
-would, reference_compat on): `same_output` holds the largest difference. `--tiny` runs ours alone on
-configs/tiny.json (the reference's tower exists at full size only); so does a run without --reference-python.
+wall time (2.0 = both cores busy throughout, lower = it waited for cores that other jobs shared). A side's figure
+is its best timed call over all rounds. First, once, both sides encode the same volume with the reference's weights
+(ours loading them as `reaf.pt` would, reference_compat on): `same_output` holds the largest difference. `--tiny`
+runs ours alone on configs/tiny.json (the reference's tower exists at full size only); so does a run without
+--reference-python.
 """
 
 from __future__ import annotations
