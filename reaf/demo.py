@@ -206,9 +206,6 @@ def plain_config(model: str, out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from reaf.cpu_memory import keep_freed_memory
-
-    keep_freed_memory()  # every stage runs on the CPU in this process (reaf.cpu_memory)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()

@@ -12,7 +12,6 @@ from typing import Any
 import torch
 
 from reaf import atomic, dist
-from reaf.cpu_memory import keep_freed_memory
 from reaf.data.loader import build_dataloader
 from reaf.model.checkpoint import is_training_checkpoint, read_checkpoint
 from reaf.training import skips
@@ -258,8 +257,6 @@ def _build(args: TrainFlags, env: dist.DistEnv) -> tuple[TrainingRun, Position, 
         train_state.check_resume_flags(resume, resumed, args.to_dict())
     log.info("run %s on %d process(es), device %s, precision %s", settings.name, env.world_size, env.device,
              settings.precision)
-    if env.device.type == "cpu" and keep_freed_memory():
-        log.info("CPU run: freed memory kept in the process (reaf.cpu_memory; REAF_KEEP_FREED_MEMORY=0 to leave it)")
     if env.device.type == "cpu" and args.precision != "fp32":
         log.info("--precision %s on a CPU: %s", args.precision, "fp32, as these CPUs have no fast fp16/bf16 matmul"
                  if settings.precision == "fp32" else "bf16 autocast as asked by name (slower than fp32 here)")
@@ -295,8 +292,6 @@ def _build(args: TrainFlags, env: dist.DistEnv) -> tuple[TrainingRun, Position, 
 def train_main(args: TrainFlags) -> Path:
     """Train as the flags say (one process, or one of torchrun's); returns the run folder."""
     env = dist.init_distributed(args.device)
-    if env.device.type == "cpu":
-        keep_freed_memory()  # before the model and data are made: a later call leaves their blocks faulting
     fit = None
     try:
         fit, pos, rng, steps_per_epoch = _build(args, env)
