@@ -15,6 +15,7 @@ CONFIG_DIR = Path(str(resources.files("reaf") / "configs"))
 FUSION_METHODS = ("weighted_mean", "mean", "max", "inverse_weighted_mean", "learned")
 SALIENCY_NORMS = ("raw", "mean")
 GLOBAL_POOLS = ("token", "avg", "max")  # timm ViT's global_pool names
+PATCH_EMBEDS = ("matmul", "conv")
 TEXT_POOLINGS = ("cls", "mean")
 TEXT_PROJECTIONS = ("linear", "mlp")
 
@@ -44,6 +45,10 @@ class VisionConfig:
     # the feature read out of the normed tokens (timm's global_pool): "token" the CLS (the paper's), "avg" / "max"
     # the mean / per-channel maximum over the patch tokens (a small finding anywhere in the volume sets a maximum)
     global_pool: str = "token"
+    # how the patch embedding computes the same Conv3d (no state-dict keys): "matmul" one matrix product over the
+    # flattened patches (faster at the paper's size), "conv" the Conv3d itself (faster at the demo's size, where the
+    # patch copy costs more than the product; docs/cpu_speed.md has the timings)
+    patch_embed: str = "matmul"
     fusion_saliency: bool = (
         True  # False: the plain scan/slice hierarchy (or a plain ViT when every block is scan level)
     )
@@ -62,6 +67,8 @@ class VisionConfig:
             raise ValueError(f"saliency_norm {self.saliency_norm!r} is not one of {SALIENCY_NORMS}")
         if self.global_pool not in GLOBAL_POOLS:
             raise ValueError(f"global_pool {self.global_pool!r} is not one of {GLOBAL_POOLS}")
+        if self.patch_embed not in PATCH_EMBEDS:
+            raise ValueError(f"patch_embed {self.patch_embed!r} is not one of {PATCH_EMBEDS}")
         if self.fusion_method not in FUSION_METHODS:
             raise ValueError(f"fusion_method {self.fusion_method!r} is not one of {FUSION_METHODS}")
         bad = [i for i in self.scan_blocks if not 0 <= i < self.depth]

@@ -175,6 +175,46 @@ def test_keep_in_memory_reads_each_file_once(split, tokenize, monkeypatch):
         build_dataloader(split, SPEC, tokenize, batch_size=2, workers=1, seed=0, train=True, keep_in_memory=True)
 
 
+def test_batches_reuse_a_kept_tensor_only_when_nothing_holds_it(split, tokenize):
+    """In the training process a batch's volumes are stacked into a kept tensor once the batch before it is gone
+    (no new 38 MB mapping per demo step), never while a batch, a view of it or a tensor autograd saved still holds
+    it: every batch equals the volumes stacked anew."""
+    loader = build_dataloader(split, SPEC, tokenize, batch_size=2, workers=0, seed=0, train=True,
+                              keep_in_memory=True)
+    list(loader)  # the first epoch loads the volumes into memory
+
+    def stacked_anew(names):
+        return torch.stack([loader.dataset.memory[i] for i in _indices(split, names)])
+
+    held = list(loader)  # every batch kept alive: each its own storage, each right
+    assert len({b["image"].data_ptr() for b in held}) == len(held)
+    assert all(torch.equal(b["image"], stacked_anew(b["name"])) for b in held)
+    del held
+    pointers = []
+    for epoch in (1, 2):  # consumed one at a time (the loop holds the batch before while it stacks the next)
+        loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            assert torch.equal(batch["image"], stacked_anew(batch["name"]))
+            pointers.append(batch["image"].data_ptr())
+    assert len(pointers) >= 6 and len(set(pointers)) == 2  # the two kept tensors serve every batch
+    del batch
+    pointers, graph = [], None
+    for batch in loader:
+        assert torch.equal(batch["image"], stacked_anew(batch["name"]))
+        pointers.append(batch["image"].data_ptr())
+        if graph is None:  # autograd keeps the first batch for a backward that comes later: it must stay intact
+            weight = torch.ones((), requires_grad=True)
+            graph = (batch["image"] * weight).sum(), stacked_anew(batch["name"]).sum()
+    assert pointers[0] not in pointers[1:]
+    graph[0].backward()
+    torch.testing.assert_close(weight.grad, graph[1])
+
+
+def _indices(split, names) -> list[int]:
+    index = {s.name: i for i, s in enumerate(split.samples)}
+    return [index[name] for name in names]
+
+
 def test_one_loader_with_a_persistent_worker_samples_new_sentences_each_epoch(split, tokenize):
     from reaf.data.text_sampling import sample_text
 

@@ -89,6 +89,26 @@ def test_patch_embedding_is_the_conv3d_of_its_weights(monkeypatch):
     assert low.dtype == torch.bfloat16 and embed.proj.weight.grad.dtype == torch.float32 and len(cuts) == 2
 
 
+def test_patch_embed_conv_computes_the_same_as_the_matrix_product():
+    """config vision.patch_embed "conv" (the demo's) runs the Conv3d itself: the same tokens and weight gradients as
+    "matmul" from the same weights, the same state-dict keys; an unknown choice is refused."""
+    from reaf.model.config import load_model_config
+    from reaf.model.vision import PatchEmbed3d
+
+    torch.manual_seed(0)
+    product, conv = PatchEmbed3d((2, 3, 4), 6), PatchEmbed3d((2, 3, 4), 6, conv=True)
+    conv.load_state_dict(product.state_dict())
+    vol, probe = torch.randn(2, 1, 4, 9, 8), torch.randn(2, 12, 6)
+    for embed in (product, conv):
+        (embed(vol) * probe).sum().backward()
+    torch.testing.assert_close(conv(vol), product(vol))
+    torch.testing.assert_close(conv.proj.weight.grad, product.proj.weight.grad)
+    torch.testing.assert_close(conv.proj.bias.grad, product.proj.bias.grad)
+    assert create_model("demo").visual.trunk.patch_embed.conv and not create_model("tiny").visual.trunk.patch_embed.conv
+    with pytest.raises(ValueError, match="patch_embed 'fft' is not one of"):
+        load_model_config("tiny", patch_embed="fft").vision.validate()
+
+
 def test_slice_blocks_do_not_mix_slabs_scan_blocks_do():
     model = tiny(drop_path_rate=0.0).eval()
     trunk = model.visual.trunk
