@@ -5,7 +5,8 @@ For each seed it records the demo's own summary (mean zero-shot AUC over the 18 
 its chance level, on the test split and, from a rerun with `--valid` that reuses every other stage, on valid; the
 training loss against ln(B) at the end of epoch 0 and at the end) and the wall time of the demo as run (without
 `--valid`), then writes bench/demo_research/results/demo_seeds.json naming the machine. A
-seed whose demo folder already holds a demo_summary.json is read, not rerun (`--rerun` forces a run). A `--model`
+seed whose demo folder already holds a demo_summary.json is read, not rerun (`--rerun` forces a run); if it has
+no valid numbers yet, only the `--valid` rerun runs. A `--model`
 in --demo-args may name a config variant (bench/demo_research/configs/*.json: the fields it changes over a named
 base); it is written out whole under --root and the demo reads that file.
 
@@ -39,12 +40,15 @@ def run_seed(seed: int, root: Path, rerun: bool, demo_args: list[str], ablation:
                    *(["--ablation"] if ablation else []), *demo_args]
         subprocess.run(command, cwd=REPO, check=True)
         print(f"seed {seed}: {time.time() - start:.0f} s", flush=True)
+    if valid and "valid" not in json.loads(summary.read_text())["reaf"]:
+        # then valid scored as well (every other stage reused), its time kept apart from the demo's as run
+        command = [sys.executable, "-m", "reaf.demo", "--seed", str(seed), "--out", str(out),
+                   *(["--ablation"] if ablation else []), *demo_args, "--valid"]
         seconds = json.loads(summary.read_text())["seconds"]  # the demo as run, timed by itself
-        if valid:  # then valid scored as well (every other stage reused), its time kept apart
-            subprocess.run([*command, "--valid"], cwd=REPO, check=True)
-            result = json.loads(summary.read_text())
-            atomic.write_text(summary, json.dumps({**result, "seconds": seconds,
-                                                   "valid_rerun_seconds": result["seconds"]}, indent=2))
+        subprocess.run(command, cwd=REPO, check=True)
+        result = json.loads(summary.read_text())
+        atomic.write_text(summary, json.dumps({**result, "seconds": seconds,
+                                               "valid_rerun_seconds": result["seconds"]}, indent=2))
     result = json.loads(summary.read_text())
     for model, row in result.items():  # each model's per-class AUCs from its results.json, per split
         if isinstance(row, dict):
