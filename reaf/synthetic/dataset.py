@@ -21,7 +21,6 @@ reaf/synthetic/reports.py, metadata rows in reaf/synthetic/metadata.py.
 from __future__ import annotations
 
 import argparse
-import gzip
 import multiprocessing as mp
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -41,6 +40,11 @@ from reaf.synthetic.findings import finding_shapes, sample_findings, stream
 from reaf.synthetic.metadata import METADATA_COLUMNS, metadata_row
 from reaf.synthetic.phantom import Finding, Geometry, Shape
 from reaf.synthetic.reports import write_report
+
+try:  # ISA-L (requirements.txt): 3.0 against 12.8 ms for a demo volume at level 1, 0.4 % larger; bytes differ from zlib's
+    from isal.igzip import compress as gzip_compress
+except ImportError:
+    from gzip import compress as gzip_compress
 
 INTERCEPT, SLOPE = -1024.0, 1.0
 SPLIT_FILES = {"train": ("train", "train"), "valid": ("validation", "valid"), "test": ("test", "test")}  # CSV prefixes:
@@ -71,7 +75,7 @@ def write_volume_nifti(path: str | Path, hu: np.ndarray, spacing: tuple[float, f
                        version: str = "v2", intercept: float = INTERCEPT, slope: float = SLOPE) -> Path:  # fmt: skip
     """Write an HU volume ``hu`` (x, y, z), its axes running to the patient's right, anterior and superior (the
     phantom's RAS+ grid), as one .nii.gz in CT-RATE's voxel order (L, P, S: x and y reversed; docs/orientation.md),
-    atomically and byte-deterministically (gzip mtime 0).
+    atomically and byte-deterministically (gzip mtime 0; the bytes are ISA-L's when isal is installed, else zlib's).
 
     version "v2": int16 HU, an LPS affine diag(-sx, -sy, sz) centred on 0 (CT-RATE "_fixed"). version "v1": int16
     raw = (HU - intercept) / slope in the same voxel order with an identity affine (wrong unit spacing) and no
@@ -94,7 +98,7 @@ def write_volume_nifti(path: str | Path, hu: np.ndarray, spacing: tuple[float, f
     img.header.set_xyzt_units("mm")
     img.header.set_data_dtype(np.int16)
     path = Path(path)
-    atomic.write_bytes(path, gzip.compress(img.to_bytes(), compresslevel=1, mtime=0))
+    atomic.write_bytes(path, gzip_compress(img.to_bytes(), compresslevel=1, mtime=0))
     return path
 
 
