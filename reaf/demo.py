@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-test", type=positive_int,
                    help="held-out test volumes, where the demo reports (default: --num-valid)")
     p.add_argument("--epochs", type=positive_int, default=20,
-                   help="20 x 75 steps of batch 32 on 2400 volumes (30 before the demo fitted 10 minutes: docs/demo.md)")
+                   help="20 x 75 steps of batch 32 on 2400 volumes (30 until the demo had to fit 10 minutes: docs/demo.md)")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--lr", type=float, default=2e-3,
                    help="peak learning rate (bench/demo_research/demo_levers.py measures 1e-3 against it)")

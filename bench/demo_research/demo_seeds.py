@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 from bench.common import REPO, RESEARCH_RESULTS, machine_info, resolve_model_config, write_result
@@ -50,6 +52,9 @@ def run_seed(seed: int, root: Path, rerun: bool, demo_args: list[str], ablation:
         atomic.write_text(summary, json.dumps({**result, "seconds": seconds,
                                                "valid_rerun_seconds": result["seconds"]}, indent=2))
     result = json.loads(summary.read_text())
+    for model, row in result.items():  # where REAF's (and the plain hierarchy's) run spent its time
+        if isinstance(row, dict) and (out / "runs" / model / "train.log").is_file():
+            row["stages"] = train_log_stages(out / "runs" / model / "train.log")
     for model, row in result.items():  # each model's per-class AUCs from its results.json, per split
         if isinstance(row, dict):
             folder = out / "results" / model  # demos before the test split: results/<model>/results.json
@@ -58,6 +63,26 @@ def run_seed(seed: int, root: Path, rerun: bool, demo_args: list[str], ablation:
             row["auc_per_class"] = {split: {name: round(c["auc"], 3) for name, c in json.loads(
                 path.read_text())["classification"]["18"]["per_class"].items()} for split, path in paths.items()}
     return result
+
+
+def train_log_stages(path: Path) -> dict:
+    """From a run's train.log: the frozen text tower's seconds on the training reports (its own log line), and the
+    seconds and optimiser steps from then to the last checkpoint (log timestamps)."""
+    lines = path.read_text().splitlines()
+
+    def stamp(line: str) -> float:
+        return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+    text = [line for line in lines if "text features of" in line]
+    saves = [line for line in lines if "| checkpoint: " in line]
+    start = [line for line in lines if "training from epoch" in line]
+    if not saves or not (text or start):
+        return {}
+    begin = text[-1] if text else start[-1]
+    steps = int(re.search(r"step (\d+)\)", saves[-1]).group(1)) - int(re.search(r"step (\d+)", start[-1]).group(1))
+    seconds = stamp(saves[-1]) - stamp(begin)
+    return {"text_features_s": float(re.search(r"([\d.]+) s$", text[-1]).group(1)) if text else None,
+            "training_s": round(seconds, 1), "steps": steps, "s_per_step": round(seconds / max(steps, 1), 3)}
 
 
 def resolve_model_args(demo_args: list[str], root: Path) -> list[str]:
@@ -97,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
                     row |= {f"{split}_mean_auc_18": found["mean_auc_18"], f"{split}_R@5": found["report_to_volume_R@5"],
                             f"{split}_R@5_over_chance": round(found["report_to_volume_R@5"] / found["R@5_chance"], 2)}
             row |= {"epoch_0_loss_over_ln_B": summary[model]["epoch_0_over_ln_B"],
-                    "last_loss_over_ln_B": summary[model]["last_over_ln_B"], "demo_seconds": summary["seconds"]}
+                    "last_loss_over_ln_B": summary[model]["last_over_ln_B"], "demo_seconds": summary["seconds"],
+                    **summary[model].get("stages", {})}
             rows.append(row)
     flags = [*(["--ablation"] if args.ablation else []), *demo_args]
     command = " ".join(["python -m reaf.demo --seed S", *flags]) if flags else "python -m reaf.demo --seed S (defaults)"

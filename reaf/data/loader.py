@@ -72,11 +72,11 @@ class VolumeDataset(Dataset):
 class BatchBuffers:
     """Stacks a batch's volumes into one of two kept tensors when it is free, in the process that trains (a loader
     worker's batch goes to shared memory, so workers always stack anew). A batch-sized tensor is larger than glibc
-    keeps in the heap (32 MiB at most), so a fresh one is a new mapping whose pages fault in one by one: 23 ms to stack
-    the demo's 32 volumes (38 MB) against 3 ms into a kept tensor, 1500 times a demo. Each batch gets an alias of
-    its buffer, and a buffer is free again only when no tensor shares its storage any more (the batch, its views,
-    tensors autograd saved), so a batch still in use is never overwritten; while both are in use, batches are
-    stacked anew."""
+    keeps in the heap (32 MiB at most), so a fresh one is a new mapping whose pages fault in one by one: 19 ms to
+    stack the demo's 32 volumes (38 MB) against 2.6 ms into a kept tensor (bench/results/step_parts.json), 1500
+    times a demo. Each batch gets an alias of its buffer, and a buffer is free again only when no tensor shares its
+    storage any more (the batch, its views, tensors autograd saved), so a batch still in use is never overwritten;
+    while both are in use, batches are stacked anew."""
 
     KEPT = 2
 

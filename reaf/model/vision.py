@@ -41,7 +41,8 @@ class PatchEmbed3d(nn.Module):
     gradient needs the patches, a (B, d*h*w, k) copy of the volume (50 MB at full size): autograd keeps the volume
     instead and cuts them again in the backward. The weights stay a Conv3d's (`proj`), so checkpoints load by key.
     With `conv=True` the Conv3d runs itself: the same numbers up to rounding, faster where the patch copy costs more
-    than the product saves (the demo's 32 small volumes a batch: 41 against 77 ms forward and weight gradient).
+    than the product saves (the demo's 32 small volumes a batch: 39 against 83 ms forward and weight gradient;
+    bench/results/step_parts.json).
     """
 
     def __init__(self, patch_size: tuple[int, int, int], width: int, conv: bool = False) -> None:

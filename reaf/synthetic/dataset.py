@@ -41,7 +41,8 @@ from reaf.synthetic.metadata import METADATA_COLUMNS, metadata_row
 from reaf.synthetic.phantom import Finding, Geometry, Shape
 from reaf.synthetic.reports import write_report
 
-try:  # ISA-L (requirements.txt): 3.0 against 12.8 ms for a demo volume at level 1, 0.4 % larger; bytes differ from zlib's
+# ISA-L (requirements.txt): 2.1 against 8.6 ms a demo volume at level 1, 0.4 % larger (bench/results/step_parts.json)
+try:
     from isal.igzip import compress as gzip_compress
 except ImportError:
     from gzip import compress as gzip_compress
