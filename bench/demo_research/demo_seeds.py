@@ -42,7 +42,8 @@ def run_seed(seed: int, root: Path, rerun: bool, demo_args: list[str], ablation:
                    *(["--ablation"] if ablation else []), *demo_args]
         subprocess.run(command, cwd=REPO, check=True)
         print(f"seed {seed}: {time.time() - start:.0f} s", flush=True)
-    if valid and "valid" not in json.loads(summary.read_text())["reaf"]:
+    found = json.loads(summary.read_text())["reaf"]
+    if valid and "test" in found and "valid" not in found:  # (a demo before the test split scored valid only)
         # then valid scored as well (every other stage reused), its time kept apart from the demo's as run
         command = [sys.executable, "-m", "reaf.demo", "--seed", str(seed), "--out", str(out),
                    *(["--ablation"] if ablation else []), *demo_args, "--valid"]
@@ -76,7 +77,7 @@ def train_log_stages(path: Path) -> dict:
     text = [line for line in lines if "text features of" in line]
     saves = [line for line in lines if "| checkpoint: " in line]
     start = [line for line in lines if "training from epoch" in line]
-    if not saves or not (text or start):
+    if not saves or not start:
         return {}
     begin = text[-1] if text else start[-1]
     steps = int(re.search(r"step (\d+)\)", saves[-1]).group(1)) - int(re.search(r"step (\d+)", start[-1]).group(1))
