@@ -14,7 +14,8 @@ the logit scale's start, the learning rate, the text sampling, a BatchNorm (no a
 the batch size (same samples), the width, the number of training volumes, the plain hierarchy instead of REAF; and
 the previous demo's settings (CLS readout, logit scale 1/0.07, lr 1e-3).
 
-The e0_* variants run the demo's own schedule (2250 steps: warm-up, cosine over 30 epochs of 75) and change one
+The e0_* variants run the demo's schedule as it was then (2250 steps: warm-up, cosine over 30 epochs of 75; 20
+epochs since) and change one
 thing: the warm-up length, a BatchNorm on the image features, the peak lr, the logit scale's start, whole reports
 throughout or in the first epoch(s) only (main.py's --report-epochs); with --steps 150 only the start of that
 schedule runs (a quick look at epoch 0). The r0w10_* variants start from the demo's settings since (whole reports
@@ -93,7 +94,7 @@ VARIANTS = {
 # the `demo` vision tower's width when the variants were recorded (configs/demo.json took width 72 since): kept as the
 # base, so every variant reruns as it ran; the width_72 variants say their width
 RECORDED_VISION = {"width": 48, "num_heads": 2}
-DEMO_SCHEDULE = {"steps": 2250}  # the demo's own schedule: 30 epochs of 75 steps (run with --steps for epoch 0)
+DEMO_SCHEDULE = {"steps": 2250}  # the demo's schedule when measured: 30 epochs of 75 steps (--steps for epoch 0)
 EPOCH_0 = {
     "e0_demo": {},
     "e0_warmup_10": {"warmup": 10},
