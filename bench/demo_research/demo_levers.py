@@ -15,8 +15,8 @@ the batch size (same samples), the width, the number of training volumes, the pl
 the previous demo's settings (CLS readout, logit scale 1/0.07, lr 1e-3).
 
 The e0_* variants run the demo's schedule as it was then (2250 steps: warm-up, cosine over 30 epochs of 75; 20
-epochs since) and change one thing: the warm-up length, a BatchNorm on the image features, the peak lr, the logit scale's start, whole reports
-throughout or in the first epoch(s) only (main.py's --report-epochs); with --steps 150 only the start of that
+epochs since) and change one thing: the warm-up length, a BatchNorm on the image features, the peak lr, the logit
+scale's start, whole reports throughout or in the first epoch(s) only (main.py's --report-epochs); with --steps 150 only the start of that
 schedule runs (a quick look at epoch 0). The r0w10_* variants start from the demo's settings since (whole reports
 in epoch 0, 10 warm-up steps) and change one thing: 40 epochs, lr 1e-3, single sentences after epoch 0, weight
 decay 0.05, a joint embedding of 128 or 32 dimensions instead of 64; and (r0w10_matched*, r0w10_text_mlp, m_mlp_*)
