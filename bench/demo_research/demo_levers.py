@@ -16,26 +16,26 @@ the previous demo's settings (CLS readout, logit scale 1/0.07, lr 1e-3).
 
 The e0_* variants run the demo's schedule as it was then (2250 steps: warm-up, cosine over 30 epochs of 75; 20
 epochs since) and change one thing: the warm-up length, a BatchNorm on the image features, the peak lr, the logit
-scale's start, whole reports throughout or in the first epoch(s) only (main.py's --report-epochs); with --steps 150 only the start of that
-schedule runs (a quick look at epoch 0). The r0w10_* variants start from the demo's settings since (whole reports
-in epoch 0, 10 warm-up steps) and change one thing: 40 epochs, lr 1e-3, single sentences after epoch 0, weight
-decay 0.05, a joint embedding of 128 or 32 dimensions instead of 64; and (r0w10_matched*, r0w10_text_mlp, m_mlp_*)
-main.py's --positives shared ("matched": a text is also a positive of every volume of the batch whose report holds
-all its sentences), the text config's two-layer "mlp" head instead of the linear projection, and on top of both: the
-plain hierarchy, 40 epochs, an MLP image head, a wider (1536) or deeper (3-layer) text head, lr 1e-3, a 128-d
-joint embedding, or 3/4 single sentences instead of 1/2 after epoch 0 (main.py's --sentence-share), or batch 64 for
-half the steps (the same samples), dropout 0.3 on the frozen text features before the head, the evaluation
-of an exponential moving average of the trained parameters (decay 0.99 or 0.998) instead of the last ones, or the
-same settings with another seed (initialisation, sample order and text draws: the bench's own noise), a wider
-image tower (72 or 96) or other patches (8x12x12, 4x16x16, 16x12x12; at 8x12x12 also the plain hierarchy, another
-seed, and main.py's optimiser groups instead of decaying every parameter; 8x8x8 at 15 epochs, against 8x16x16 at
-15, also the plain hierarchy and the enhancer's region scaled to 2x6x6 tokens; at width 72 REAF, the plain hierarchy,
-regions of 1x3x3 tokens, saliency temperature 1, the top 4 regions), or each report's text feature taken
-as the mean of its sentences' features; and a BatchNorm before the linear text head. Every variant names its text
-head (linear, or "mlp" and its width), so the variants recorded before the demo config took the "mlp" head rerun as
-they ran. Every variant also records its per-class AUCs, the logit scale it ended at and, as a diagnostic, the mean
-AUC when each class's prompt pair is replaced by the training reports' most common sentence stating it absent and
-present ("report_style"): how much of the gap is the prompts' wording.
+scale's start, whole reports throughout or in the first epoch(s) only (main.py's --report-epochs); with --steps 150
+only the start of that schedule runs (a quick look at epoch 0). The r0w10_* variants start from the demo's settings
+since (whole reports in epoch 0, 10 warm-up steps) and change one thing: 40 epochs, lr 1e-3, single sentences after
+epoch 0, weight decay 0.05, a joint embedding of 128 or 32 dimensions instead of 64; and (r0w10_matched*,
+r0w10_text_mlp, m_mlp_*) main.py's --positives shared ("matched": a text is also a positive of every volume of the
+batch whose report holds all its sentences), the text config's two-layer "mlp" head instead of the linear
+projection, and on top of both: the plain hierarchy, 40 epochs, an MLP image head, a wider (1536) or deeper
+(3-layer) text head, lr 1e-3, a 128-d joint embedding, or 3/4 single sentences instead of 1/2 after epoch 0
+(main.py's --sentence-share), or batch 64 for half the steps (the same samples), dropout 0.3 on the frozen text
+features before the head, the evaluation of an exponential moving average of the trained parameters (decay 0.99 or
+0.998) instead of the last ones, or the same settings with another seed (initialisation, sample order and text
+draws: the bench's own noise), a wider image tower (72 or 96) or other patches (8x12x12, 4x16x16, 16x12x12; at
+8x12x12 also the plain hierarchy, another seed, and main.py's optimiser groups instead of decaying every parameter;
+8x8x8 at 15 epochs, against 8x16x16 at 15, also the plain hierarchy and the enhancer's region scaled to 2x6x6
+tokens; at width 72 REAF, the plain hierarchy, regions of 1x3x3 tokens, saliency temperature 1, the top 4 regions),
+or each report's text feature taken as the mean of its sentences' features; and a BatchNorm before the linear text
+head. Every variant names its text head (linear, or "mlp" and its width), so the variants recorded before the demo
+config took the "mlp" head rerun as they ran. Every variant also records its per-class AUCs, the logit scale it
+ended at and, as a diagnostic, the mean AUC when each class's prompt pair is replaced by the training reports' most
+common sentence stating it absent and present ("report_style"): how much of the gap is the prompts' wording.
 
     python -m bench.demo_research.demo_levers --demo-dir demo_runs/seed_0 [--only reaf plain ...] [--steps N]
 
