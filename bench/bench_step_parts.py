@@ -22,14 +22,13 @@ import argparse
 import gzip
 import random
 import statistics
-import time
 
 import nibabel as nib
 import numpy as np
 import torch
 from isal import igzip
 
-from bench.common import machine_info, write_result
+from bench.common import call_seconds, machine_info, write_result
 from reaf.data.loader import BatchBuffers
 from reaf.model.vision import PatchEmbed3d
 
@@ -40,13 +39,7 @@ SHAPES = {  # name: (input shape, patch size, width)
 
 
 def timed(call, repeats: int) -> dict:
-    for _ in range(2):
-        call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
+    times = call_seconds(call, repeats)
     return {"best_ms": round(min(times) * 1e3, 1), "median_ms": round(statistics.median(times) * 1e3, 1)}
 
 

@@ -1,9 +1,12 @@
-"""What the benchmarks share: CT-RATE-sized synthetic NIfTIs, the machine record, result files, config variants."""
+"""What the benchmarks share: CT-RATE-sized synthetic NIfTIs, the machine record, result files, config variants,
+call timing."""
 
 from __future__ import annotations
 
 import json
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +150,15 @@ def resolve_model_config(path: str | Path, folder: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_json(variant_config(path), out, indent=2)
     return out
+
+
+def call_seconds(call: Callable[[], object], repeats: int, warmup: int = 2) -> list[float]:
+    """Wall seconds of each of `repeats` calls of `call()`, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return times

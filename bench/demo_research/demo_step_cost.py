@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
-from bench.common import RESEARCH_RESULTS, demo_train_reports, machine_info, write_result
+from bench.common import RESEARCH_RESULTS, call_seconds, demo_train_reports, machine_info, write_result
 from reaf import create_model
 from reaf.data.text_sampling import split_sentences
 from reaf.model.config import load_model_config
@@ -43,14 +42,7 @@ IMAGE_VARIANTS = {
 
 def timed(step, repeats: int) -> float:
     """Median seconds of `step()` over `repeats` calls after two warm-up calls."""
-    for _ in range(2):
-        step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(call_seconds(step, repeats))
 
 
 def image_step_seconds(overrides: dict, features: torch.Tensor, repeats: int) -> float:
