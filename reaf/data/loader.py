@@ -88,7 +88,8 @@ class BatchBuffers:
         return torch._C._storage_Use_Count(buffer.untyped_storage()._cdata)
 
     def stack(self, tensors: list[torch.Tensor]) -> torch.Tensor:
-        if get_worker_info() is not None:
+        # the use count is a private torch call: a torch without it (pyproject allows >= 2.4) stacks anew
+        if get_worker_info() is not None or not hasattr(torch._C, "_storage_Use_Count"):
             return torch.stack(tensors)
         shape = (len(tensors), *tensors[0].shape)
         self._kept = [(b, idle) for b, idle in self._kept if b.shape == shape and b.dtype == tensors[0].dtype]
