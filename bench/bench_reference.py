@@ -13,16 +13,24 @@ The reference's visual tower is built as open_clip builds it from its model/mode
 trunk, token pool, linear head, drop path 0.2), random weights; its AttentionFusion helper is pointed at the CPU
 (its default device is 'cuda'). Ours is the tower configs/vit_base_singlescan_h2_token2744.json builds.
 
-Every measurement is a child process of its own with 2 torch threads, fp32, one 1x1x112x336x336 volume; the sides
-alternate for --rounds rounds, ours first in odd rounds and the reference first in even ones (ABBA). In each child:
-inference (eval mode, torch.inference_mode) then the train step (train mode, drop path on; loss = embedding . a
-fixed unit vector, as the square sum of a unit embedding has no gradient; backward; no optimizer), each a warm-up
-then --steps timed calls. Peak RSS is the child's ru_maxrss. Each call also records the child's CPU time over its
-wall time (2.0 = both cores busy throughout, lower = it waited for cores that other jobs shared). A side's figure
-is its best timed call over all rounds. First, once, both sides encode the same volume with the reference's weights
-(ours loading them as `reaf.pt` would, reference_compat on): `same_output` holds the largest difference. `--tiny`
-runs ours alone on configs/tiny.json (the reference's tower exists at full size only); so does a run without
---reference-python.
+Each side runs in a child process of its own (2 torch threads, fp32, one 1x1x112x336x336 volume) that builds its
+tower, makes one untimed inference call and one untimed train step, then waits for orders on its stdin; the two
+children are started one after the other, so no build overlaps a timed call. Then --pairs pairs: in each, both
+sides make one timed inference call (eval mode, torch.inference_mode), then both one timed train step (train mode,
+drop path on; loss = embedding . a fixed unit vector, as the square sum of a unit embedding has no gradient;
+backward; no optimizer), ours first in even pairs and the reference first in odd ones. The side that waits sleeps
+on its pipe, so each call has the cores the host gives; the two calls of a pair are seconds apart, so a slow spell of
+the host (the same call varies by up to 45% over minutes here) slows both and cancels in the pair's ratio. The run's
+ratio is the median of the pairs' ratios (the best call per side is recorded too). Each call also records the
+child's CPU time over its wall time (2.0 = both cores busy throughout) and its minor page faults; peak RSS is each
+child's ru_maxrss at the end (after inference alone: `peak_rss_inference_mib`). First, once, both sides encode the
+same volume with the reference's weights (ours loading them as `reaf.pt` would, reference_compat on): `same_output`
+holds the largest difference. `--tiny` runs ours alone on configs/tiny.json (the reference's tower exists at full
+size only); so does a run without --reference-python.
+
+Until commit 8226401 each round started fresh processes and timed 2 calls per side, and a run's ratio was the best
+call of one side over the best of the other (bench/results/reference_cpu_run1.json to run4, reference_cpu.json
+before this protocol).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import argparse
 import hashlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,6 +49,7 @@ from pathlib import Path
 REFERENCE_CONFIG = "model/model_configs/vit_base_singlescan_h2_token2744.json"
 REFERENCE_FILES = ("model/visual_encoder.py", "model/attention_hooks.py", "model/patch_embed.py", "model/pos_embed.py")
 MEASURES = ("train_s", "inference_s", "peak_rss_mib")
+REPO = Path(__file__).resolve().parent.parent
 
 
 def build_ours(args: argparse.Namespace, reference_compat: bool = False):
@@ -78,26 +88,31 @@ def rss_mib() -> float:
     return next(int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith("VmRSS")) / 1024
 
 
-def timed(call, steps: int) -> tuple[list[float], list[float], list[int]]:
-    """One warm-up call, then `steps` timed calls: wall seconds each, this process's CPU seconds over wall seconds
-    each (near the thread count when the call had the cores to itself; lower when it waited for them), and the
-    minor page faults each (memory the call took fresh from the kernel, 4 KiB a fault)."""
+PROTOCOL_PREFIX = "@bench "  # a child's protocol lines on stdout; anything else it prints is ignored
+CALLS = {"inference": "inference_s", "train": "train_s"}
+
+
+def timed_call(call) -> dict:
+    """One timed call: wall seconds, this process's CPU seconds over wall seconds (near the thread count when the call
+    had the cores to itself; lower when it waited for them), minor page faults (memory taken fresh from the kernel, 4
+    KiB a fault)."""
     import resource
 
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    start, cpu = time.perf_counter(), time.process_time()
     call()
-    times, cpu_per_wall, faults = [], [], []
-    for _ in range(steps):
-        start, cpu = time.perf_counter(), time.process_time()
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        call()
-        times.append(time.perf_counter() - start)
-        cpu_per_wall.append((time.process_time() - cpu) / times[-1])
-        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-    return times, cpu_per_wall, faults
+    wall = time.perf_counter() - start
+    return {"s": wall, "cpu_per_wall": (time.process_time() - cpu) / wall,
+            "page_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}
 
 
-def measure(side: str, args: argparse.Namespace) -> dict:
-    """Child: build one side, time inference then the train step, report times and peak RSS."""
+def reply(record: dict) -> None:
+    print(PROTOCOL_PREFIX + json.dumps(record), flush=True)
+
+
+def serve(side: str, args: argparse.Namespace) -> None:
+    """Child: build one side, warm each call up once, then time one call per line read from stdin ("inference",
+    "train"); "done" answers with peak RSS and the side's summary and ends."""
     import resource
 
     import torch
@@ -109,28 +124,82 @@ def measure(side: str, args: argparse.Namespace) -> dict:
     volume = torch.randn(1, 1, *summary["img_size"], generator=torch.Generator().manual_seed(1))
     target = torch.nn.functional.normalize(torch.randn(summary["embed_dim"]), dim=0)
 
-    def infer() -> None:
+    def inference() -> None:
+        module.eval()
         with torch.inference_mode():
             encode(volume)
 
     def train() -> None:
+        module.train()
         (encode(volume) @ target).sum().backward()
         for p in module.parameters():
             p.grad = None
 
-    load = os.getloadavg()[0]
-    module.eval()
-    inference, inference_cpu, inference_faults = timed(infer, args.steps)
+    calls = {"inference": inference, "train": train}
+    inference()
     peak_inference = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    module.train()
-    train_times, train_cpu, train_faults = timed(train, args.steps)
-    return {"side": side, "train_s_all": train_times, "inference_s_all": inference, "train_s": min(train_times),
-            "inference_s": min(inference), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "peak_rss_inference_mib": peak_inference, "rss_before_build_mib": before,
-            "train_cpu_per_wall": train_cpu, "inference_cpu_per_wall": inference_cpu, "train_page_faults": train_faults,
-            "inference_page_faults": inference_faults, "load_1min_at_start": load,
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "params": sum(p.numel() for p in module.parameters()), **summary}
+    train()
+    reply({"ready": True})
+    for line in sys.stdin:
+        order = line.strip()
+        if order == "done":
+            break
+        reply({**timed_call(calls[order]), "load_1min": os.getloadavg()[0]})
+    reply({"side": side, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "peak_rss_inference_mib": peak_inference, "rss_before_build_mib": before, "torch": torch.__version__,
+           "threads": torch.get_num_threads(), "params": sum(p.numel() for p in module.parameters()), **summary})
+
+
+class Child:
+    """A serving child (`python -m bench.bench_reference --child SIDE`): one order in, one JSON record out."""
+
+    def __init__(self, python: str, side: str, args: argparse.Namespace):
+        self.side = side
+        self.stderr = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(child_argv(python, side, args), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.stderr, text=True, bufsize=1, cwd=REPO)
+        self.read()  # built and warmed up
+
+    def read(self) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith(PROTOCOL_PREFIX):
+                return json.loads(line[len(PROTOCOL_PREFIX):])
+        self.stderr.seek(0)
+        raise RuntimeError(f"bench_reference: the {self.side} child ended (exit {self.proc.wait()}) without "
+                           f"answering; its stderr:\n{self.stderr.read()[-4000:]}")
+
+    def order(self, what: str) -> dict:
+        self.proc.stdin.write(what + "\n")
+        return self.read()
+
+    def finish(self) -> dict:
+        record = self.order("done")
+        self.proc.wait()
+        self.stderr.close()
+        return record
+
+
+def run_pairs(sides: dict[str, str], args: argparse.Namespace) -> tuple[list[dict], dict[str, dict]]:
+    """--pairs pairs of calls, the sides alternating first (ours first in even pairs); returns the pairs (each
+    measure -> side -> call record, and which side went first) and each side's closing record."""
+    children = {}
+    try:
+        for side, python in sides.items():
+            children[side] = Child(python, side, args)
+        pairs = []
+        for i in range(args.pairs):
+            order = list(children)[:: 1 if i % 2 == 0 else -1]
+            pair = {"first": order[0]}
+            for what in CALLS:
+                pair[what] = {side: children[side].order(what) for side in order}
+            pairs.append(pair)
+            print(f"pair {i + 1}: " + "  ".join(
+                f"{what} " + " / ".join(f"{s} {pair[what][s]['s']:.2f} s" for s in children) for what in CALLS))
+        return pairs, {side: child.finish() for side, child in children.items()}
+    finally:
+        for child in children.values():
+            if child.proc.poll() is None:
+                child.proc.kill()
 
 
 def same_output(args: argparse.Namespace, path: str) -> dict:
@@ -159,11 +228,14 @@ def same_output(args: argparse.Namespace, path: str) -> dict:
             "embedding_dim": ref.shape[-1], "reference_norm": ref.norm().item()}
 
 
+def child_argv(python: str, child: str, args: argparse.Namespace, extra: list[str] = ()) -> list[str]:
+    return [python, "-m", "bench.bench_reference", "--child", child, "--model", args.model, "--threads",
+            str(args.threads), "--reference-src", str(args.reference_src), *extra]
+
+
 def run_child(python: str, child: str, args: argparse.Namespace, extra: list[str] = ()) -> dict:
-    """One child process (`python -m bench.bench_reference --child ...`); its last stdout line is its JSON."""
-    argv = [python, "-m", "bench.bench_reference", "--child", child, "--model", args.model, "--steps",
-            str(args.steps), "--threads", str(args.threads), "--reference-src", str(args.reference_src), *extra]
-    out = subprocess.run(argv, check=True, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    """One child process that runs to its end; its last stdout line is its JSON."""
+    out = subprocess.run(child_argv(python, child, args, extra), check=True, capture_output=True, text=True, cwd=REPO)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -186,15 +258,28 @@ def reference_record(args: argparse.Namespace) -> dict:
             "python": args.reference_python, **dict(zip(("torch", "timm", "open_clip"), versions))}
 
 
-def summarise(rounds: list[dict[str, dict]]) -> dict:
-    """Best of each side per measure over the rounds, ratios ours / reference (best and per round)."""
-    sides = [s for s in ("ours", "reference") if all(s in r for r in rounds)]
-    best = {s: {m: min(r[s][m] for r in rounds) for m in MEASURES} for s in sides}
-    if len(sides) < 2:
-        return {"best": best, "ratio_ours_over_reference": None, "ratio_per_round": None}
-    return {"best": best,
-            "ratio_ours_over_reference": {m: best["ours"][m] / best["reference"][m] for m in MEASURES},
-            "ratio_per_round": [{m: r["ours"][m] / r["reference"][m] for m in MEASURES} for r in rounds]}
+def summarise(pairs: list[dict], closing: dict[str, dict]) -> dict:
+    """Per side and measure: every call, the best and the median; peak RSS; with both sides, the ratios ours /
+    reference per pair, their median (the run's figure) and the best call's over the best call's."""
+    sides = list(closing)
+    per_side = {}
+    for side in sides:
+        record = {}
+        for what, measure in CALLS.items():
+            times = [pair[what][side]["s"] for pair in pairs]
+            record[measure] = min(times)
+            record[measure.replace("_s", "_median_s")] = statistics.median(times)
+        per_side[side] = {**record, "peak_rss_mib": closing[side]["peak_rss_mib"]}
+    if sides != ["ours", "reference"]:
+        return {"per_side": per_side, "ratio_median_of_pairs": None, "ratio_of_best_calls": None,
+                "ratio_per_pair": None}
+    per_pair = [{measure: pair[what]["ours"]["s"] / pair[what]["reference"]["s"] for what, measure in CALLS.items()}
+                for pair in pairs]
+    median = {measure: statistics.median(p[measure] for p in per_pair) for measure in CALLS.values()}
+    best = {m: per_side["ours"][m] / per_side["reference"][m] for m in MEASURES}
+    rss = closing["ours"]["peak_rss_mib"] / closing["reference"]["peak_rss_mib"]
+    return {"per_side": per_side, "ratio_median_of_pairs": {**median, "peak_rss_mib": rss},
+            "ratio_of_best_calls": best, "ratio_per_pair": per_pair}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -204,8 +289,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reference-commit", default="02f217c5218ae04d8b2ed933c3e807ad6efaa6fa")
     parser.add_argument("--model", default="vit_base_singlescan_h2_token2744")
     parser.add_argument("--tiny", action="store_true", help="ours alone on configs/tiny.json (a quick check)")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=2, help="timed calls per measure after one warm-up")
+    parser.add_argument("--pairs", type=int, default=8, help="pairs of timed calls per measure (after one warm-up)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--note", default="", help="what this run measures (e.g. the change under test)")
     parser.add_argument("--out", default=None, help="default bench/results/reference_cpu.json")
@@ -221,27 +305,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
     if args.child:
-        child = measure(args.child, args) if args.child in ("ours", "reference") else same_output(args, args.weights)
-        print(json.dumps(child))
+        if args.child in ("ours", "reference"):
+            serve(args.child, args)
+        else:
+            print(json.dumps(same_output(args, args.weights)))
         return None
     from bench.common import RESULTS, machine_info, write_result
 
     sides = {"ours": sys.executable, **({"reference": args.reference_python} if args.reference_python else {})}
     result = {"command": " ".join(["python -m bench.bench_reference", *(sys.argv[1:] if argv is None else argv)]),
               "settings": {k: v for k, v in vars(args).items() if k not in ("child", "weights")},
-              "machine": {**machine_info(), "note": "each side in its own process, alternating; best timed call"},
+              "machine": {**machine_info(), "note": "each side in its own serving process; pairs of calls, alternating which side goes first"},
               "reference": reference_record(args) if args.reference_python else {"status": "not run"}}
     if args.reference_python:
         result["same_output"] = check_same_output(args)
-    rounds = []
-    for i in range(args.rounds):
-        order = list(sides.items())[:: 1 if i % 2 == 0 else -1]  # ABBA: drift and going first cancel out
-        rounds.append({side: run_child(python, side, args) for side, python in order})
-        print(f"round {i + 1}: " + "  ".join(f"{s} train {r['train_s']:.2f} s, inference {r['inference_s']:.2f} s, "
-                                             f"peak {r['peak_rss_mib']:.0f} MiB" for s, r in rounds[-1].items()))
-    result.update(rounds=rounds, **summarise(rounds))
+    pairs, closing = run_pairs(sides, args)
+    result.update(sides=closing, pairs=pairs, **summarise(pairs, closing))
     out = write_result("reference_cpu", result, args.out, RESULTS)
-    print(f"wrote {out}: ratios {result['ratio_ours_over_reference']}")
+    print(f"wrote {out}: ours / reference, median of the pairs {result['ratio_median_of_pairs']}")
     return result
 
 
