@@ -29,8 +29,8 @@ holds the largest difference. `--tiny` runs ours alone on configs/tiny.json (the
 size only); so does a run without --reference-python.
 
 Until commit 8226401 each round started fresh processes and timed 2 calls per side, and a run's ratio was the best
-call of one side over the best of the other (bench/results/reference_cpu_run1.json to run4, reference_cpu.json
-before this protocol).
+call of one side over the best of the other (bench/results/reference_cpu_before.json, reference_cpu_run1.json to
+reference_cpu_run5.json); the paired runs are bench/results/reference_cpu_paired_run*.json.
 """
 
 from __future__ import annotations
