@@ -50,7 +50,7 @@ def test_every_flag_is_in_the_readme(monkeypatch):
 
 def test_ci_runs_the_readme_test_command():
     command = re.search(r"Tests .*?```bash\n(.+?)\n```", README, re.S).group(1).strip()
-    assert command == "python -m pytest -q"
+    assert command == "python -m pytest -q -n 2 --dist loadfile"
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert command in [line.strip() for line in ci]
     assert not any(re.search(r"\|\|\s*(true|:)", line) for line in ci)
