@@ -24,6 +24,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", help="model config name or JSON to build instead of the checkpoint's own "
                                     "(as zero_shot.py --model)")
     p.add_argument("--series", metavar="UID", help="the SeriesInstanceUID to read from DICOM folders holding several")
+    p.add_argument("--metadata", action="append", metavar="CSV",
+                   help="a CT-RATE metadata CSV (repeatable): a NIfTI named there is read with its row's "
+                        "RescaleSlope/RescaleIntercept and spacing, as layout A is (CT-RATE v1 files need it)")
     p.add_argument("--template", choices=["volume", "organ"], default="volume", help="prompt template (protocol v1)")
     add_input_info_argument(p)
     p.set_defaults(input_info=None)  # default: the input the model records (weights folder, checkpoint flags)
@@ -45,11 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     from reaf.evaluation.predictor import Predictor
     from reaf.evaluation.scans import find_scans
 
-    sources = find_scans(args.inputs, args.series)  # every input is found before the model loads
+    sources = find_scans(args.inputs, args.series, args.metadata)  # every input is found before the model loads
     predictor = Predictor(args.model, cxr_bert_path=args.cxr_bert_path, device=args.device,
                           input_info=args.input_info, template=args.template, batch_size=args.batch_size,
                           model_config=args.config)
-    writer = PredictionWriter(args.out, predictor, [str(i) for i in args.inputs])
+    writer = PredictionWriter(args.out, predictor, [str(i) for i in args.inputs], metadata=args.metadata)
     stream = predictor.predict_many(sources, saliency=args.saliency, tokens=args.tokens, skip_bad=args.skip_bad)
     rows = [writer.add(pred) for pred in tqdm(stream, total=len(sources), desc="predict", unit="scan")]
     summary = writer.finish()

@@ -72,7 +72,7 @@ def decision_summary() -> str:
 
 def describe_error(e: BaseException) -> str:
     """The cause of a failure as shown to users: the message, prefixed by the type unless it is a ValueError."""
-    return str(e) if type(e) in (ValueError, VolumeError, OrientationError) else f"{type(e).__name__}: {e}"
+    return str(e) if type(e) in (ValueError, VolumeError, OrientationError, T.HUError) else f"{type(e).__name__}: {e}"
 
 
 def _nifti_header(raw: bytes) -> nib.Nifti1Header:

@@ -21,6 +21,15 @@ PADDING_SPIKE = (0.005, 0.3)  # a minimum value held by 0.5%..30% of voxels is f
 MIN_CROP_FILL = 0.5  # crop mode: each resampled axis must cover at least half of the model input
 
 
+class HUError(ValueError):
+    """No affine, or more than one, puts a file's air at chest-CT HU; `metadata_known`: whether a metadata CSV's
+    slope/intercept was among the candidates (a CT-RATE v1 file read without it fails here)."""
+
+    def __init__(self, message: str, metadata_known: bool) -> None:
+        super().__init__(message)
+        self.metadata_known = metadata_known
+
+
 @dataclass
 class HUDecision:
     """Which affine (hu = slope * stored + intercept) was applied to a file's stored values, and why."""
@@ -70,7 +79,7 @@ def _candidates(header: tuple[float, float], csv: tuple[float, float] | None) ->
 
 
 def decide_hu(air_stored: float, header: tuple[float, float], csv: tuple[float, float] | None) -> HUDecision:
-    """Choose the one affine that puts air at chest-CT HU (AIR_HU); ValueError when none or several do.
+    """Choose the one affine that puts air at chest-CT HU (AIR_HU); HUError (a ValueError) when none or several do.
 
     header: nibabel's (slope, inter) from scl_slope/scl_inter ((1, 0) when unset); csv: the metadata row's
     (RescaleSlope, RescaleIntercept) or None. Candidates: header scaling alone (v2 "_fixed" files, or HU with
@@ -88,7 +97,7 @@ def decide_hu(air_stored: float, header: tuple[float, float], csv: tuple[float, 
         what = "no" if not good else "more than one"
         tried = "; ".join(rejected + [g.describe() for g in good])
         hint = "" if csv is not None else " (no metadata slope/intercept known)"
-        raise ValueError(f"{what} HU interpretation puts air in {AIR_HU} HU{hint}: {tried}")
+        raise HUError(f"{what} HU interpretation puts air in {AIR_HU} HU{hint}: {tried}", metadata_known=csv is not None)
     good[0].rejected = rejected
     return good[0]
 

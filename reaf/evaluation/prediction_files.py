@@ -20,8 +20,9 @@ class PredictionWriter:
     """Takes Predictions one by one (per-scan files written at once, heavy fields dropped), then `finish` writes
     the tables. predictions.csv: `source`, the 18 CLASSES' probabilities, `error` (empty unless skipped)."""
 
-    def __init__(self, out: str | Path, predictor: Predictor, inputs: list[str]) -> None:
-        self.out, self.predictor, self.inputs = Path(out), predictor, inputs
+    def __init__(self, out: str | Path, predictor: Predictor, inputs: list[str],
+                 metadata: list[str] | None = None) -> None:
+        self.out, self.predictor, self.inputs, self.metadata = Path(out), predictor, inputs, metadata or []
         self.rows: list[dict[str, Any]] = []
         self.embeddings: list[np.ndarray] = []
         self.names: list[str] = []
@@ -81,7 +82,8 @@ class PredictionWriter:
                        "skipped": self.skipped}
             meta = {"checkpoint": None if checkpoint is None else file_fingerprint(checkpoint),
                     "model_config": model.cfg.to_dict(),
-                    "data": {"source": "reaf.predict", "inputs": self.inputs, **self.predictor.describe()},
+                    "data": {"source": "reaf.predict", "inputs": self.inputs, "metadata": self.metadata,
+                             **self.predictor.describe()},
                     "text_tower": describe_folder(getattr(model, "bert_path", None))}
             save_embeddings(self.out / EMBEDDINGS, encoded, key=None, meta=meta)
         return {"predicted": len(self.names), "skipped": len(self.skipped),

@@ -122,10 +122,11 @@ class Predictor:
         return {"protocol_version": PROTOCOL_VERSION, "template": self.template, "input": self.spec.describe(),
                 "logit_scale": self.logit_scale, "classes": list(CLASSES)}
 
-    def predict(self, path: str | Path, *, series: str | None = None, saliency: bool = False,
-                tokens: bool = False) -> Prediction:
-        """One scan (a NIfTI file or a DICOM series folder) -> its Prediction; ScanError when unreadable."""
-        sources = find_scans([path], series)
+    def predict(self, path: str | Path, *, series: str | None = None, metadata: str | Path | None = None,
+                saliency: bool = False, tokens: bool = False) -> Prediction:
+        """One scan (a NIfTI file or a DICOM series folder) -> its Prediction; ScanError when unreadable. metadata:
+        a CT-RATE metadata CSV whose row for the file gives its slope/intercept and spacing (CT-RATE v1 files)."""
+        sources = find_scans([path], series, metadata=None if metadata is None else [metadata])
         if len(sources) != 1:
             raise ValueError(f"{path}: holds {len(sources)} scans; use predict_many(find_scans([...]))")
         return next(iter(self.predict_many(sources, saliency=saliency, tokens=tokens)))

@@ -1,8 +1,13 @@
 """A user's own scans: NIfTI files, DICOM series folders, folders of them or a CSV listing them -> one source per scan,
-each read to HU at 3x1x1 mm as a layout-B volume is (orientation from the header), with its voxel grid and affine."""
+each read to HU at 3x1x1 mm as a layout-B volume is (orientation from the header), with its voxel grid and affine.
+A NIfTI named in a CT-RATE metadata CSV the user gives is read with that row (its slope/intercept and spacing), as
+layout A reads it: CT-RATE v1 files store raw values and state neither in their headers."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,10 +16,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from reaf.data.formats import NIFTI_SUFFIXES, describe_error, nifti_to_hu
+from reaf.data.formats import NIFTI_SUFFIXES, VolumeMeta, describe_error, nifti_to_hu
 from reaf.data.orientation import Orientation, read_orientation
+from reaf.data.transforms import HUError
+
+log = logging.getLogger(__name__)
 
 CSV_COLUMN = "path"
+METADATA_HINT = ("; a CT-RATE v1 file stores raw values: give its metadata CSV (predict --metadata, "
+                 "find_scans(metadata=...))")
 
 
 class ScanError(ValueError):
@@ -28,6 +38,7 @@ class ScanSource:
     path: Path
     kind: str  # "nifti" | "dicom"
     series: str | None = None
+    meta: VolumeMeta | None = dataclasses.field(default=None, compare=False)  # a metadata CSV's row (NIfTI only)
 
     @property
     def label(self) -> str:
@@ -116,14 +127,45 @@ def _expand(path: Path, series: str | None, csv: bool = True) -> list[ScanSource
                     f"with a '{CSV_COLUMN}' column")
 
 
-def find_scans(inputs: list[str | Path], series: str | None = None) -> list[ScanSource]:
-    """Every scan the inputs name, in order, each once; ScanError for a missing path or when none is found."""
+def read_metadata_csvs(paths: Sequence[str | Path]) -> dict[str, VolumeMeta]:
+    """CT-RATE metadata CSVs -> {VolumeName without .nii.gz: its row}, parsed as layout A's readers parse them; a
+    name two files give different rows is refused, naming both files."""
+    from reaf.data.preprocessing import read_metadata
+
+    rows: dict[str, VolumeMeta] = {}
+    origin: dict[str, Path] = {}
+    for path in map(Path, paths):
+        try:
+            table = read_metadata(path)
+        except Exception as err:  # a missing file, a missing column, a bad row: name the file
+            raise ScanError(str(err) if str(path) in str(err) else f"{path}: {describe_error(err)}") from err
+        for name, meta in table.items():
+            if name in rows and rows[name] != meta:
+                raise ScanError(f"{origin[name]} and {path}: two different metadata rows for {name}")
+            rows[name], origin[name] = meta, path
+    return rows
+
+
+def find_scans(inputs: list[str | Path], series: str | None = None,
+               metadata: Sequence[str | Path] | None = None) -> list[ScanSource]:
+    """Every scan the inputs name, in order, each once; ScanError for a missing path or when none is found. With
+    `metadata` (CT-RATE metadata CSVs), each NIfTI whose name has a row there carries it (ScanSource.meta)."""
     found: dict[ScanSource, None] = {}
     for item in inputs:
         found.update(dict.fromkeys(_expand(Path(item), series)))
     if not found:
         raise ScanError(f"{', '.join(str(i) for i in inputs)}: no NIfTI file or DICOM series found")
-    return list(found)
+    if not metadata:
+        return list(found)
+    rows = read_metadata_csvs(metadata)
+    sources = [dataclasses.replace(s, meta=rows.get(s.stem)) if s.kind == "nifti" else s for s in found]
+    niftis = [s for s in sources if s.kind == "nifti"]
+    unmatched = [s.label for s in niftis if s.meta is None]
+    log.info("metadata CSV rows for %d of %d NIfTI scan(s)", len(niftis) - len(unmatched), len(niftis))
+    if unmatched:
+        log.warning("%d NIfTI scan(s) have no row in %s and are read from their headers alone: %s%s", len(unmatched),
+                    ", ".join(map(str, metadata)), ", ".join(unmatched[:5]), " ..." if len(unmatched) > 5 else "")
+    return sources
 
 
 def _dicom():
@@ -139,9 +181,10 @@ def read_hu(source: ScanSource) -> torch.Tensor:
     try:
         if source.kind == "dicom":
             return _dicom().dicom_to_hu(source.path, series_uid=source.series)[0]
-        return nifti_to_hu(source.path, None, orientation="header")[0]
+        return nifti_to_hu(source.path, source.meta, orientation="header")[0]
     except Exception as err:  # any failure to read a scan is that scan's: name it and the cause
-        raise ScanError(f"{source.label}: {describe_error(err)}") from err
+        hint = METADATA_HINT if isinstance(err, HUError) and not err.metadata_known else ""
+        raise ScanError(_named(source, f"{describe_error(err)}{hint}")) from err
 
 
 def read_geometry(source: ScanSource) -> Geometry:
@@ -153,4 +196,11 @@ def read_geometry(source: ScanSource) -> Geometry:
         image = nib.load(source.path)
         return Geometry(tuple(image.shape[:3]), image.affine, read_orientation(image.header, "header"), image.header)
     except Exception as err:  # as read_hu
-        raise ScanError(f"{source.label}: {describe_error(err)}") from err
+        raise ScanError(_named(source, describe_error(err))) from err
+
+
+def _named(source: ScanSource, cause: str) -> str:
+    """'<scan>: <cause>', the scan named once (the DICOM reader's messages already start with the folder)."""
+    if source.series is None and cause.startswith(f"{source.path}: "):
+        return cause
+    return f"{source.label}: {cause}"

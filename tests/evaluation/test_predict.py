@@ -231,3 +231,82 @@ def test_unreadable_scan_one_line_error_or_listed_with_skip_bad(setup, tmp_path,
     assert saliency.shape == nib.load(good).shape and np.allclose(saliency.affine, nib.load(good).affine)
     assert (tmp_path / "out" / "saliency" / f"{name}.png").stat().st_size > 1000
     assert load_file(tmp_path / "out" / "tokens" / f"{name}.safetensors")["tokens"].shape == (4, 6, 6, 48)
+
+
+def test_ct_rate_v1_files_predict_with_their_metadata_csv_as_layout_a_reads_them(setup, tmp_path, capsys):
+    """CT-RATE v1 files store raw values (HU + 1024) under an identity affine; slope/intercept and spacing live only in
+    the metadata CSV. With --metadata predict reads them as zero_shot.py reads layout A; a v2 copy listed in the same
+    CSV keeps its own HU (the CSV's intercept would put its air at -2000); without it the error says what to give."""
+    import zero_shot
+    from reaf.synthetic.dataset import write_volume_nifti
+    from tests.support.volumes import chest_like, metadata_row
+
+    _, _, weights, _ = setup
+    root, names = tmp_path / "ct_rate", ["valid_1_a_1", "valid_2_a_1", "valid_3_a_1"]
+    spacings = [(2.5, 0.8, 0.8), (1.5, 0.7, 0.7), (2.0, 0.75, 0.75)]  # (z, y, x) mm
+    for n, (name, spacing) in enumerate(zip(names, spacings)):
+        folder = "valid_fixed" if n == 2 else "valid"
+        path = root / "dataset" / folder / name[:-4] / name[:-2] / f"{name}.nii.gz"
+        write_volume_nifti(path, chest_like((24, 64, 72), seed=n).transpose(2, 1, 0), spacing[::-1],
+                           version="v2" if n == 2 else "v1", intercept=-1024.0, slope=1.0)
+    tables = {"metadata/validation_metadata.csv": pd.DataFrame([metadata_row(n, s) for n, s in zip(names, spacings)]),
+              "radiology_text_reports/validation_reports.csv": pd.DataFrame(
+                  {"VolumeName": [f"{n}.nii.gz" for n in names], "Findings_EN": "Clear.", "Impressions_EN": "None."}),
+              "multi_abnormality_labels/valid_predicted_labels.csv": pd.DataFrame(
+                  np.random.default_rng(1).integers(0, 2, (3, len(CLASSES))), columns=CLASSES)}
+    tables["multi_abnormality_labels/valid_predicted_labels.csv"].insert(0, "VolumeName", [f"{n}.nii.gz" for n in names])
+    for rel, table in tables.items():
+        (root / "dataset" / rel).parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(root / "dataset" / rel, index=False)
+    metadata = root / "dataset" / "metadata" / "validation_metadata.csv"
+    assert zero_shot.main(["--resume", str(weights), "--data-root", str(root), "--input-data-type", "ori", *RESIZE,
+                           "--zeroshot-ct-rate", str(root / "dataset" / "multi_abnormality_labels" /
+                                                     "valid_predicted_labels.csv"),
+                           "--results-dir", str(tmp_path / "zs"), "--batch-size", "3", "--workers", "0",
+                           "--device", "cpu", "--bootstrap", "10", "--no-plots"]) == 0
+    expected = pd.read_csv(tmp_path / "zs" / "probabilities.csv").set_index("VolumeName")
+    expected = expected[[f"volume:{c}" for c in CLASSES]].loc[names].to_numpy()
+    assert np.ptp(expected, axis=0).max() > 1e-5
+
+    out = tmp_path / "out"  # one batch of 3 on both sides: the same arithmetic
+    argv = [str(root / "dataset"), "--model", str(weights), "--out", str(out), *RESIZE, "--batch-size", "3",
+            "--device", "cpu"]
+    assert predict_main([*argv, "--metadata", str(metadata)]) == 0
+    table = pd.read_csv(out / "predictions.csv")
+    assert [p.split("/")[-1] for p in table["source"]] == [f"{n}.nii.gz" for n in names]
+    assert np.abs(table[CLASSES].to_numpy() - expected).max() <= 1e-9
+    assert torch.load(out / "embeddings.pt", weights_only=False)["meta"]["data"]["metadata"] == [str(metadata)]
+    v2 = find_scans([root / "dataset" / "valid_fixed"])[0]
+    with_row = find_scans([v2.path], metadata=[metadata])[0]
+    assert v2.meta is None and with_row.meta.intercept == -1024.0 and with_row == v2
+    assert torch.equal(read_hu(with_row), read_hu(v2))  # the CSV row gives the same spacing; its intercept is refused
+    capsys.readouterr()
+
+    assert run_cli("python -m reaf.predict", lambda: predict_main(argv)) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    first = root / "dataset" / "valid" / "valid_1" / "valid_1_a" / "valid_1_a_1.nii.gz"
+    assert err.startswith(f"python -m reaf.predict: error: {first}: no HU interpretation puts air in")
+    assert err.endswith("give its metadata CSV (predict --metadata, find_scans(metadata=...))")
+    missing = metadata.with_name("train_metadata.csv")
+    assert run_cli("python -m reaf.predict", lambda: predict_main([*argv, "--metadata", str(missing)])) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == f"python -m reaf.predict: error: {missing}: metadata CSV not found (layout A needs it for spacing " \
+                  "and slope/intercept)"
+
+
+def test_scans_without_a_metadata_row_are_named_in_a_warning(tmp_path, caplog):
+    from tests.support.volumes import metadata_row
+
+    scans = [write_scan(tmp_path / f"{name}.nii.gz", seed=n) for n, name in enumerate(["listed", "own_1", "own_2"])]
+    table = tmp_path / "meta.csv"
+    pd.DataFrame([metadata_row("listed")]).to_csv(table, index=False)
+    with caplog.at_level("INFO", logger="reaf.evaluation.scans"):
+        found = find_scans(scans, metadata=[table])
+    assert [s.meta is not None for s in found] == [True, False, False]
+    assert "metadata CSV rows for 1 of 3 NIfTI scan(s)" in caplog.text
+    assert f"2 NIfTI scan(s) have no row in {table} and are read from their headers alone: {scans[1]}, {scans[2]}" \
+        in caplog.text
+    other = tmp_path / "other.csv"
+    pd.DataFrame([metadata_row("listed", intercept=0.0)]).to_csv(other, index=False)
+    with pytest.raises(ScanError, match=f"^{table} and {other}: two different metadata rows for listed$"):
+        find_scans(scans, metadata=[table, other])
