@@ -37,6 +37,17 @@ class InputSpec:
         return {"size": list(self.size), "hu_min": self.hu_min, "hu_max": self.hu_max, "mode": self.mode}
 
 
+def input_spec_for(input_info: list[str] | None, model) -> InputSpec:
+    """The input an evaluation feeds `model`: --input-info when given (at the model's size), else the InputSpec the
+    model records (`recorded_input`, set when it was read from a checkpoint or weights folder), else -1150 350 crop.
+    Evaluating a model on another window or fit than it was trained with is a silent error this default avoids."""
+    size = tuple(model.cfg.vision.img_size)
+    if input_info is not None:
+        return InputSpec.from_args(input_info, size)
+    recorded = getattr(model, "recorded_input", None)
+    return recorded if recorded is not None else InputSpec.from_args(None, size)
+
+
 class _InputInfoAction(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         try:

@@ -24,7 +24,7 @@ class EvalSettings:
     split: str | None = None  # a labels CSV, a CT-RATE valid folder or a layout-B split; None: found under data_root
     data_root: str | None = None
     input_data_type: str = "stage2"
-    input_info: list[str] | None = None  # --input-info MIN MAX crop|resize (None: -1150 350 crop)
+    input_info: list[str] | None = None  # --input-info MIN MAX crop|resize (None: the checkpoint's, else defaults)
     report_root: str | None = None
     model: str | None = None  # a configs/ name or JSON; None: the checkpoint's own config
     cxr_bert_path: str | None = None
@@ -133,7 +133,7 @@ def evaluate_checkpoint(settings: EvalSettings) -> dict[str, Any] | None:
     other ranks None. The settings are checked when made (EvalSettings), the results folder before anything is
     loaded (check_results_dir); the previous evaluation's outputs there are removed before this one writes."""
     from reaf import dist
-    from reaf.data.input_spec import InputSpec
+    from reaf.data.input_spec import input_spec_for
     from reaf.evaluation.protocol import run_evaluation
     from reaf.model.checkpoint import model_from_checkpoint
 
@@ -142,7 +142,8 @@ def evaluate_checkpoint(settings: EvalSettings) -> dict[str, Any] | None:
     torch.manual_seed(settings.seed)
     model = model_from_checkpoint(settings.checkpoint, model=settings.model, cxr_bert_path=settings.cxr_bert_path)
     model = model.to(settings.device)
-    spec = InputSpec.from_args(settings.input_info, model.cfg.vision.img_size)
+    spec = input_spec_for(settings.input_info, model)
+    log.info("input: %s%s", spec.describe(), "" if settings.input_info is not None else " (the checkpoint's record)")
     split = read_labelled_split(settings)
     if dist.is_main():
         clear_previous_outputs(results_dir)

@@ -19,7 +19,7 @@ from torch import nn
 
 from reaf.data import transforms as T
 from reaf.data.csv_tables import CLASSES
-from reaf.data.input_spec import InputSpec
+from reaf.data.input_spec import InputSpec, input_spec_for
 from reaf.evaluation.prompts import templates_for
 from reaf.evaluation.protocol import PROTOCOL_VERSION, prompt_embeddings, zero_shot_probabilities
 from reaf.evaluation.saliency_map import grid_to_voxels, kept_label_map, saliency_image
@@ -92,8 +92,7 @@ class Predictor:
                  device: str | torch.device | None = None, input_spec: InputSpec | None = None,
                  input_info: list[str] | None = None, template: str = "volume", batch_size: int = 1,
                  model_config: str | None = None) -> None:
-        from reaf.model.checkpoint import model_from_checkpoint, read_checkpoint
-        from reaf.model.pretrained import recorded_input_spec
+        from reaf.model.checkpoint import model_from_checkpoint
 
         if template not in ("volume", "organ"):
             raise ValueError(f"template {template!r} must be 'volume' or 'organ'")
@@ -105,11 +104,7 @@ class Predictor:
             self.model = model_from_checkpoint(model, model=model_config, cxr_bert_path=cxr_bert_path)
         self.model = self.model.to(self.device).eval()  # fp32: no autocast (slow on CPUs, and zero_shot.py's math)
         size = self.model.cfg.vision.img_size
-        if input_spec is None and input_info is not None:
-            input_spec = InputSpec.from_args(input_info, size)
-        if input_spec is None and self.checkpoint is not None:
-            input_spec = recorded_input_spec(read_checkpoint(self.checkpoint), size)
-        self.spec = input_spec or InputSpec(size=size)
+        self.spec = input_spec or input_spec_for(input_info, self.model)
         if tuple(self.spec.size) != tuple(size):
             raise ValueError(f"input size {self.spec.size} differs from the model's img_size {size}")
         self.template, self.batch_size = template, batch_size

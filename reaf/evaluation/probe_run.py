@@ -72,7 +72,7 @@ def _encode(model: Any, split: Any, spec: Any, where: Path, file_name: str, fing
 def run_probe(settings: ProbeSettings) -> dict[str, Any]:
     """Linear probe, few-shot and zero-shot of settings.evaluation.checkpoint (one process); writes results.json,
     probabilities.csv and plots to the results folder and returns the results dict."""
-    from reaf.data.input_spec import InputSpec
+    from reaf.data.input_spec import input_spec_for
     from reaf.evaluation.embeddings import file_fingerprint
     from reaf.evaluation.prompt_sets import describe, prompt_set
     from reaf.evaluation.prompts import templates_for
@@ -87,7 +87,7 @@ def run_probe(settings: ProbeSettings) -> dict[str, Any]:
     prompt_set(ev.prompts, template)  # a bad --prompts fails before anything is encoded
     torch.manual_seed(ev.seed)
     model = model_from_checkpoint(ev.checkpoint, model=ev.model, cxr_bert_path=ev.cxr_bert_path).to(ev.device).eval()
-    spec = InputSpec.from_args(ev.input_info, model.cfg.vision.img_size)
+    spec = input_spec_for(ev.input_info, model)
     train_split, eval_split = read_train_split(settings), read_labelled_split(ev)
     results_dir = Path(ev.results_dir)
     where = Path(settings.embeddings_dir) if settings.embeddings_dir else results_dir

@@ -115,9 +115,11 @@ def model_from_checkpoint(path: str | Path, *, model: str | None = None, cxr_ber
     """The one way to get a model back from a checkpoint: built from `model` (a configs/ name or JSON) when given,
     else from `config` (a model config dict, e.g. one an embeddings file recorded), else from the checkpoint's own
     config (the reference model for a reference-format file); then its weights loaded strictly. Returns it in eval
-    mode on the CPU."""
+    mode on the CPU, with `recorded_input`: the InputSpec it was trained on (pretrained.recorded_input_spec), which
+    the evaluation tools use when no --input-info is given."""
     from reaf.model.clip import create_model
     from reaf.model.config import config_from_dict
+    from reaf.model.pretrained import recorded_input_spec
 
     if Path(path).is_dir():  # a weights folder builds its own text tower and tokenizer (reaf.model.pretrained)
         from reaf.model.pretrained import from_pretrained
@@ -134,4 +136,5 @@ def model_from_checkpoint(path: str | Path, *, model: str | None = None, cxr_ber
     else:
         net = create_model(config_from_dict(ckpt["config"]["model"], where=str(path)), cxr_bert_path=cxr_bert_path)
     load_checkpoint(net, path, ckpt)
+    net.recorded_input = recorded_input_spec(ckpt, net.cfg.vision.img_size)
     return net.eval()

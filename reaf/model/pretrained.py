@@ -123,6 +123,7 @@ def from_pretrained(folder: str | Path, *, model: str | None = None, config: dic
         net = ReafCLIP(cfg, bert_path=tokenizer_dir, bert=bert)
     load_state_dict_strict(net, weights["state_dict"], str(folder / WEIGHTS_FILE))
     net.set_reference_compat(cfg.vision.reference_compat)
+    net.recorded_input = recorded_input_spec(weights, cfg.vision.img_size)
     return net.eval()
 
 

@@ -310,3 +310,36 @@ def test_scans_without_a_metadata_row_are_named_in_a_warning(tmp_path, caplog):
     pd.DataFrame([metadata_row("listed", intercept=0.0)]).to_csv(other, index=False)
     with pytest.raises(ScanError, match=f"^{table} and {other}: two different metadata rows for listed$"):
         find_scans(scans, metadata=[table, other])
+
+
+def test_evaluations_default_to_the_input_the_checkpoint_records(setup, tmp_path):
+    """A checkpoint trained with --input-info -1150 350 resize is evaluated on that input when no --input-info is
+    given (zero_shot.py, reaf.probe's settings, reaf.predict), not on the -1150 350 crop defaults."""
+    import zero_shot
+
+    from reaf.data.input_spec import input_spec_for
+    from reaf.model.checkpoint import model_from_checkpoint
+
+    model, _, _, split = setup
+    ckpt = tmp_path / "resize.pt"
+    torch.save({"state_dict": model.state_dict(), "config": {"model": model.cfg.to_dict(),
+                "args": {"input_info": RESIZE[1:]}}}, ckpt)
+    assert model_from_checkpoint(ckpt).recorded_input == InputSpec(model.cfg.vision.img_size, mode="resize")
+    assert input_spec_for(["-1000", "200", "crop"], model_from_checkpoint(ckpt)).hu_max == 200.0
+    assert input_spec_for(None, model) == InputSpec(model.cfg.vision.img_size)  # a bare model records nothing
+
+    def probabilities(*flags):
+        out = tmp_path / f"zs{len(list(tmp_path.iterdir()))}"
+        assert zero_shot.main(["--resume", str(ckpt), "--zeroshot-ct-rate", str(split), "--input-data-type", "ori",
+                               *flags, "--results-dir", str(out), "--batch-size", "2", "--workers", "0",
+                               "--device", "cpu", "--bootstrap", "0", "--no-plots"]) == 0
+        table = pd.read_csv(out / "probabilities.csv").set_index("VolumeName")
+        return table[[f"volume:{c}" for c in CLASSES]].loc[NAMES].to_numpy()
+
+    recorded, resize, crop = probabilities(), probabilities(*RESIZE), probabilities("--input-info", "-1150", "350",
+                                                                                      "crop")
+    assert np.array_equal(recorded, resize) and np.abs(recorded - crop).max() > 1e-5
+    out = tmp_path / "predicted"
+    assert predict_main([str(split / "volumes"), "--model", str(ckpt), "--out", str(out), "--batch-size", "2",
+                         "--device", "cpu"]) == 0
+    assert np.abs(pd.read_csv(out / "predictions.csv")[CLASSES].to_numpy() - resize).max() <= 1e-9
