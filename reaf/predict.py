@@ -17,7 +17,8 @@ from reaf.data.input_spec import add_input_info_argument
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m reaf.predict", description=__doc__)
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="NIfTI file, DICOM series folder, folder, or CSV")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="NIfTI file, DICOM series folder (or one file of the series), folder, or CSV")
     p.add_argument("--model", required=True, help="a weights folder (reaf.export), our checkpoint, or reaf.pt")
     p.add_argument("--out", default="predictions", help="output folder (predictions.csv, embeddings.pt, ...)")
     p.add_argument("--cxr-bert-path", help="local CXR-BERT folder (for reaf.pt or a checkpoint trained with one)")

@@ -97,7 +97,8 @@ def decide_hu(air_stored: float, header: tuple[float, float], csv: tuple[float, 
         what = "no" if not good else "more than one"
         tried = "; ".join(rejected + [g.describe() for g in good])
         hint = "" if csv is not None else " (no metadata slope/intercept known)"
-        raise HUError(f"{what} HU interpretation puts air in {AIR_HU} HU{hint}: {tried}", metadata_known=csv is not None)
+        raise HUError(f"{what} HU interpretation puts air in {AIR_HU} HU{hint}: {tried}",
+                      metadata_known=csv is not None)
     good[0].rejected = rejected
     return good[0]
 

@@ -114,6 +114,19 @@ def _from_csv(path: Path, series: str | None) -> list[ScanSource]:
     return found
 
 
+def _file_series(path: Path, series: str | None) -> ScanSource:
+    """One DICOM file stands for its series: the folder holding it, that series picked by the file's
+    SeriesInstanceUID (a viewer's 'open this image'); refused when --series asks for another."""
+    try:
+        uid = str(_dicom()._pydicom(path).dcmread(path, stop_before_pixels=True).SeriesInstanceUID)
+    except Exception as err:  # no pydicom, an unreadable file, no SeriesInstanceUID
+        raise ScanError(f"{path}: a DICOM file whose series cannot be named ({describe_error(err)}); give the "
+                        "folder holding the series") from err
+    if series is not None and series != uid:
+        raise ScanError(f"{path}: belongs to series {uid}, not the --series {series} asked for")
+    return ScanSource(path.parent, "dicom", uid)
+
+
 def _expand(path: Path, series: str | None, csv: bool = True) -> list[ScanSource]:
     if not path.exists():
         raise ScanError(f"{path}: no such file or folder")
@@ -123,8 +136,10 @@ def _expand(path: Path, series: str | None, csv: bool = True) -> list[ScanSource
         return [ScanSource(path, "nifti")]
     if csv and path.suffix.lower() == ".csv":
         return _from_csv(path, series)
-    raise ScanError(f"{path}: not a NIfTI file (.nii, .nii.gz), a DICOM series folder, a folder of them or a CSV "
-                    f"with a '{CSV_COLUMN}' column")
+    if _has_preamble(path):
+        return [_file_series(path, series)]
+    raise ScanError(f"{path}: not a NIfTI file (.nii, .nii.gz), a DICOM file or series folder, a folder of them or "
+                    f"a CSV with a '{CSV_COLUMN}' column")
 
 
 def read_metadata_csvs(paths: Sequence[str | Path]) -> dict[str, VolumeMeta]:

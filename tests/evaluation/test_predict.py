@@ -3,6 +3,7 @@ reaf.search reads, kept regions mapped back to the scan's own voxels and affine,
 folders and CSVs, and unreadable scans stopping the run with one line or listed under --skip-bad."""
 
 import json
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -99,17 +100,20 @@ def test_probabilities_equal_zero_shot_and_search_reads_the_embeddings(setup, tm
 
 def test_a_dicom_series_predicts_as_its_nifti_and_as_zero_shot(setup, tmp_path):
     """The same voxels and geometry as a NIfTI file and as a DICOM series (one file per slice, shuffled names)
-    give the same probabilities, and those equal zero_shot.py's for that volume."""
+    give the same probabilities, and those equal zero_shot.py's for that volume; one file of a series, in a folder
+    holding two, stands for its own series."""
     import zero_shot
 
     pytest.importorskip("pydicom")
     from tests.support.dicom import write_series
 
+    pydicom = pytest.importorskip("pydicom")
     model, ckpt, weights, split = setup
     assert zero_shot.main(["--resume", str(ckpt), "--zeroshot-ct-rate", str(split), "--input-data-type", "ori",
                            *RESIZE, "--results-dir", str(tmp_path / "zs"), "--batch-size", "2", "--workers", "0",
                            "--device", "cpu", "--bootstrap", "10", "--no-plots"]) == 0
     expected = pd.read_csv(tmp_path / "zs" / "probabilities.csv").set_index("VolumeName")
+    by_series = {}
     for name in NAMES[:2]:  # one LPS and one RAS NIfTI
         image = nib.load(split / "volumes" / f"{name}.nii.gz")
         series = tmp_path / "dicom" / name
@@ -122,6 +126,21 @@ def test_a_dicom_series_predicts_as_its_nifti_and_as_zero_shot(setup, tmp_path):
         zero_shot_row = expected.loc[name, [f"volume:{c}" for c in CLASSES]].to_numpy(dtype=float)
         assert np.abs(found[".gz"] - found[""]).max() <= 1e-4, name
         assert np.abs(found[""] - zero_shot_row).max() <= 1e-4, name
+        by_series[name] = found[""]
+    mixed = tmp_path / "mixed"  # both series in one folder: one file given picks its own series
+    mixed.mkdir()
+    for name in NAMES[:2]:
+        for path in sorted((tmp_path / "dicom" / name).iterdir()):
+            shutil.copy(path, mixed / f"{name}_{path.name}")
+    one = sorted(mixed.glob(f"{NAMES[1]}_*"))[0]
+    assert predict_main([str(one), "--model", str(ckpt), "--out", str(tmp_path / "one"), *RESIZE,
+                         "--device", "cpu"]) == 0
+    table = pd.read_csv(tmp_path / "one" / "predictions.csv")
+    uid = str(pydicom.dcmread(one, stop_before_pixels=True).SeriesInstanceUID)
+    assert table["source"].tolist() == [f"{mixed}#{uid}"]
+    assert np.array_equal(table[CLASSES].to_numpy()[0], by_series[NAMES[1]])
+    with pytest.raises(ScanError, match=f"belongs to series {uid}, not the --series 1.2.3 asked for"):
+        find_scans([one], series="1.2.3")
 
 
 def pushed_forward(image, spec, folder):
@@ -254,7 +273,8 @@ def test_ct_rate_v1_files_predict_with_their_metadata_csv_as_layout_a_reads_them
                   {"VolumeName": [f"{n}.nii.gz" for n in names], "Findings_EN": "Clear.", "Impressions_EN": "None."}),
               "multi_abnormality_labels/valid_predicted_labels.csv": pd.DataFrame(
                   np.random.default_rng(1).integers(0, 2, (3, len(CLASSES))), columns=CLASSES)}
-    tables["multi_abnormality_labels/valid_predicted_labels.csv"].insert(0, "VolumeName", [f"{n}.nii.gz" for n in names])
+    labels = tables["multi_abnormality_labels/valid_predicted_labels.csv"]
+    labels.insert(0, "VolumeName", [f"{n}.nii.gz" for n in names])
     for rel, table in tables.items():
         (root / "dataset" / rel).parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(root / "dataset" / rel, index=False)
@@ -316,7 +336,6 @@ def test_evaluations_default_to_the_input_the_checkpoint_records(setup, tmp_path
     """A checkpoint trained with --input-info -1150 350 resize is evaluated on that input when no --input-info is
     given (zero_shot.py, reaf.probe's settings, reaf.predict), not on the -1150 350 crop defaults."""
     import zero_shot
-
     from reaf.data.input_spec import input_spec_for
     from reaf.model.checkpoint import model_from_checkpoint
 
