@@ -93,6 +93,7 @@ class _Tables:
     metas: dict[str, dict] | None = None
     meta_path: Path | None = None
     unlisted: int = 0  # volume files found that the names table does not list (set by _build_samples)
+    other_format: str | None = None  # set by _format_hint: what the volume dirs hold when no file has `suffix`
 
 
 def read_split(source: str | Path, *, data_root: str | Path | None = None, fmt: str, report_root: str | None = None,
@@ -276,10 +277,31 @@ def _build_samples(t: _Tables, problems: Problems) -> list[Sample]:
     return sorted(samples, key=lambda s: natural_key(s.name))
 
 
+def _format_hint(t: _Tables) -> str:
+    """When the volume folders hold no file of the asked type at all: which other type they hold and the flag (or
+    the preprocessing) that reads it, e.g. a raw CT-RATE download read with the default `cache` type."""
+    from reaf.data.formats import FORMATS
+
+    if t.files:
+        return ""
+    if t.other_format is None:
+        dirs = [d for d in t.volume_dirs if d.is_dir()]
+        found = [fmt for fmt, suffix in FORMATS.items()
+                 if suffix != t.suffix and any(next(d.rglob(f"*{suffix}"), None) is not None for d in dirs)]
+        t.other_format = found[0] if found else ""
+    if not t.other_format:
+        return ""
+    fix = f"--input-data-type {t.other_format}"
+    if t.other_format == "ori":
+        fix += " (slow), or preprocess them once: python -m reaf.preprocess ... --format cache"
+    return f"; they hold {FORMATS[t.other_format]} files instead: {fix}"
+
+
 def _sample(name: str, t: _Tables) -> Sample:
     if name not in t.files:
         dirs = ", ".join(str(d) for d in t.volume_dirs)
-        raise ReaderError(f"{t.names_path}: {name} is listed but no {t.suffix} file exists under {dirs}")
+        raise ReaderError(f"{t.names_path}: {name} is listed but no {t.suffix} file exists under {dirs}"
+                          f"{_format_hint(t)}")
     if name not in t.reports:
         raise ReaderError(f"{t.reports_path}: no report for {name}")
     if t.reports[name] is None:

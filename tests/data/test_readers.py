@@ -149,8 +149,28 @@ def test_format_selects_the_files(tmp_path):
     folder = write_layout_b(tmp_path, "valid", truth)
     for name in VALID[:3]:
         (folder / "volumes" / f"{name}.pt").write_bytes(b"")
-    with pytest.raises(ReaderError, match=f"{VALID[3]} is listed but no .pt file exists"):
+    with pytest.raises(ReaderError, match=f"{VALID[3]} is listed but no .pt file exists") as info:
         read_split(folder, fmt="stage1")
+    assert "they hold" not in str(info.value)  # some .pt files exist: one is missing, the type is right
     split = read_split(folder, fmt="stage1", skip_bad=True)
     assert [s.name for s in split.samples] == VALID[:3] and [n for n, _ in split.skipped] == [VALID[3]]
     assert all(volume_file(tmp_path, s.rel, "stage1").is_file() for s in split.samples)
+
+
+def test_a_split_of_another_file_type_is_named_with_the_flag_that_reads_it(tmp_path):
+    """A raw download read with the default cache type (or a cache read as stage2): the error says what the folders
+    hold and how to read it."""
+    folder = write_layout_b(tmp_path, "valid", truth_for(VALID))
+    with pytest.raises(ReaderError, match=r"no \.vol\.zst file exists under .*; they hold \.nii\.gz files instead: "
+                                          r"--input-data-type ori \(slow\), or preprocess them once: python -m "
+                                          r"reaf\.preprocess \.\.\. --format cache$"):
+        read_split(folder, fmt="cache")
+    for name in VALID:
+        (folder / "volumes" / f"{name}.nii.gz").rename(folder / "volumes" / f"{name}.vol.zst")
+    with pytest.raises(ReaderError, match=r"no \.pt\.gz file exists under .*; they hold \.vol\.zst files instead: "
+                                          r"--input-data-type cache$"):
+        read_split(folder, fmt="stage2")
+    for name in VALID:
+        (folder / "volumes" / f"{name}.vol.zst").unlink()
+    with pytest.raises(ReaderError, match=r"no \.pt\.gz file exists under [^;]*$"):
+        read_split(folder, fmt="stage2")
