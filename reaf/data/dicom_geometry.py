@@ -104,8 +104,9 @@ def _pick_series(folder: Path, groups: dict[str, list], series_uid: str | None, 
     if not groups:
         raise VolumeError(f"{folder}: no DICOM image files ({left_out or 'empty folder'})")
     if len(groups) > 1:
-        raise VolumeError(f"{folder}: {len(groups)} series in one folder (one folder must hold one series; pass "
-                          f"series_uid to pick one): {'; '.join(map(name, groups))}")
+        raise VolumeError(f"{folder}: {len(groups)} series in one folder (one folder holds one series: reaf.predict "
+                          "picks one with --series UID or one of its files, the API with series_uid; preprocessing "
+                          f"needs the others moved out): {'; '.join(map(name, groups))}")
     return next(iter(groups))
 
 

@@ -86,15 +86,43 @@ def _has_preamble(path: Path) -> bool:
         return f.read(132)[128:] == b"DICM"
 
 
-def _from_folder(folder: Path, series: str | None) -> list[ScanSource]:
-    """A DICOM series folder is one scan; any other folder: its NIfTI files, then its subfolders, recursively."""
-    if is_dicom_folder(folder):
-        return [ScanSource(folder, "dicom", series)]
+def _holds_dicom_images(folder: Path) -> bool:
+    """Whether any DICOM file in `folder` is an image (has Rows): a DICOM export's root holds only its DICOMDIR, a
+    dose-report folder only structured reports. Headers only; True when pydicom is missing or a header cannot be
+    read, so that reading the folder says why."""
+    try:
+        pydicom = _dicom()._pydicom(folder)
+    except Exception:  # no pydicom: the reader names the package
+        return True
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and _has_preamble(path):
+            try:
+                if "Rows" in pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Rows"]):
+                    return True
+            except Exception:  # a damaged header: the reader names the file
+                return True
+    return False
+
+
+def _from_folder(folder: Path, series: str | None, named: bool = True) -> list[ScanSource]:
+    """A folder of DICOM image files is one scan (a series folder); any other folder gives its NIfTI files, then its
+    subfolders', recursively. A folder whose DICOM files hold no image beside subfolders (a DICOM export's root with
+    its DICOMDIR over patient/study/series folders), or deep in the search (`named` False: a folder of reports), is
+    searched through and logged, not taken as a scan; a folder the user named keeps its reader's error."""
     entries = sorted(folder.iterdir())
-    found = [ScanSource(p, "nifti") for p in entries if p.is_file() and is_nifti(p)]
-    for sub in entries:
-        if sub.is_dir():
-            found += _from_folder(sub, series)
+    subfolders = [p for p in entries if p.is_dir()]
+    if is_dicom_folder(folder):
+        if _holds_dicom_images(folder) or (named and not subfolders):
+            found = [ScanSource(folder, "dicom", series)]
+        else:
+            log.info("%s: its DICOM files hold no image (a DICOMDIR, reports): not a scan", folder)
+            found = []
+        if not subfolders:
+            return found
+    else:
+        found = [ScanSource(p, "nifti") for p in entries if p.is_file() and is_nifti(p)]
+    for sub in subfolders:
+        found += _from_folder(sub, series, named=False)
     return found
 
 

@@ -197,7 +197,7 @@ def test_two_series_in_one_folder_are_refused_naming_both_and_series_uid_picks_o
     first = write_series(tmp_path, hu, LPS_STORED, description="LUNG")
     second = write_series(tmp_path, hu[:, :, :5], LPS_STORED, description="MEDIASTINUM", seed=2)
     message = error_of(tmp_path)
-    assert "2 series in one folder" in message and "series_uid" in message
+    assert "2 series in one folder" in message and "--series UID or one of its files" in message
     assert f"{first} (8 files, 'LUNG')" in message and f"{second} (5 files, 'MEDIASTINUM')" in message
     assert read_dicom_series(tmp_path, series_uid=second).n_slices == 5
     assert read_dicom_series(tmp_path, series_uid=first).series_uid == first

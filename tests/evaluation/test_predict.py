@@ -4,6 +4,7 @@ folders and CSVs, and unreadable scans stopping the run with one line or listed 
 
 import json
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -213,7 +214,8 @@ def test_inputs_from_folders_and_csv(tmp_path):
     b = write_scan(tmp_path / "data" / "sub" / "b.nii", seed=2)
     series = tmp_path / "data" / "sub" / "series1"
     series.mkdir()
-    (series / "IM0001").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 16)
+    pydicom = pytest.importorskip("pydicom")
+    shutil.copy(Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm", series / "IM0001")
     (tmp_path / "data" / "notes.txt").write_text("not a scan")
     found = find_scans([tmp_path / "data"])
     assert [(s.path, s.kind) for s in found] == [(a, "nifti"), (b, "nifti"), (series, "dicom")]
@@ -362,3 +364,31 @@ def test_evaluations_default_to_the_input_the_checkpoint_records(setup, tmp_path
     assert predict_main([str(split / "volumes"), "--model", str(ckpt), "--out", str(out), "--batch-size", "2",
                          "--device", "cpu"]) == 0
     assert np.abs(pd.read_csv(out / "predictions.csv")[CLASSES].to_numpy() - resize).max() <= 1e-9
+
+
+def test_a_dicom_exports_root_is_searched_through_its_dicomdir(tmp_path, caplog):
+    """A DICOM export (a DICOMDIR at its root over patient/study/series folders) gives one scan per image series
+    folder; the root and a folder of reports are no scans (logged), and a folder the user names keeps its error."""
+    pydicom = pytest.importorskip("pydicom")
+    from tests.support.dicom import write_series
+
+    real = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests"
+    found = find_scans([real])
+    assert [s.path.relative_to(real).as_posix() for s in found] == [
+        "77654033/CR1", "77654033/CR2", "77654033/CR3", "77654033/CT2", "98892001/CT2N", "98892001/CT5N",
+        "98892003/MR1", "98892003/MR2", "98892003/MR700"]  # fmt: skip
+    root = tmp_path / "export"
+    image = nib.load(write_scan(tmp_path / "scan.nii.gz", seed=0))
+    study = root / "PAT1" / "STUDY1"
+    for name in ("SER1", "SER2"):
+        write_series(study / name, np.asarray(image.dataobj).astype(np.int16), image.affine)
+    shutil.copy(real / "DICOMDIR", root / "DICOMDIR")
+    (study / "SR").mkdir()
+    shutil.copy(real / "DICOMDIR", study / "SR" / "REPORT")  # a DICOM file that is no image
+    with caplog.at_level("INFO", logger="reaf.evaluation.scans"):
+        found = find_scans([root])
+    assert [(s.path, s.kind) for s in found] == [(study / "SER1", "dicom"), (study / "SER2", "dicom")]
+    assert f"{root}: its DICOM files hold no image" in caplog.text and f"{study / 'SR'}: its DICOM" in caplog.text
+    assert [s.path for s in find_scans([study / "SR"])] == [study / "SR"]
+    with pytest.raises(ScanError, match=r"SR: no DICOM image files \(1 non-image DICOM files\)$"):
+        read_hu(find_scans([study / "SR"])[0])
