@@ -224,10 +224,31 @@ def read_hu(source: ScanSource) -> torch.Tensor:
     try:
         if source.kind == "dicom":
             return _dicom().dicom_to_hu(source.path, series_uid=source.series)[0]
-        return nifti_to_hu(source.path, source.meta, orientation="header")[0]
+        hu = nifti_to_hu(source.path, source.meta, orientation="header")[0]
+        if source.meta is None:
+            _warn_if_unoriented(source.path)
+        return hu
     except Exception as err:  # any failure to read a scan is that scan's: name it and the cause
         hint = METADATA_HINT if isinstance(err, HUError) and not err.metadata_known else ""
         raise ScanError(_named(source, f"{describe_error(err)}{hint}")) from err
+
+
+def _warn_if_unoriented(path: Path) -> None:
+    """Warn when a NIfTI read without a metadata row states no orientation (no sform/qform, or an identity affine):
+    it was read as CT-RATE stores voxels, which is wrong for an array saved slices-first; its pixdim spacing may be a
+    placeholder too. Which of the two a file is cannot be told from it, so it is said, not refused."""
+    header = nib.load(path).header
+    orientation = read_orientation(header, "header")
+    if orientation.codes is not None:
+        return
+    shape = tuple(int(n) for n in header.get_data_shape()[:3])
+    zooms = tuple(float(z) for z in header.get_zooms()[:3])
+    slices_first = shape[1] == shape[2] != shape[0]  # square images on axes 1-2: likely a (z, y, x) array
+    log.warning("%s: the header states no orientation (%s), so its voxel axes are taken as CT-RATE's (toward L, P, "
+                "S: axial slices along the last axis), with pixdim spacing %s mm; shape %s%s", path,
+                orientation.source, zooms, shape,
+                ": axes 1-2 look like the slices, as in an array saved (z, y, x): the prediction is likely wrong; "
+                "save it with its affine" if slices_first else "")
 
 
 def read_geometry(source: ScanSource) -> Geometry:

@@ -392,3 +392,26 @@ def test_a_dicom_exports_root_is_searched_through_its_dicomdir(tmp_path, caplog)
     assert [s.path for s in find_scans([study / "SR"])] == [study / "SR"]
     with pytest.raises(ScanError, match=r"SR: no DICOM image files \(1 non-image DICOM files\)$"):
         read_hu(find_scans([study / "SR"])[0])
+
+
+def test_a_nifti_without_orientation_is_read_with_a_warning(tmp_path, caplog):
+    """No sform/qform or an identity affine: read in CT-RATE's voxel order, said in a warning that names the file,
+    and louder when its shape says the array was saved slices-first; a stated affine, or a metadata row (CT-RATE
+    v1), reads silently."""
+    from tests.support.volumes import chest_like, metadata_row
+
+    stated = write_scan(tmp_path / "stated.nii.gz", seed=0)
+    hu = chest_like((20, 64, 64), seed=1).astype(np.int16)  # (z, y, x)
+    xyz, zyx = tmp_path / "xyz.nii.gz", tmp_path / "zyx.nii.gz"
+    nib.save(nib.Nifti1Image(hu.transpose(2, 1, 0), np.eye(4)), xyz)
+    nib.save(nib.Nifti1Image(hu, np.eye(4)), zyx)  # slices first, as numpy holds them
+    table = tmp_path / "meta.csv"
+    pd.DataFrame([metadata_row("xyz", spacing=(1.0, 1.0, 1.0), intercept=0.0)]).to_csv(table, index=False)
+    with caplog.at_level("WARNING", logger="reaf.evaluation.scans"):
+        for source in find_scans([stated, xyz, zyx]):
+            read_hu(source)
+        read_hu(find_scans([xyz], metadata=[table])[0])
+    warned = [r.getMessage() for r in caplog.records if "states no orientation" in r.getMessage()]
+    assert len(warned) == 2 and warned[0].startswith(f"{xyz}: the header states no orientation (identity affine)")
+    assert "likely wrong" not in warned[0] and "shape (64, 64, 20)" in warned[0]
+    assert warned[1].startswith(f"{zyx}: ") and "shape (20, 64, 64): axes 1-2 look like the slices" in warned[1]
