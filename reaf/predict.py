@@ -39,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-bad", action="store_true",
                    help="list unreadable scans in predictions.csv with their cause instead of stopping")
     p.add_argument("--top", type=int, default=3, help="findings shown per scan in the printed table")
+    p.add_argument("--thresholds", metavar="RESULTS_JSON",
+                   help="a zero_shot.py results.json of this model on a labelled validation split: each class's "
+                        "ROC-corner threshold there makes the `findings` column (same weights, prompts and input)")
     return p.parse_args(argv)
 
 
@@ -52,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     sources = find_scans(args.inputs, args.series, args.metadata)  # every input is found before the model loads
     predictor = Predictor(args.model, cxr_bert_path=args.cxr_bert_path, device=args.device,
                           input_info=args.input_info, template=args.template, batch_size=args.batch_size,
-                          model_config=args.config)
+                          model_config=args.config, thresholds=args.thresholds)
     writer = PredictionWriter(args.out, predictor, [str(i) for i in args.inputs], metadata=args.metadata)
     stream = predictor.predict_many(sources, saliency=args.saliency, tokens=args.tokens, skip_bad=args.skip_bad)
     rows = [writer.add(pred) for pred in tqdm(stream, total=len(sources), desc="predict", unit="scan")]

@@ -18,7 +18,8 @@ PREDICTIONS, EMBEDDINGS, SALIENCY_DIR, TOKENS_DIR = "predictions.csv", "embeddin
 
 class PredictionWriter:
     """Takes Predictions one by one (per-scan files written at once, heavy fields dropped), then `finish` writes
-    the tables. predictions.csv: `source`, the 18 CLASSES' probabilities, `error` (empty unless skipped)."""
+    the tables. predictions.csv: `source`, the 18 CLASSES' probabilities, with thresholds `findings` (the classes
+    over theirs, '; '-joined), `error` (empty unless skipped)."""
 
     def __init__(self, out: str | Path, predictor: Predictor, inputs: list[str],
                  metadata: list[str] | None = None) -> None:
@@ -33,7 +34,7 @@ class PredictionWriter:
     def add(self, pred: Prediction) -> Prediction:
         """Record `pred`, write its saliency/token files; returns it without its heavy fields."""
         self.rows.append({"source": pred.source, **{c: pred.probabilities.get(c, np.nan) for c in CLASSES},
-                          "error": pred.error or ""})
+                          "findings": "; ".join(pred.findings or []), "error": pred.error or ""})
         for key, value in pred.timing.items():
             self.timing.setdefault(key, []).append(value)
         if pred.error is not None:
@@ -72,7 +73,8 @@ class PredictionWriter:
         from reaf.evaluation.embeddings import file_fingerprint, save_embeddings
         from reaf.model.bert_folder import describe_folder
 
-        table = pd.DataFrame(self.rows, columns=["source", *CLASSES, "error"])
+        findings = ["findings"] if self.predictor.thresholds is not None else []
+        table = pd.DataFrame(self.rows, columns=["source", *CLASSES, *findings, "error"])
         atomic.write_text(self.out / PREDICTIONS, table.to_csv(index=False))
         model = self.predictor.model
         if self.embeddings:
@@ -86,20 +88,33 @@ class PredictionWriter:
                              **self.predictor.describe()},
                     "text_tower": describe_folder(getattr(model, "bert_path", None))}
             save_embeddings(self.out / EMBEDDINGS, encoded, key=None, meta=meta)
-        return {"predicted": len(self.names), "skipped": len(self.skipped),
+        thresholds = self.predictor.thresholds
+        return {"thresholds": None if thresholds is None else thresholds.source,
+                "predicted": len(self.names), "skipped": len(self.skipped),
                 "mean_s": {k: float(np.mean(v)) for k, v in self.timing.items()}, **self.files}
 
 
 def summary_lines(rows: list[Prediction], summary: dict[str, Any], out: Path, top: int = 3) -> list[str]:
     """The printed table: each scan with its `top` findings (or its error), then counts and mean times."""
     width = min(60, max([len(p.source) for p in rows] + [4]))
-    lines = [f"{'scan':{width}s}  top findings (zero-shot probability)"]
+    thresholds = summary.get("thresholds")
+    shown_as = "findings over their thresholds" if thresholds else "top findings"
+    lines = [f"{'scan':{width}s}  {shown_as} (zero-shot probability)"]
     for pred in rows:
         shown = pred.source if len(pred.source) <= width else "..." + pred.source[-(width - 3):]
-        found = f"ERROR {pred.error}" if pred.error else ", ".join(f"{c} {p:.3f}" for c, p in pred.top(top))
+        if pred.error:
+            found = f"ERROR {pred.error}"
+        elif pred.findings is not None:  # thresholds given: the findings, each with its probability
+            found = ", ".join(f"{c} {pred.probabilities[c]:.3f}" for c in pred.findings) or "no finding over threshold"
+        else:
+            found = ", ".join(f"{c} {p:.3f}" for c, p in pred.top(top))
         lines.append(f"{shown:{width}s}  {found}")
     times = ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in summary["mean_s"].items())
     lines += ["", f"{summary['predicted']} scan(s) predicted, {summary['skipped']} skipped (unreadable)"
               + (f"; per scan: {times}" if times else ""), f"outputs: {out / PREDICTIONS}"
               + (f", {out / EMBEDDINGS}" if summary["predicted"] else "")]
+    if thresholds:
+        lines.append(f"thresholds: {thresholds['rule']} on {thresholds['split']} (N = {thresholds['N']}), from "
+                     f"{thresholds['results']}" + (f"; none for {', '.join(thresholds['classes_without'])}"
+                                                   if thresholds["classes_without"] else ""))
     return lines

@@ -42,6 +42,7 @@ class Prediction:
     saliency_grid: dict[str, np.ndarray] | None = None  # {"scan", "slice"} -> (d, h, w) bool on the token grid
     model_input: np.ndarray | None = None  # (D, H, W) normalised model input (kept with saliency, for the picture)
     tokens: torch.Tensor | None = None  # (d, h, w, C) final normed patch tokens
+    findings: list[str] | None = None  # classes over their threshold (only when the predictor has thresholds)
     timing: dict[str, float] = field(default_factory=dict)  # read_s, preprocess_s, encode_s (its share of a batch)
 
     def top(self, k: int = 3) -> list[tuple[str, float]]:
@@ -86,12 +87,14 @@ def capture(trunk: nn.Module, *, saliency: bool, tokens: bool) -> Iterator[dict[
 class Predictor:
     """`Predictor(MODEL).predict(path)`: MODEL is a weights folder (reaf.export), our checkpoint, the reference's
     reaf.pt (with `cxr_bert_path`) or a model object. The input is `input_spec`, else `input_info` (--input-info MIN
-    MAX crop|resize) at the model's size, else the one the model records (-1150 350 crop when it records none)."""
+    MAX crop|resize) at the model's size, else the one the model records (-1150 350 crop when it records none).
+    `thresholds`: a zero_shot.py results.json of the same weights, prompts and input, whose per-class ROC-corner
+    thresholds turn each scan's probabilities into `findings` (reaf.evaluation.thresholds)."""
 
     def __init__(self, model: str | Path | nn.Module, *, cxr_bert_path: str | None = None,
                  device: str | torch.device | None = None, input_spec: InputSpec | None = None,
                  input_info: list[str] | None = None, template: str = "volume", batch_size: int = 1,
-                 model_config: str | None = None) -> None:
+                 model_config: str | None = None, thresholds: str | Path | None = None) -> None:
         from reaf.model.checkpoint import model_from_checkpoint
 
         if template not in ("volume", "organ"):
@@ -108,14 +111,23 @@ class Predictor:
         if tuple(self.spec.size) != tuple(size):
             raise ValueError(f"input size {self.spec.size} differs from the model's img_size {size}")
         self.template, self.batch_size = template, batch_size
+        self.thresholds = None
+        if thresholds is not None:  # checked against these weights, prompts and input before anything is encoded
+            from reaf.evaluation.thresholds import read_thresholds
+
+            self.thresholds = read_thresholds(thresholds, checkpoint=self.checkpoint, template=template,
+                                              input_spec=self.spec.describe())
         self.prompts = prompt_embeddings(self.model, templates_for(template), batch_size=batch_size,
                                          device=self.device)[template]  # (18, 2, E), as zero_shot.py
         self.logit_scale = float(self.model.logit_scale.detach().float().exp().cpu())
 
     def describe(self) -> dict[str, Any]:
         """What the predictions depend on: protocol, template, input spec, logit scale."""
-        return {"protocol_version": PROTOCOL_VERSION, "template": self.template, "input": self.spec.describe(),
-                "logit_scale": self.logit_scale, "classes": list(CLASSES)}
+        described = {"protocol_version": PROTOCOL_VERSION, "template": self.template, "input": self.spec.describe(),
+                     "logit_scale": self.logit_scale, "classes": list(CLASSES)}
+        if self.thresholds is not None:
+            described["thresholds"] = {"values": self.thresholds.values, **self.thresholds.source}
+        return described
 
     def predict(self, path: str | Path, *, series: str | None = None, metadata: str | Path | None = None,
                 saliency: bool = False, tokens: bool = False) -> Prediction:
@@ -186,6 +198,8 @@ class Predictor:
                 encode_s: float) -> Prediction:
         out = Prediction(item.source.label, item.name, dict(zip(CLASSES, probs.tolist())), embedding,
                          timing={**item.timing, "encode_s": encode_s})
+        if self.thresholds is not None:
+            out.findings = self.thresholds.findings(out.probabilities)
         trunk = self.model.visual.trunk
         if "tokens" in captured:
             out.tokens = captured["tokens"].float().cpu().reshape(*trunk.grid, -1).clone()

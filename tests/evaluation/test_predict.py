@@ -3,6 +3,7 @@ reaf.search reads, kept regions mapped back to the scan's own voxels and affine,
 folders and CSVs, and unreadable scans stopping the run with one line or listed under --skip-bad."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -415,3 +416,52 @@ def test_a_nifti_without_orientation_is_read_with_a_warning(tmp_path, caplog):
     assert len(warned) == 2 and warned[0].startswith(f"{xyz}: the header states no orientation (identity affine)")
     assert "likely wrong" not in warned[0] and "shape (64, 64, 20)" in warned[0]
     assert warned[1].startswith(f"{zyx}: ") and "shape (20, 64, 64): axes 1-2 look like the slices" in warned[1]
+
+
+def test_thresholds_from_a_results_json_of_the_same_model_make_findings(setup, tmp_path, capsys):
+    """--thresholds: each class's ROC-corner threshold from zero_shot.py's results.json on a labelled split; a
+    finding is p > its threshold (as the ctclip metrics count). A results.json of other weights, another template or
+    another input is refused."""
+    import json
+
+    import zero_shot
+
+    model, ckpt, weights, split = setup
+    assert zero_shot.main(["--resume", str(ckpt), "--zeroshot-ct-rate", str(split), "--input-data-type", "ori",
+                           *RESIZE, "--results-dir", str(tmp_path / "zs"), "--batch-size", "2", "--workers", "0",
+                           "--device", "cpu", "--bootstrap", "0", "--no-plots"]) == 0
+    evaluated = json.loads((tmp_path / "zs" / "results.json").read_text())
+    per_class = evaluated["classification"]["18"]["per_class"]
+    assert 10 <= sum(bool(per_class[c]["ctclip"]) for c in CLASSES) < len(CLASSES)  # classes with both labels
+    # a random tiny model's p sit within 1e-3 of 0.5, between two cut points of the 0.01 grid: cut at each class's
+    # median instead, so that findings differ between scans (the rule, not the grid, is under test)
+    probs = pd.read_csv(tmp_path / "zs" / "probabilities.csv").set_index("VolumeName")
+    cut = {c: float(probs[f"volume:{c}"].median()) for c in CLASSES if per_class[c]["ctclip"]}
+    for c, t in cut.items():
+        per_class[c]["ctclip"]["threshold"] = t
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(evaluated))
+    for source in (ckpt, weights):  # a weights folder exported from the evaluated checkpoint is the same weights
+        out = tmp_path / f"out_{source.name}"
+        assert predict_main([str(split / "volumes"), "--model", str(source), "--out", str(out), *RESIZE,
+                             "--batch-size", "2", "--device", "cpu", "--thresholds", str(results)]) == 0
+        table = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+        assert list(table.columns) == ["source", *CLASSES, "findings", "error"]
+        for _, row in table.iterrows():
+            assert row["findings"] == "; ".join(c for c in CLASSES if c in cut and float(row[c]) > cut[c])
+        assert any(table["findings"]) and not all(len(f.split("; ")) == len(cut) for f in table["findings"])
+    printed = capsys.readouterr().out
+    assert "findings over their thresholds" in printed and f"from {results}" in printed
+
+    other = tmp_path / "other.pt"
+    torch.manual_seed(5)
+    torch.save({"state_dict": create_model("tiny").state_dict(), "config": {"model": model.cfg.to_dict()}}, other)
+    for argv, cause in ((["--model", str(other), *RESIZE], "computed for checkpoint sha256"),
+                        (["--model", str(ckpt), *RESIZE, "--template", "organ"], "template 'volume' (the predictor's: "
+                                                                                 "'organ')"),
+                        (["--model", str(ckpt)], "input {'size': [32, 96, 96], 'hu_min': -1150.0, 'hu_max': 350.0, "
+                                                 "'mode': 'resize'} (the predictor's:")):
+        with pytest.raises(ValueError, match=re.escape(cause)):
+            predict_main([str(split / "volumes"), "--out", str(tmp_path / "refused"), "--device", "cpu",
+                          "--thresholds", str(results), *argv])
+    assert not (tmp_path / "refused").exists()
