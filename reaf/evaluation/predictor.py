@@ -89,7 +89,8 @@ class Predictor:
     reaf.pt (with `cxr_bert_path`) or a model object. The input is `input_spec`, else `input_info` (--input-info MIN
     MAX crop|resize) at the model's size, else the one the model records (-1150 350 crop when it records none).
     `thresholds`: a zero_shot.py results.json of the same weights, prompts and input, whose per-class ROC-corner
-    thresholds turn each scan's probabilities into `findings` (reaf.evaluation.thresholds)."""
+    thresholds turn each scan's probabilities into `findings` (reaf.evaluation.thresholds); a weights folder's own
+    (reaf.export --results) are used without one."""
 
     def __init__(self, model: str | Path | nn.Module, *, cxr_bert_path: str | None = None,
                  device: str | torch.device | None = None, input_spec: InputSpec | None = None,
@@ -111,15 +112,31 @@ class Predictor:
         if tuple(self.spec.size) != tuple(size):
             raise ValueError(f"input size {self.spec.size} differs from the model's img_size {size}")
         self.template, self.batch_size = template, batch_size
-        self.thresholds = None
-        if thresholds is not None:  # checked against these weights, prompts and input before anything is encoded
-            from reaf.evaluation.thresholds import read_thresholds
-
-            self.thresholds = read_thresholds(thresholds, checkpoint=self.checkpoint, template=template,
-                                              input_spec=self.spec.describe())
+        self.thresholds = self._thresholds(thresholds)
         self.prompts = prompt_embeddings(self.model, templates_for(template), batch_size=batch_size,
                                          device=self.device)[template]  # (18, 2, E), as zero_shot.py
         self.logit_scale = float(self.model.logit_scale.detach().float().exp().cpu())
+
+    def _thresholds(self, results: str | Path | None):
+        """A results.json's thresholds, checked against these weights, prompts and input before anything is encoded;
+        without one, those a weights folder records (reaf.export --results) when they fit the template and input."""
+        from reaf.evaluation.thresholds import read_thresholds, recorded_thresholds
+
+        if results is not None:
+            return read_thresholds(results, checkpoint=self.checkpoint, template=self.template,
+                                   input_spec=self.spec.describe())
+        if self.checkpoint is None or not self.checkpoint.is_dir():
+            return None
+        recorded = recorded_thresholds(self.checkpoint)
+        if recorded is None:
+            return None
+        wanted = {"template": self.template, "input": self.spec.describe()}
+        if any(recorded.source.get(key) != value for key, value in wanted.items()):
+            log.warning("%s: its recorded thresholds are for template %r and input %s, not %r and %s: no findings, "
+                        "probabilities only", self.checkpoint, recorded.source.get("template"),
+                        recorded.source.get("input"), self.template, wanted["input"])
+            return None
+        return recorded
 
     def describe(self) -> dict[str, Any]:
         """What the predictions depend on: protocol, template, input spec, logit scale."""

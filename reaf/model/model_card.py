@@ -69,7 +69,8 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def _evaluation(results: dict[str, Any] | None, source: dict[str, Any]) -> list[str]:
+def _evaluation(results: dict[str, Any] | None, source: dict[str, Any],
+                thresholds: dict[str, Any] | None = None) -> list[str]:
     lines = ["## Evaluation", ""]
     block = (results or {}).get("classification")
     if block is None:
@@ -88,11 +89,15 @@ def _evaluation(results: dict[str, Any] | None, source: dict[str, Any]) -> list[
         lines.append(f"| {name} | {_fmt(entry.get('auc'))} | {'n/a' if not ci else f'{ci[0]:.3f}-{ci[1]:.3f}'} |")
     for key in ("18", "16"):
         lines.append(f"| **macro, {key} classes** | {_fmt(block[key]['mean'].get('auc'))} | |")
+    if thresholds is not None:
+        lines += ["", f"Decision thresholds, {thresholds['rule']} on {thresholds['split']} (N = {thresholds['N']}), "
+                  "are recorded in config.json: `reaf.predict` lists the findings over them. They are only as good as "
+                  "that split: chosen on the split a paper reports, they are tuned on its test set."]
     return [*lines, ""]
 
 
 def model_card(model: nn.Module, *, source: dict[str, Any], train: dict[str, Any] | None, input_spec: InputSpec,
-               results: dict[str, Any] | None) -> str:
+               results: dict[str, Any] | None, thresholds: dict[str, Any] | None = None) -> str:
     """The README.md text of a weights folder."""
     counts = parameter_counts(model)
     lines = [
@@ -108,7 +113,7 @@ def model_card(model: nn.Module, *, source: dict[str, Any], train: dict[str, Any
         "",
         *_architecture(model, counts),
         *_training(source, train),
-        *_evaluation(results, source),
+        *_evaluation(results, source, thresholds),
         "## Input",
         "",
         f"A chest CT volume in HU (NIfTI or a DICOM series), resampled to {T.TARGET_SPACING} mm (z, y, x) "

@@ -131,7 +131,8 @@ def describe_input(spec: InputSpec) -> dict[str, Any]:
     """The input a model expects, as config.json records it."""
     return {
         "spacing_mm_zyx": list(T.TARGET_SPACING),
-        "resample": "trilinear, align_corners=False, voxel count max(1, round(n * spacing / target)) per axis",
+        "resample": f"trilinear, align_corners=False, voxel count max(1, {T.RESAMPLE_GRID}) per axis (the "
+                    "reference's grid: the count truncated)",
         "hu_window": [spec.hu_min, spec.hu_max],
         "fit": spec.mode,
         "size_dhw": list(spec.size),
@@ -211,7 +212,8 @@ def write_text_folder(model: nn.Module, folder: Path) -> dict[str, Any]:
 
 
 def save_pretrained(model: nn.Module, folder: str | Path, *, input_spec: InputSpec, source: dict[str, Any] | None,
-                    train: dict[str, Any] | None = None, card: str | None = None) -> Path:
+                    train: dict[str, Any] | None = None, card: str | None = None,
+                    thresholds: dict[str, Any] | None = None) -> Path:
     """Write the weights folder of `model`: text/, model.safetensors, README.md (`card`), then config.json last,
     each file atomically (a folder without config.json is unfinished). Refuses a folder that is not empty."""
     from safetensors.torch import save_file
@@ -237,6 +239,8 @@ def save_pretrained(model: nn.Module, folder: str | Path, *, input_spec: InputSp
         "source_checkpoint": source,
         "train": train,
     }
+    if thresholds is not None:  # reaf.predict's findings (reaf.evaluation.thresholds)
+        info["thresholds"] = thresholds
     atomic.write_json(info, folder / CONFIG_FILE, indent=2)
     return folder
 
@@ -260,11 +264,31 @@ def export_checkpoint(checkpoint: str | Path, folder: str | Path, *, results: st
         run = dict((obj["weights_folder"].get("source_checkpoint") or {}).get("run") or {})
     del obj
     net = model_from_checkpoint(checkpoint, model=model, cxr_bert_path=cxr_bert_path)
-    spec = recorded_input_spec(read_checkpoint(checkpoint), net.cfg.vision.img_size)
+    spec = net.recorded_input
     source = {**file_fingerprint(checkpoint), "format": kind, "run": run}
     evaluation = read_results(results) if results is not None else None
-    card = model_card(net, source=source, train=train, input_spec=spec, results=evaluation)
-    return save_pretrained(net, folder, input_spec=spec, source=source, train=train, card=card)
+    thresholds = None if evaluation is None else _export_thresholds(evaluation, results, checkpoint, spec)
+    card = model_card(net, source=source, train=train, input_spec=spec, results=evaluation, thresholds=thresholds)
+    return save_pretrained(net, folder, input_spec=spec, source=source, train=train, card=card, thresholds=thresholds)
+
+
+def _export_thresholds(results: dict[str, Any], path: str | Path, checkpoint: str | Path,
+                       spec: InputSpec) -> dict[str, Any] | None:
+    """The per-class thresholds of `results` when they are these weights' on this input (then reaf.predict reports
+    findings with them), else None with the reason logged."""
+    from reaf.evaluation.thresholds import thresholds_from_results, weights_sha256
+
+    template = results.get("template")
+    if template not in ("volume", "organ"):
+        log.warning("%s: template %r: no thresholds recorded (one template's results are needed)", path, template)
+        return None
+    try:
+        found = thresholds_from_results(results, str(path), weights=weights_sha256(Path(checkpoint)),
+                                        template=template, input_spec=spec.describe())
+    except ValueError as err:
+        log.warning("no thresholds recorded: %s", err)
+        return None
+    return {"values": found.values, **found.source}
 
 
 def read_results(path: str | Path) -> dict[str, Any]:

@@ -421,14 +421,20 @@ def test_a_nifti_without_orientation_is_read_with_a_warning(tmp_path, caplog):
 def test_thresholds_from_a_results_json_of_the_same_model_make_findings(setup, tmp_path, capsys):
     """--thresholds: each class's ROC-corner threshold from zero_shot.py's results.json on a labelled split; a
     finding is p > its threshold (as the ctclip metrics count). A results.json of other weights, another template or
-    another input is refused."""
+    another input is refused. reaf.export --results records them in the weights folder, which then gives findings
+    by itself (for the template and input they were chosen with)."""
     import json
 
     import zero_shot
 
-    model, ckpt, weights, split = setup
+    model, _, _, split = setup
+    ckpt = tmp_path / "resize.pt"  # trained, it says, on the resize input: what every tool below then uses
+    torch.save({"state_dict": model.state_dict(), "config": {"model": model.cfg.to_dict(),
+                "args": {"input_info": RESIZE[1:]}}}, ckpt)
+    weights = tmp_path / "weights"
+    export_main([str(ckpt), "--out", str(weights)])
     assert zero_shot.main(["--resume", str(ckpt), "--zeroshot-ct-rate", str(split), "--input-data-type", "ori",
-                           *RESIZE, "--results-dir", str(tmp_path / "zs"), "--batch-size", "2", "--workers", "0",
+                           "--results-dir", str(tmp_path / "zs"), "--batch-size", "2", "--workers", "0",
                            "--device", "cpu", "--bootstrap", "0", "--no-plots"]) == 0
     evaluated = json.loads((tmp_path / "zs" / "results.json").read_text())
     per_class = evaluated["classification"]["18"]["per_class"]
@@ -443,8 +449,8 @@ def test_thresholds_from_a_results_json_of_the_same_model_make_findings(setup, t
     results.write_text(json.dumps(evaluated))
     for source in (ckpt, weights):  # a weights folder exported from the evaluated checkpoint is the same weights
         out = tmp_path / f"out_{source.name}"
-        assert predict_main([str(split / "volumes"), "--model", str(source), "--out", str(out), *RESIZE,
-                             "--batch-size", "2", "--device", "cpu", "--thresholds", str(results)]) == 0
+        assert predict_main([str(split / "volumes"), "--model", str(source), "--out", str(out), "--batch-size", "2",
+                             "--device", "cpu", "--thresholds", str(results)]) == 0
         table = pd.read_csv(out / "predictions.csv", keep_default_na=False)
         assert list(table.columns) == ["source", *CLASSES, "findings", "error"]
         for _, row in table.iterrows():
@@ -455,13 +461,30 @@ def test_thresholds_from_a_results_json_of_the_same_model_make_findings(setup, t
 
     other = tmp_path / "other.pt"
     torch.manual_seed(5)
-    torch.save({"state_dict": create_model("tiny").state_dict(), "config": {"model": model.cfg.to_dict()}}, other)
-    for argv, cause in ((["--model", str(other), *RESIZE], "computed for checkpoint sha256"),
-                        (["--model", str(ckpt), *RESIZE, "--template", "organ"], "template 'volume' (the predictor's: "
-                                                                                 "'organ')"),
-                        (["--model", str(ckpt)], "input {'size': [32, 96, 96], 'hu_min': -1150.0, 'hu_max': 350.0, "
-                                                 "'mode': 'resize'} (the predictor's:")):
+    torch.save({"state_dict": create_model("tiny").state_dict(), "config": {"model": model.cfg.to_dict(),
+                "args": {"input_info": RESIZE[1:]}}}, other)
+    for argv, cause in ((["--model", str(other)], "computed for checkpoint sha256"),
+                        (["--model", str(ckpt), "--template", "organ"], "template 'volume' (the predictor's: 'organ')"),
+                        (["--model", str(ckpt), "--input-info", "-1150", "350", "crop"],
+                         "input {'size': [32, 96, 96], 'hu_min': -1150.0, 'hu_max': 350.0, 'mode': 'resize'} (the "
+                         "predictor's:")):
         with pytest.raises(ValueError, match=re.escape(cause)):
             predict_main([str(split / "volumes"), "--out", str(tmp_path / "refused"), "--device", "cpu",
                           "--thresholds", str(results), *argv])
     assert not (tmp_path / "refused").exists()
+
+    folder = tmp_path / "with_thresholds"
+    export_main([str(ckpt), "--out", str(folder), "--results", str(results)])
+    recorded = json.loads((folder / "config.json").read_text())["thresholds"]
+    assert recorded["values"] == cut and recorded["results"] == str(results) and recorded["template"] == "volume"
+    assert "Decision thresholds, each class's ROC corner" in (folder / "README.md").read_text()
+    out = tmp_path / "out_folder"
+    assert predict_main([str(split / "volumes"), "--model", str(folder), "--out", str(out), "--batch-size", "2",
+                         "--device", "cpu"]) == 0
+    assert pd.read_csv(out / "predictions.csv", keep_default_na=False)["findings"].tolist() == table["findings"].tolist()
+    assert predict_main([str(split / "volumes"), "--model", str(folder), "--out", str(out), "--device", "cpu",
+                         "--input-info", "-1150", "350", "crop"]) == 0
+    assert "findings" not in pd.read_csv(out / "predictions.csv").columns  # chosen on resize, asked for crop
+    bare = tmp_path / "without_thresholds"  # results of other weights: the card notes it, no thresholds recorded
+    export_main([str(other), "--out", str(bare), "--results", str(results)])
+    assert "thresholds" not in json.loads((bare / "config.json").read_text())
