@@ -29,8 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a CT-RATE metadata CSV (repeatable): a NIfTI named there is read with its row's "
                         "RescaleSlope/RescaleIntercept and spacing, as layout A is (CT-RATE v1 files need it)")
     p.add_argument("--template", choices=["volume", "organ"], default="volume", help="prompt template (protocol v1)")
-    add_input_info_argument(p)
-    p.set_defaults(input_info=None)  # default: the input the model records (weights folder, checkpoint flags)
+    add_input_info_argument(p, recorded_default=True)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--saliency", action="store_true",

@@ -57,7 +57,11 @@ class _InputInfoAction(argparse.Action):
         setattr(namespace, self.dest, list(values))
 
 
-def add_input_info_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """The one declaration of `--input-info MIN MAX crop|resize`, checked as it is parsed (InputSpec.from_args)."""
-    parser.add_argument("--input-info", nargs=3, default=["-1150", "350", "crop"], metavar=("MIN", "MAX", "MODE"),
-                        action=_InputInfoAction, help="HU window and fit mode (crop|resize)")
+def add_input_info_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *,
+                            recorded_default: bool = False) -> None:
+    """The one declaration of `--input-info MIN MAX crop|resize`, checked as it is parsed (InputSpec.from_args);
+    `recorded_default`: an evaluation's flag, whose default is the input the checkpoint records (input_spec_for)."""
+    default = None if recorded_default else ["-1150", "350", "crop"]
+    shown = "; default: the one the checkpoint records, else -1150 350 crop" if recorded_default else ""
+    parser.add_argument("--input-info", nargs=3, default=default, metavar=("MIN", "MAX", "MODE"),
+                        action=_InputInfoAction, help=f"HU window and fit mode (crop|resize{shown})")

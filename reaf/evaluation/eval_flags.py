@@ -23,8 +23,7 @@ def add_eval_flags(p: argparse.ArgumentParser, *, results_dir: str) -> None:
                    "split folder (default: the test split found under --data-root)")
     p.add_argument("--data-root", help="where the volume files live (a CT-RATE root or a preprocessed cache)")
     p.add_argument("--input-data-type", default="stage2", help="ori | stage1 | stage2 | cache")
-    add_input_info_argument(p)
-    p.set_defaults(input_info=None)  # the input the checkpoint records (input_spec_for), else -1150 350 crop
+    add_input_info_argument(p, recorded_default=True)
     p.add_argument("--report-root", help="reports as the reference's JSON (file or folder) instead of the CSV")
     p.add_argument("--use-cxr-bert", action=argparse.BooleanOptionalAction, default=True,
                    help="build the text tower from --cxr-bert-path (when given)")
