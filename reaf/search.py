@@ -1,4 +1,5 @@
-"""Search a split's embeddings: free text -> volumes (`--query`) and volume -> reports (`--volume`)."""
+"""Search a split's embeddings (zero_shot.py) or your own scans' (reaf.predict): free text -> volumes (`--query`),
+volume -> the volumes most like it (`--like`), and volume -> reports (`--volume`, a split's)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,29 @@ def search_volumes(store: dict[str, Any], query_embedding: np.ndarray, k: int) -
     """The k volumes whose image embedding is nearest a text embedding (E,): [(volume name, score)]."""
     order, scores = top_k(query_embedding, store["image"], k)
     return [(store["names"][i], float(s)) for i, s in zip(order, scores)]
+
+
+def find_volume(store: dict[str, Any], volume: str, source: str | Path) -> str:
+    """The stored name `volume` means: itself, or the one name whose file name (without .nii.gz/.nii) it is, as
+    reaf.predict stores paths; KeyError naming the file when none or several are."""
+    if volume in store["names"]:
+        return volume
+    stem = Path(volume).name.removesuffix(".gz").removesuffix(".nii")
+    found = [n for n in store["names"] if Path(n.split("#")[0]).name.removesuffix(".gz").removesuffix(".nii") == stem]
+    if len(found) == 1:
+        return found[0]
+    what = f"is several: {found[:5]}" if found else f"is not in it (it holds {len(store['names'])} volumes)"
+    raise KeyError(f"{source}: volume {volume!r} {what}")
+
+
+def search_like(store: dict[str, Any], volume: str, k: int) -> list[tuple[str, float, bool]]:
+    """The k volumes whose image embedding is nearest volume `volume`'s, itself left out: [(name, score, same scan)]
+    (a sibling reconstruction of the same scan is the nearest as a rule: it is marked, not hidden)."""
+    names, scans = store["names"], store.get("scan_ids") or store["names"]
+    i = names.index(volume)
+    others = [j for j in range(len(names)) if j != i]
+    order, scores = top_k(store["image"][i], store["image"][others], k)
+    return [(names[others[j]], float(s), scans[others[j]] == scans[i]) for j, s in zip(order, scores)]
 
 
 def search_reports(store: dict[str, Any], volume: str, k: int) -> list[tuple[str, float, list[str]]]:
@@ -69,10 +93,13 @@ def _shorten(text: str, width: int = 110) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m reaf.search", description=__doc__)
-    parser.add_argument("--embeddings", required=True, help="embeddings.pt written by zero_shot.py")
+    parser.add_argument("--embeddings", required=True, help="embeddings.pt written by zero_shot.py or reaf.predict")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--query", type=non_empty_text, help="free text, e.g. 'bilateral pleural effusion': prints the nearest volumes")
     what.add_argument("--volume", type=non_empty_text, help="a volume name, e.g. valid_3_a_1: prints the nearest reports")
+    what.add_argument("--like", type=non_empty_text, metavar="VOLUME",
+                      help="a volume name (or a scan's file name, for reaf.predict's embeddings): prints the volumes "
+                           "whose image embedding is nearest its own")
     parser.add_argument("-k", type=positive_int, default=10, help="how many results")
     parser.add_argument("--resume", help="checkpoint to encode the query with (default: the one recorded)")
     parser.add_argument("--model", help="model config name/JSON (default: the config recorded)")
@@ -84,9 +111,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     store = load_embeddings(Path(args.embeddings))
+    if args.like is not None:
+        volume = find_volume(store, args.like, args.embeddings)
+        print(f"volumes most like {volume} ({len(store['names']) - 1} others):")
+        for rank, (name, score, same) in enumerate(search_like(store, volume, args.k), start=1):
+            print(f"{rank:3d}  {score:+.4f}  {name}{'  <- the same scan' if same else ''}")
+        return 0
     if args.volume is not None and store.get("reports") is None:
         raise ValueError(f"{args.embeddings}: holds no reports (made by reaf.predict); --volume needs a split's "
-                         "embeddings from zero_shot.py, --query works on it")
+                         "embeddings from zero_shot.py, --query and --like work on it")
     if args.volume is not None and args.volume not in store["names"]:
         raise KeyError(f"{args.embeddings}: volume {args.volume!r} is not in it (it holds {len(store['names'])} volumes)")
     if args.volume is not None:

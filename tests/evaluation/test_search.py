@@ -7,6 +7,7 @@ import torch
 from reaf import create_model
 from reaf.evaluation.embeddings import file_fingerprint, save_embeddings
 from reaf.evaluation.encoding import encode_texts
+from reaf.evaluation.retrieval import normalize
 from reaf.search import main
 
 QUERY = "bilateral pleural effusion"
@@ -105,3 +106,27 @@ def test_embeddings_written_in_training_name_the_file_and_need_resume(tmp_path, 
         "training?): pass --resume PATH with the checkpoint that made them")
     assert main([*argv, "--resume", str(ckpt), "-k", "2"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 3
+
+
+def test_volumes_like_a_volume_self_left_out_siblings_marked(tmp_path, capsys):
+    """--like: image -> image cosine, the volume itself left out, a reconstruction of the same scan marked; the
+    names reaf.predict stores (paths) are found by their file name, and a name that is none or several is refused."""
+    image = np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0.6, 0.5, 0], [0, 0, 1]], dtype=np.float32)
+    names = ["/scans/a/v1.nii.gz", "/scans/a/v1b.nii.gz", "/scans/b/v2.nii", "/dicom/s3#1.2.3", "/scans/c/v1.nii.gz"]
+    store = {"names": names, "scan_ids": ["s1", "s1", "s2", "s3", "s4"], "reports": None, "image": image,
+             "text": None, "labels": None, "logit_scale": 10.0}
+    save_embeddings(tmp_path / "e.pt", store, key=None, meta={"checkpoint": None, "model_config": {}})
+    assert main(["--embeddings", str(tmp_path / "e.pt"), "--like", "v1b", "-k", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "volumes most like /scans/a/v1b.nii.gz (4 others):"
+    expected = normalize(image[[0, 3, 2]]) @ normalize(image[1:2])[0]
+    assert [line.split()[2:] for line in lines[1:]] == [["/scans/a/v1.nii.gz", "<-", "the", "same", "scan"],
+                                                        ["/dicom/s3#1.2.3"], ["/scans/b/v2.nii"]]
+    assert [float(line.split()[1]) for line in lines[1:]] == pytest.approx(expected, abs=1e-4)
+    assert main(["--embeddings", str(tmp_path / "e.pt"), "--like", "s3", "-k", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[2] == "/scans/a/v1b.nii.gz"  # "s3": the DICOM series
+    for name, cause in (("v1", "is several"), ("v9", r"is not in it \(it holds 5 volumes\)")):
+        with pytest.raises(KeyError, match=cause):
+            main(["--embeddings", str(tmp_path / "e.pt"), "--like", name])
+    with pytest.raises(ValueError, match="--query and --like work on it"):
+        main(["--embeddings", str(tmp_path / "e.pt"), "--volume", "v2"])
