@@ -245,7 +245,18 @@ def main(argv: list[str] | None = None) -> int:
             auc = row["probe"]["mean_auc_18"]
             print(f"{name:16s} test  linear probe mean AUC (18) {'-' if auc is None else f'{auc:.3f}'}   few-shot {few}")
     print(f"total {summary['seconds']:.0f} s; results, plots and checkpoints under {out}")
+    print("\n".join(next_steps(out, Path(summary["reaf"]["checkpoint"]))))
     return 0
+
+
+def next_steps(out: Path, checkpoint: Path) -> list[str]:
+    """The commands that take the demo's REAF to a scan of one's own (README: Your own scans), shown on one of the
+    demo's test scans: a CT-RATE v2 file, HU with its affine (a v1 file would need --metadata, as CT-RATE's do)."""
+    fixed = sorted((out / "ct_rate" / "dataset" / "test_fixed").rglob("*.nii.gz"))
+    scan = fixed[0] if fixed else Path("SCAN.nii.gz")
+    return ["your own scans with this model (README: Your own scans):",
+            f"  python -m reaf.export {checkpoint} --out {out / 'weights'}",
+            f"  python -m reaf.predict {scan} --model {out / 'weights'} --out {out / 'predictions'} --saliency"]
 
 
 if __name__ == "__main__":

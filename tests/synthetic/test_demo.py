@@ -55,6 +55,20 @@ def test_train_ghs_without_data_runs_the_demo_with_reaf_alone_scored_on_test(dem
     assert list((out / "cache" / "dataset" / "test_fixed").rglob("*.vol.zst"))
 
 
+def test_the_commands_it_prints_for_your_own_scans_run(demo):
+    """The demo ends with the export and predict commands for one of its test scans; as printed, they run."""
+    out, proc, _, _, _ = demo
+    commands = [line.strip() for line in proc.stdout.splitlines() if line.startswith("  python -m reaf.")]
+    assert [c.split()[2] for c in commands] == ["reaf.export", "reaf.predict"]
+    for command in commands:
+        done = subprocess.run([sys.executable, *command.split()[1:]], cwd=REPO, capture_output=True, text=True,
+                              timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    table = pd.read_csv(out / "predictions" / "predictions.csv", keep_default_na=False)
+    assert len(table) == 1 and table["error"][0] == "" and "test_fixed" in table["source"][0]
+    assert (out / "predictions" / "saliency").is_dir()
+
+
 def test_demo_reports_test_and_valid_with_their_chance_level(demo):
     out, proc, ablation, _, summary = demo
     assert set(summary) == {"reaf", "plain_hierarchy", "seconds"}
