@@ -35,8 +35,10 @@ def find_volume(store: dict[str, Any], volume: str, source: str | Path) -> str:
     reaf.predict stores paths; KeyError naming the file when none or several are."""
     if volume in store["names"]:
         return volume
-    stem = Path(volume).name.removesuffix(".gz").removesuffix(".nii")
-    found = [n for n in store["names"] if Path(n.split("#")[0]).name.removesuffix(".gz").removesuffix(".nii") == stem]
+    from reaf.data.csv_tables import strip_suffix
+
+    stem = strip_suffix(volume)
+    found = [n for n in store["names"] if strip_suffix(n.split("#")[0]) == stem]
     if len(found) == 1:
         return found[0]
     what = f"is several: {found[:5]}" if found else f"is not in it (it holds {len(store['names'])} volumes)"

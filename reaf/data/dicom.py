@@ -68,6 +68,21 @@ def is_dicom_series(path: Path) -> bool:
     return path.is_dir() and any(p.is_file() and has_preamble(p) for p in path.iterdir())
 
 
+def holds_dicom_images(folder: Path) -> bool:
+    """Whether any DICOM file directly in `folder` is an image (has Rows, the reader's test): a DICOM export's root
+    holds only its DICOMDIR, a dose-report folder only structured reports. Headers only, stopping at the first
+    image; True when a header cannot be read, so that reading the folder names the file."""
+    pydicom = _pydicom(Path(folder))
+    for path in sorted(Path(folder).iterdir()):
+        if path.is_file() and has_preamble(path):
+            try:
+                if "Rows" in pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Rows"]):
+                    return True
+            except Exception:  # a damaged header: the reader names the file
+                return True
+    return False
+
+
 def series_folders(folder: Path) -> dict[str, Path]:
     """{name: path} of the subfolders of `folder` that hold a DICOM series (layout B's volumes/<id>/)."""
     folder = Path(folder)

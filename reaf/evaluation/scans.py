@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from reaf.data.formats import NIFTI_SUFFIXES, VolumeMeta, describe_error, nifti_to_hu
+from reaf.data.formats import NIFTI_SUFFIXES, VolumeError, VolumeMeta, describe_error, nifti_to_hu
 from reaf.data.orientation import Orientation, read_orientation
 from reaf.data.transforms import HUError
 
@@ -87,21 +87,11 @@ def _has_preamble(path: Path) -> bool:
 
 
 def _holds_dicom_images(folder: Path) -> bool:
-    """Whether any DICOM file in `folder` is an image (has Rows): a DICOM export's root holds only its DICOMDIR, a
-    dose-report folder only structured reports. Headers only; True when pydicom is missing or a header cannot be
-    read, so that reading the folder says why."""
+    """reaf.data.dicom.holds_dicom_images; True without pydicom, so that reading the folder names the package."""
     try:
-        pydicom = _dicom()._pydicom(folder)
-    except Exception:  # no pydicom: the reader names the package
+        return _dicom().holds_dicom_images(folder)
+    except (ImportError, VolumeError):
         return True
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and _has_preamble(path):
-            try:
-                if "Rows" in pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Rows"]):
-                    return True
-            except Exception:  # a damaged header: the reader names the file
-                return True
-    return False
 
 
 def _from_folder(folder: Path, series: str | None, named: bool = True) -> list[ScanSource]:
